@@ -3,11 +3,11 @@
 package main
 
 import (
-	"fmt"
 	"os"
+
+	"github.com/juju/dqlite-controller/workload/cli"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "controllerd: not implemented yet")
-	os.Exit(1)
+	os.Exit(cli.Execute(os.Args[1:], os.Stdout, os.Stderr))
 }

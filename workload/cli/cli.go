@@ -1,0 +1,294 @@
+// Package cli is controllerd's command line: run, status, sql and version.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+
+	"github.com/juju/dqlite-controller/controllerconf"
+	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/node"
+	"github.com/juju/dqlite-controller/workload/watch"
+)
+
+// Version is controllerd's version.
+const Version = "0.1.0"
+
+// Defaults of the contract.
+const (
+	DefaultDataDir = "/var/lib/juju/dqlite"
+	DefaultPort    = 17666
+)
+
+// Execute runs the command line with args and returns the exit code.
+func Execute(args []string, stdout, stderr io.Writer) int {
+	root := NewRoot(stdout, stderr)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(stderr, "error: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// NewRoot builds the command tree.
+func NewRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "controllerd",
+		Short:         "Run and inspect a Juju controller's Dqlite node",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(runCmd(stderr), statusCmd(stdout), sqlCmd(stdout), versionCmd(stdout))
+	return root
+}
+
+func runCmd(stderr io.Writer) *cobra.Command {
+	var (
+		controllerID, configPath, dataDir string
+		port                              int
+		verbose                           bool
+	)
+	cmd := &cobra.Command{
+		Use:   "run --controller-id N",
+		Short: "Run the daemon: watch the controller config and drive the Dqlite node",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := controllerconf.ValidateAgentID(controllerID); err != nil {
+				return fmt.Errorf("invalid --controller-id: %w", err)
+			}
+			if port <= 0 || port > 65535 {
+				return fmt.Errorf("invalid --port %d", port)
+			}
+			if configPath == "" {
+				configPath = controllerconf.Path(controllerconf.DefaultAgentsDir, controllerID)
+			}
+			level := slog.LevelInfo
+			if verbose {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+			return run(log, controllerID, configPath, dataDir, port, verbose)
+		},
+	}
+	cmd.Flags().StringVar(&controllerID, "controller-id", "", "this controller's agent id (required)")
+	cmd.Flags().StringVar(&configPath, "config", "", "controller config file (default /var/lib/juju/agents/controller-N/controller.conf)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "data dir (Dqlite node and control socket)")
+	cmd.Flags().IntVar(&port, "port", DefaultPort, "Dqlite port")
+	cmd.Flags().BoolVar(&verbose, "verbose", false, "log debug messages, including go-dqlite's")
+	cmd.MarkFlagRequired("controller-id")
+	return cmd
+}
+
+func run(log *slog.Logger, controllerID, configPath, dataDir string, port int, verbose bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("cannot create data dir: %w", err)
+	}
+	w, err := watch.New(ctx, configPath, log)
+	if err != nil {
+		return err
+	}
+	d := node.New(node.Options{
+		ControllerID: controllerID,
+		ConfigPath:   configPath,
+		DataDir:      dataDir,
+		Port:         port,
+		Log:          log,
+		Changes:      w.Changes(),
+		DqliteDebug:  verbose,
+	})
+	srvCtx, srvStop := context.WithCancel(context.Background())
+	defer srvStop()
+	served, err := control.Serve(srvCtx, dataDir, d, log)
+	if err != nil {
+		return err
+	}
+	runErr := d.Run(ctx)
+	srvStop()
+	if err := <-served; err != nil && runErr == nil {
+		runErr = fmt.Errorf("control socket failed: %w", err)
+	}
+	if runErr == nil {
+		log.Info("controllerd stopped")
+	}
+	return runErr
+}
+
+func statusCmd(stdout io.Writer) *cobra.Command {
+	var dataDir, format string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show this node's state, role, leader and members",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			st, err := control.NewClient(dataDir).Status(ctx)
+			if err != nil {
+				return notRunning(err, dataDir)
+			}
+			switch format {
+			case "json":
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			case "yaml":
+				enc := yaml.NewEncoder(stdout)
+				enc.SetIndent(2)
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+				return enc.Close()
+			case "table":
+				return printStatusTable(stdout, st)
+			}
+			return fmt.Errorf("unknown format %q (want json, yaml or table)", format)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "data dir of the daemon to ask")
+	cmd.Flags().StringVar(&format, "format", "table", "output format: table, json or yaml")
+	return cmd
+}
+
+func notRunning(err error, dataDir string) error {
+	if errors.Is(err, control.ErrNotRunning) {
+		return fmt.Errorf("controllerd is not running with data dir %s (no control socket answers at %s)", dataDir, control.SocketPath(dataDir))
+	}
+	return err
+}
+
+func printStatusTable(w io.Writer, st control.Status) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	leader := "none"
+	if st.Leader != nil {
+		leader = st.Leader.Address + " (" + st.Leader.NodeID + ")"
+	}
+	role := st.Role
+	if role == "" {
+		role = "-"
+	}
+	fmt.Fprintf(tw, "Controller:\t%s\n", st.ControllerID)
+	fmt.Fprintf(tw, "State:\t%s\n", st.State)
+	fmt.Fprintf(tw, "Message:\t%s\n", st.Message)
+	fmt.Fprintf(tw, "Node:\t%s\n", dash(st.NodeID))
+	fmt.Fprintf(tw, "Address:\t%s\n", dash(st.Address))
+	fmt.Fprintf(tw, "Role:\t%s\n", role)
+	fmt.Fprintf(tw, "Member:\t%t\n", st.Member)
+	fmt.Fprintf(tw, "Leader:\t%s\n", leader)
+	if st.ConfigError != "" {
+		fmt.Fprintf(tw, "Config error:\t%s\n", st.ConfigError)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "NODE\tADDRESS\tROLE\t")
+	for _, m := range st.Members {
+		mark := ""
+		if st.Leader != nil && m.NodeID == st.Leader.NodeID {
+			mark = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.NodeID, m.Address, m.Role, mark)
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func sqlCmd(stdout io.Writer) *cobra.Command {
+	var dataDir, format string
+	cmd := &cobra.Command{
+		Use:   "sql STATEMENT",
+		Short: "Run one statement on the controller database",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if format != "json" && format != "table" {
+				return fmt.Errorf("unknown format %q (want json or table)", format)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			res, err := control.NewClient(dataDir).SQL(ctx, args[0])
+			if err != nil {
+				return notRunning(err, dataDir)
+			}
+			if format == "json" {
+				return json.NewEncoder(stdout).Encode(res)
+			}
+			return printSQLTable(stdout, res)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "data dir of the daemon to use")
+	cmd.Flags().StringVar(&format, "format", "table", "output format: table or json")
+	return cmd
+}
+
+func printSQLTable(w io.Writer, res control.SQLResult) error {
+	if !res.IsQuery {
+		_, err := fmt.Fprintf(w, "%d row(s) affected\n", *res.RowsAffected)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(upper(res.Columns), "\t"))
+	for _, row := range res.Rows {
+		cells := make([]string, len(row))
+		for i, v := range row {
+			cells[i] = cell(v)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	return tw.Flush()
+}
+
+func upper(cols []string) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = strings.ToUpper(c)
+	}
+	return out
+}
+
+func cell(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "NULL"
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case string:
+		return x
+	}
+	return fmt.Sprint(v)
+}
+
+func versionCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print controllerd's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(stdout, Version)
+			return err
+		},
+	}
+}
+

@@ -1,0 +1,262 @@
+// Package control is controllerd's control socket: a small HTTP API on a
+// unix socket in the data dir (mode 0600, the data dir itself 0700), used by
+// `controllerd status` and `controllerd sql`. Because the socket lives in the
+// data dir, several daemons run side by side with different data dirs.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// SocketName is the control socket's name inside the data dir.
+const SocketName = "control.socket"
+
+// SocketPath returns the control socket path for a data dir.
+func SocketPath(dataDir string) string {
+	return filepath.Join(dataDir, SocketName)
+}
+
+// NodeRef names a node.
+type NodeRef struct {
+	NodeID  string `json:"node-id" yaml:"node-id"`
+	Address string `json:"address" yaml:"address"`
+}
+
+// Member is one member of the cluster.
+type Member struct {
+	NodeID  string `json:"node-id" yaml:"node-id"`
+	Address string `json:"address" yaml:"address"`
+	Role    string `json:"role" yaml:"role"`
+}
+
+// Status is what `controllerd status` prints. Node ids are strings: they
+// exceed 2^53 and would lose precision as JSON numbers.
+type Status struct {
+	ControllerID string   `json:"controller-id" yaml:"controller-id"`
+	NodeID       string   `json:"node-id" yaml:"node-id"`
+	Address      string   `json:"address" yaml:"address"`
+	Role         string   `json:"role" yaml:"role"`
+	Member       bool     `json:"member" yaml:"member"`
+	Leader       *NodeRef `json:"leader" yaml:"leader"`
+	Members      []Member `json:"members" yaml:"members"`
+	State        string   `json:"state" yaml:"state"`
+	Message      string   `json:"message" yaml:"message"`
+	ConfigError  string   `json:"config-error" yaml:"config-error"`
+	// Voters and StandBys count the members with those roles.
+	Voters   int `json:"voters" yaml:"voters"`
+	StandBys int `json:"stand-bys" yaml:"stand-bys"`
+	// ConfigPath and DataDir say where the daemon reads and keeps things.
+	ConfigPath string `json:"config-path" yaml:"config-path"`
+	DataDir    string `json:"data-dir" yaml:"data-dir"`
+}
+
+// SQLRequest is the body of POST /sql.
+type SQLRequest struct {
+	Statement string `json:"statement"`
+}
+
+// SQLResult is the outcome of one statement: Columns and Rows for a query,
+// RowsAffected otherwise.
+type SQLResult struct {
+	Columns      []string `json:"columns,omitempty"`
+	Rows         [][]any  `json:"rows,omitempty"`
+	RowsAffected *int64   `json:"rows-affected,omitempty"`
+	IsQuery      bool     `json:"-"`
+}
+
+// MarshalJSON prints {"columns":[...],"rows":[[...]]} for a query (with
+// empty lists rather than null) and {"rows-affected":N} otherwise.
+func (r SQLResult) MarshalJSON() ([]byte, error) {
+	if r.IsQuery || r.RowsAffected == nil {
+		cols, rows := r.Columns, r.Rows
+		if cols == nil {
+			cols = []string{}
+		}
+		if rows == nil {
+			rows = [][]any{}
+		}
+		return json.Marshal(struct {
+			Columns []string `json:"columns"`
+			Rows    [][]any  `json:"rows"`
+		}{cols, rows})
+	}
+	return json.Marshal(struct {
+		RowsAffected int64 `json:"rows-affected"`
+	}{*r.RowsAffected})
+}
+
+// UnmarshalJSON reads either shape back.
+func (r *SQLResult) UnmarshalJSON(data []byte) error {
+	var raw struct {
+		Columns      []string `json:"columns"`
+		Rows         [][]any  `json:"rows"`
+		RowsAffected *int64   `json:"rows-affected"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	r.Columns, r.Rows, r.RowsAffected = raw.Columns, raw.Rows, raw.RowsAffected
+	r.IsQuery = raw.RowsAffected == nil
+	return nil
+}
+
+// Backend is what the control socket serves.
+type Backend interface {
+	Status(ctx context.Context) Status
+	SQL(ctx context.Context, statement string) (SQLResult, error)
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// Serve listens on the control socket of dataDir and serves b until ctx is
+// done. It refuses to start when another daemon answers on that socket.
+func Serve(ctx context.Context, dataDir string, b Backend, log *slog.Logger) (<-chan error, error) {
+	path := SocketPath(dataDir)
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("cannot listen on %s: another controllerd is running with data dir %s", path, dataDir)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("cannot remove stale control socket: %w", err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("cannot set control socket mode: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, b.Status(r.Context()))
+	})
+	mux.HandleFunc("POST /sql", func(w http.ResponseWriter, r *http.Request) {
+		var req SQLRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, errorBody{Error: fmt.Sprintf("cannot decode request: %v", err)})
+			return
+		}
+		res, err := b.SQL(r.Context(), req.Statement)
+		if err != nil {
+			writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan error, 1)
+	go func() {
+		err := srv.Serve(l)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		done <- err
+	}()
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx)
+		os.Remove(path)
+	}()
+	log.Debug("control socket ready", "path", path)
+	return done, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// ErrNotRunning is returned by the client when no daemon serves the socket.
+var ErrNotRunning = errors.New("controllerd is not running")
+
+// Client talks to a daemon's control socket.
+type Client struct {
+	path string
+	http *http.Client
+}
+
+// NewClient returns a client for the daemon with data dir dataDir.
+func NewClient(dataDir string) *Client {
+	path := SocketPath(dataDir)
+	return &Client{
+		path: path,
+		http: &http.Client{
+			Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", path)
+				},
+			},
+		},
+	}
+}
+
+func (c *Client) do(ctx context.Context, method, route string, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = strings.NewReader(string(data))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://controllerd"+route, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("%w (no daemon answers on %s)", ErrNotRunning, c.path)
+		}
+		return fmt.Errorf("cannot reach controllerd on %s: %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("cannot read controllerd response: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e errorBody
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("controllerd answered %s", resp.Status)
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("cannot decode controllerd response: %w", err)
+	}
+	return nil
+}
+
+// Status fetches the daemon's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodGet, "/status", nil, &s)
+	return s, err
+}
+
+// SQL runs one statement through the daemon.
+func (c *Client) SQL(ctx context.Context, statement string) (SQLResult, error) {
+	var r SQLResult
+	err := c.do(ctx, http.MethodPost, "/sql", SQLRequest{Statement: statement}, &r)
+	return r, err
+}

@@ -1,0 +1,382 @@
+// Package decide holds controllerd's decision logic as pure functions: given
+// what the daemon knows (the controller config, its data dir, what the
+// cluster looks like), it says what to do and why. Everything that talks to
+// Dqlite or the file system lives elsewhere, so every rule here is covered by
+// table-driven tests.
+package decide
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/juju/dqlite-controller/controllerconf"
+)
+
+// Action is what a stopped node should do next.
+type Action int
+
+const (
+	// Wait leaves the node stopped until the config changes.
+	Wait Action = iota
+	// Bootstrap starts a brand new single-node cluster.
+	Bootstrap
+	// Join starts a brand new node that joins the listed peers.
+	Join
+	// StartExisting starts the node from its data dir.
+	StartExisting
+	// Rebind moves a single-member cluster to a new address, keeping its data.
+	Rebind
+	// Refuse leaves the node stopped because the config asks for something
+	// this build cannot do safely.
+	Refuse
+)
+
+func (a Action) String() string {
+	switch a {
+	case Wait:
+		return "wait"
+	case Bootstrap:
+		return "bootstrap"
+	case Join:
+		return "join"
+	case StartExisting:
+		return "start-existing"
+	case Rebind:
+		return "rebind"
+	case Refuse:
+		return "refuse"
+	}
+	return "unknown"
+}
+
+// IPv6NeedsTLS is the message shown when the config gives this node an IPv6
+// address: libdqlite 1.11.1 parses bind addresses as IPv4 only, and only a
+// TLS set-up (Go owning the socket) would lift that.
+const IPv6NeedsTLS = "IPv6 bind address needs TLS, which this build does not configure"
+
+// StartInput is what a stopped node knows.
+type StartInput struct {
+	// ControllerID is this controller's agent id.
+	ControllerID string
+	// Config is the last good controller config (never nil; empty when the
+	// file is missing or empty).
+	Config *controllerconf.Config
+	// Port is the Dqlite port every node listens on.
+	Port int
+	// HasData is true when the node dir holds a node identity (info.yaml).
+	HasData bool
+	// StoredAddress is the address recorded in info.yaml ("host:port").
+	StoredAddress string
+	// SoleMember is true when the node's own cluster.yaml lists only itself.
+	SoleMember bool
+	// WasMember is true when this data dir once belonged to a cluster
+	// member (it survives wiping the node dir): such a node never
+	// bootstraps again, it only rejoins.
+	WasMember bool
+}
+
+// StartDecision is the outcome of Start.
+type StartDecision struct {
+	Action Action
+	// Address is the address to start with ("host:port").
+	Address string
+	// Peers are the addresses to join ("host:port"), for Join.
+	Peers []string
+	// Reason says why, in a sentence fit for logs and status.
+	Reason string
+}
+
+// Start decides what a stopped node does. It follows Juju's dbaccessor table
+// (wait for our own address; join only with at least one peer) with the
+// project's bootstrap rule: exactly one controller, bootstrap-agent-id, may
+// start a new cluster, and only if its data dir never belonged to one.
+func Start(in StartInput) StartDecision {
+	host, listed := in.Config.DBBindAddresses[in.ControllerID]
+	if in.HasData {
+		if !listed {
+			return StartDecision{Action: StartExisting, Address: in.StoredAddress,
+				Reason: "existing node starts from its data dir (config does not list this controller)"}
+		}
+		want := JoinHostPort(host, in.Port)
+		if want == in.StoredAddress {
+			return StartDecision{Action: StartExisting, Address: in.StoredAddress,
+				Reason: "existing node starts from its data dir"}
+		}
+		if IsIPv6(host) {
+			return StartDecision{Action: StartExisting, Address: in.StoredAddress,
+				Reason: fmt.Sprintf("config moves this node to %s but %s; staying on %s", want, IPv6NeedsTLS, in.StoredAddress)}
+		}
+		if in.SoleMember {
+			return StartDecision{Action: Rebind, Address: want,
+				Reason: fmt.Sprintf("config moves this single-member cluster from %s to %s", in.StoredAddress, want)}
+		}
+		return StartDecision{Action: StartExisting, Address: in.StoredAddress,
+			Reason: fmt.Sprintf("config moves this node from %s to %s, but moving a member of a multi-node cluster is not supported; staying on %s", in.StoredAddress, want, in.StoredAddress)}
+	}
+	if !listed {
+		return StartDecision{Action: Wait, Reason: "address for this Dqlite node to bind to not found in config"}
+	}
+	if IsIPv6(host) {
+		return StartDecision{Action: Refuse, Reason: IPv6NeedsTLS}
+	}
+	own := JoinHostPort(host, in.Port)
+	if in.Config.BootstrapAgentID == in.ControllerID && !in.WasMember {
+		return StartDecision{Action: Bootstrap, Address: own,
+			Reason: "this controller is the bootstrap agent and its data dir is empty"}
+	}
+	var peers []string
+	for _, id := range in.Config.AgentIDs() {
+		if id == in.ControllerID || in.Config.DBBindAddresses[id] == "" {
+			continue
+		}
+		peers = append(peers, JoinHostPort(in.Config.DBBindAddresses[id], in.Port))
+	}
+	if len(peers) == 0 {
+		reason := "no peer addresses available to join (this controller is not the bootstrap agent)"
+		if in.WasMember {
+			reason = "no peer addresses available to rejoin"
+		}
+		return StartDecision{Action: Wait, Reason: reason}
+	}
+	return StartDecision{Action: Join, Address: own, Peers: peers,
+		Reason: fmt.Sprintf("joining the cluster through %d listed peer(s)", len(peers))}
+}
+
+// Role mirrors Dqlite's node roles.
+type Role int
+
+// The Dqlite roles, with Dqlite's numbering.
+const (
+	Voter   Role = 0
+	StandBy Role = 1
+	Spare   Role = 2
+)
+
+func (r Role) String() string {
+	switch r {
+	case Voter:
+		return "voter"
+	case StandBy:
+		return "stand-by"
+	case Spare:
+		return "spare"
+	}
+	return "unknown"
+}
+
+// Member is one node of the Raft configuration, as the leader reports it,
+// annotated with what the daemon learnt about it.
+type Member struct {
+	ID      uint64
+	Address string
+	Role    Role
+	// ControllerID is the controller that registered this node in the
+	// controller_node table, "" when none did.
+	ControllerID string
+	// Online is whether the node answered a probe (only needed for voters
+	// that are removal candidates).
+	Online bool
+}
+
+// Candidate is a member whose controller left the config.
+type Candidate struct {
+	Member Member
+	// For is how long the member has been a candidate.
+	For time.Duration
+}
+
+// RemovalInput is what the leader knows when it considers removing members.
+type RemovalInput struct {
+	ControllerID string
+	Config       *controllerconf.Config
+	SelfID       uint64
+	Members      []Member
+	// EverListed holds every controller id this process saw in a good config.
+	EverListed map[string]bool
+	// CandidateFor is how long each member (by node id) has been unwanted.
+	CandidateFor map[uint64]time.Duration
+	// Grace is how long an unwanted member that this process never saw
+	// listed stays before removal: it may be a node that just joined while
+	// our config lags behind the charm's.
+	Grace time.Duration
+}
+
+// Unwanted lists the members (other than this node) whose controller is not
+// in the config. A member is matched to its controller through the
+// controller_node table, or by address when it never registered. An empty
+// config or one that does not list this controller is not trusted to remove
+// anybody.
+func Unwanted(in RemovalInput) []Member {
+	if _, ok := in.Config.DBBindAddresses[in.ControllerID]; !ok {
+		return nil
+	}
+	hosts := map[string]bool{}
+	for _, h := range in.Config.DBBindAddresses {
+		hosts[h] = true
+	}
+	var out []Member
+	for _, m := range in.Members {
+		if m.ID == in.SelfID {
+			continue
+		}
+		if m.ControllerID != "" {
+			if _, ok := in.Config.DBBindAddresses[m.ControllerID]; ok {
+				continue
+			}
+		} else if hosts[Host(m.Address)] {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// RemovalDecision is the outcome of PickRemoval.
+type RemovalDecision struct {
+	// Remove is false when nothing should be removed now.
+	Remove bool
+	Victim Member
+	Reason string
+}
+
+// PickRemoval chooses at most one unwanted member to remove from the Raft
+// configuration, so that a burst of departures is applied one member at a
+// time and quorum is re-checked before each step. Non-voters go first, then
+// offline voters, then online voters; a voter is removed only when the
+// remaining online voters still form a majority of the remaining voters.
+func PickRemoval(in RemovalInput, unwanted []Member) RemovalDecision {
+	var ready []Member
+	for _, m := range unwanted {
+		everListed := m.ControllerID != "" && in.EverListed[m.ControllerID]
+		if !everListed && in.CandidateFor[m.ID] < in.Grace {
+			continue
+		}
+		ready = append(ready, m)
+	}
+	if len(ready) == 0 {
+		if len(unwanted) > 0 {
+			return RemovalDecision{Reason: "unlisted member(s) within the grace period for newly joined nodes"}
+		}
+		return RemovalDecision{Reason: "every member is listed in the config"}
+	}
+	rank := func(m Member) int {
+		switch {
+		case m.Role != Voter:
+			return 0
+		case !m.Online:
+			return 1
+		}
+		return 2
+	}
+	sort.SliceStable(ready, func(i, j int) bool { return rank(ready[i]) < rank(ready[j]) })
+	victim := ready[0]
+	if victim.Role != Voter {
+		return RemovalDecision{Remove: true, Victim: victim,
+			Reason: fmt.Sprintf("controller %s left the config (%s member)", label(victim), victim.Role)}
+	}
+	voters, online := 0, 0
+	for _, m := range in.Members {
+		if m.Role != Voter || m.ID == victim.ID {
+			continue
+		}
+		voters++
+		if m.Online || m.ID == in.SelfID {
+			online++
+		}
+	}
+	if online*2 <= voters {
+		return RemovalDecision{Reason: fmt.Sprintf("not removing voter %s: the %d remaining voter(s) would have only %d online, no majority", label(victim), voters, online)}
+	}
+	return RemovalDecision{Remove: true, Victim: victim,
+		Reason: fmt.Sprintf("controller %s left the config (voter, %s); %d of %d remaining voters online", label(victim), onlineWord(victim.Online), online, voters)}
+}
+
+func label(m Member) string {
+	if m.ControllerID != "" {
+		return fmt.Sprintf("%s (node %d at %s)", m.ControllerID, m.ID, m.Address)
+	}
+	return fmt.Sprintf("of node %d at %s", m.ID, m.Address)
+}
+
+func onlineWord(b bool) string {
+	if b {
+		return "online"
+	}
+	return "offline"
+}
+
+// RecoverInput is what a node that cannot reach a leader knows.
+type RecoverInput struct {
+	ControllerID string
+	Config       *controllerconf.Config
+	// HasData is true when the node has a data dir with committed state.
+	HasData bool
+	// Fresh is true for a node started by bootstrap or join in this process
+	// that never became ready: it has nothing to recover.
+	Fresh bool
+	// NoLeaderFor is how long no leader has been reachable.
+	NoLeaderFor time.Duration
+	// Confirm is how long that must last before acting.
+	Confirm time.Duration
+	// LastRole is this node's role as last recorded in its cluster.yaml.
+	LastRole Role
+	// KnownMembers is how many nodes the node's cluster.yaml lists.
+	KnownMembers int
+}
+
+// RecoverDecision is the outcome of Recover.
+type RecoverDecision struct {
+	Recover bool
+	Reason  string
+}
+
+// Recover decides whether a node without a reachable leader should make
+// itself the sole voter of its cluster (Juju's back-stop, after seconds
+// instead of a minute). It does so only when the config lists this
+// controller alone, the leader has been unreachable for the confirmation
+// period, and the node holds replicated data: a spare is not replicated to,
+// so promoting it would silently lose every committed write.
+func Recover(in RecoverInput) RecoverDecision {
+	if !in.HasData || in.Fresh {
+		return RecoverDecision{Reason: "nothing to recover: the node has no committed data"}
+	}
+	ids := in.Config.AgentIDs()
+	if len(ids) != 1 || ids[0] != in.ControllerID {
+		return RecoverDecision{Reason: "no leader reachable; waiting for quorum (config does not list this controller alone)"}
+	}
+	if in.KnownMembers <= 1 {
+		return RecoverDecision{Reason: "no leader reachable although this node is the only member; waiting for it to elect itself"}
+	}
+	if in.NoLeaderFor < in.Confirm {
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable and config lists only this controller; confirming for %s before reconfiguring", in.Confirm)}
+	}
+	if in.LastRole == Spare {
+		return RecoverDecision{Reason: "quorum lost and config lists only this controller, but this node was a spare and holds no replicated data: refusing to reconfigure it as the sole voter"}
+	}
+	return RecoverDecision{Recover: true,
+		Reason: fmt.Sprintf("config lists only this controller and no leader was reachable for %s: reconfiguring this node as the sole voter", in.NoLeaderFor.Round(time.Millisecond))}
+}
+
+// JoinHostPort joins a host and a port.
+func JoinHostPort(host string, port int) string {
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// Host returns the host part of a "host:port" address.
+func Host(address string) string {
+	h, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return address
+	}
+	return h
+}
+
+// IsIPv6 reports whether host is an IPv6 literal.
+func IsIPv6(host string) bool {
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Is6() && !a.Is4In6()
+}

@@ -1,0 +1,293 @@
+package node
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/canonical/go-dqlite/client"
+	"github.com/canonical/go-dqlite/driver"
+
+	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/decide"
+)
+
+const schema = `CREATE TABLE IF NOT EXISTS controller_node (
+    controller_id       TEXT PRIMARY KEY,
+    dqlite_node_id      TEXT UNIQUE,
+    dqlite_bind_address TEXT UNIQUE
+)`
+
+// inTx runs f in an explicit transaction with a deadline, retrying when
+// another writer holds the database lock (Dqlite answers "database is
+// locked" at once instead of waiting). f must be idempotent: a commit that
+// fails with a lost leadership may still have been applied.
+func (d *Daemon) inTx(ctx context.Context, f func(*sql.Tx) error) error {
+	d.mu.RLock()
+	db := d.db
+	d.mu.RUnlock()
+	if db == nil {
+		return errors.New("the database is not open")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = func() error {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			if err := f(tx); err != nil {
+				tx.Rollback()
+				return err
+			}
+			return tx.Commit()
+		}()
+		if !isBusy(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(50*(attempt+1)) * time.Millisecond):
+		}
+	}
+	return err
+}
+
+func isBusy(err error) bool {
+	var de driver.Error
+	if errors.As(err, &de) {
+		return de.Code&0xff == driver.ErrBusy
+	}
+	return err != nil && strings.Contains(err.Error(), "database is locked")
+}
+
+// register upserts this node's row in controller_node, first deleting rows
+// of other controllers that claim this node id or address (left behind by a
+// controller that was removed).
+func (d *Daemon) register(ctx context.Context) error {
+	id := strconv.FormatUint(d.app.ID(), 10)
+	addr := d.app.Address()
+	return d.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, schema); err != nil {
+			return fmt.Errorf("cannot create controller_node: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM controller_node
+WHERE controller_id <> ? AND (dqlite_node_id = ? OR dqlite_bind_address = ?)`, d.o.ControllerID, id, addr); err != nil {
+			return fmt.Errorf("cannot clear stale controller_node rows: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO controller_node (controller_id, dqlite_node_id, dqlite_bind_address)
+VALUES (?, ?, ?)
+ON CONFLICT (controller_id) DO UPDATE SET
+    dqlite_node_id = excluded.dqlite_node_id,
+    dqlite_bind_address = excluded.dqlite_bind_address`, d.o.ControllerID, id, addr); err != nil {
+			return fmt.Errorf("cannot upsert controller_node: %w", err)
+		}
+		return nil
+	})
+}
+
+// controllerNodes maps Dqlite node id to controller id.
+func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error) {
+	out := map[uint64]string{}
+	err := d.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, schema); err != nil {
+			return err
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT controller_id, dqlite_node_id FROM controller_node`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var cid, nid string
+			if err := rows.Scan(&cid, &nid); err != nil {
+				return err
+			}
+			if n, err := strconv.ParseUint(nid, 10, 64); err == nil {
+				out[n] = cid
+			}
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// removeDeparted runs on the leader: it removes at most one member whose
+// controller left the config per pass, keeping quorum (decide.PickRemoval).
+func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
+	rows, err := d.controllerNodes(ctx)
+	if err != nil {
+		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
+		return
+	}
+	members := make([]decide.Member, 0, len(obs.members))
+	for _, m := range obs.members {
+		members = append(members, decide.Member{ID: m.ID, Address: m.Address, Role: decide.Role(m.Role), ControllerID: rows[m.ID]})
+	}
+	in := decide.RemovalInput{
+		ControllerID: d.o.ControllerID,
+		Config:       d.cfg,
+		SelfID:       d.app.ID(),
+		Members:      members,
+		EverListed:   d.everListed,
+		CandidateFor: map[uint64]time.Duration{},
+		Grace:        d.o.RemovalGrace,
+	}
+	unwanted := decide.Unwanted(in)
+	now := time.Now()
+	keep := map[uint64]bool{}
+	for _, m := range unwanted {
+		keep[m.ID] = true
+		if _, ok := d.candidates[m.ID]; !ok {
+			d.candidates[m.ID] = now
+		}
+		in.CandidateFor[m.ID] = now.Sub(d.candidates[m.ID])
+	}
+	for id := range d.candidates {
+		if !keep[id] {
+			delete(d.candidates, id)
+		}
+	}
+	if len(unwanted) == 0 {
+		return
+	}
+	// Probe voters so that quorum is judged on who is actually online.
+	for i := range in.Members {
+		if in.Members[i].Role == decide.Voter && in.Members[i].ID != in.SelfID {
+			in.Members[i].Online = probe(ctx, in.Members[i].Address)
+		}
+	}
+	for i := range unwanted {
+		for _, m := range in.Members {
+			if m.ID == unwanted[i].ID {
+				unwanted[i].Online = m.Online
+			}
+		}
+	}
+	dec := decide.PickRemoval(in, unwanted)
+	if !dec.Remove {
+		d.decision("keep-members", dec.Reason)
+		return
+	}
+	d.decision("remove-member", dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := obs.cli.Remove(rctx, dec.Victim.ID); err != nil {
+		d.log.Warn("cannot remove member; will retry", "node-id", strconv.FormatUint(dec.Victim.ID, 10), "err", err)
+		return
+	}
+	d.log.Info("removed member from the Raft configuration", "node-id", strconv.FormatUint(dec.Victim.ID, 10),
+		"address", dec.Victim.Address, "controller-id", dec.Victim.ControllerID)
+	delete(d.candidates, dec.Victim.ID)
+	id := strconv.FormatUint(dec.Victim.ID, 10)
+	if err := d.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM controller_node WHERE dqlite_node_id = ?`, id)
+		return err
+	}); err != nil {
+		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
+	}
+}
+
+func probe(ctx context.Context, address string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	cli, err := client.New(ctx, address)
+	if err != nil {
+		return false
+	}
+	cli.Close()
+	return true
+}
+
+// SQL runs one statement on the controller database in an explicit
+// transaction.
+func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, error) {
+	d.mu.RLock()
+	db, state := d.db, d.status.State
+	d.mu.RUnlock()
+	if db == nil {
+		return control.SQLResult{}, fmt.Errorf("the controller database is not available: this node is %s", state)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return control.SQLResult{}, fmt.Errorf("cannot begin transaction: %w", err)
+	}
+	defer tx.Rollback()
+	if !isQuery(statement) {
+		res, err := tx.ExecContext(ctx, statement)
+		if err != nil {
+			return control.SQLResult{}, err
+		}
+		n, _ := res.RowsAffected()
+		if err := tx.Commit(); err != nil {
+			return control.SQLResult{}, fmt.Errorf("cannot commit (the outcome is unknown): %w", err)
+		}
+		return control.SQLResult{RowsAffected: &n}, nil
+	}
+	rows, err := tx.QueryContext(ctx, statement)
+	if err != nil {
+		return control.SQLResult{}, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return control.SQLResult{}, err
+	}
+	res := control.SQLResult{Columns: cols, Rows: [][]any{}, IsQuery: true}
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return control.SQLResult{}, err
+		}
+		for i, v := range vals {
+			if b, ok := v.([]byte); ok {
+				vals[i] = string(b)
+			}
+		}
+		res.Rows = append(res.Rows, vals)
+	}
+	if err := rows.Err(); err != nil {
+		return control.SQLResult{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return control.SQLResult{}, err
+	}
+	return res, nil
+}
+
+// isQuery reports whether a statement returns rows, from its first keyword.
+func isQuery(statement string) bool {
+	s := strings.TrimSpace(statement)
+	for strings.HasPrefix(s, "--") {
+		i := strings.IndexByte(s, '\n')
+		if i < 0 {
+			return false
+		}
+		s = strings.TrimSpace(s[i+1:])
+	}
+	s = strings.TrimLeft(s, "( \t\n")
+	end := strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	})
+	if end >= 0 {
+		s = s[:end]
+	}
+	switch strings.ToUpper(s) {
+	case "SELECT", "WITH", "PRAGMA", "EXPLAIN", "VALUES":
+		return true
+	}
+	return false
+}
