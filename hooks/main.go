@@ -1,13 +1,48 @@
 // Command dispatch is the charm's hook binary. Juju runs it for every hook
-// with JUJU_DISPATCH_PATH set to hooks/<name>.
+// with JUJU_DISPATCH_PATH set to hooks/<name>; every hook runs the same
+// reconcile (package charm). This is the only place production paths and
+// real system access (exec, netlink) are chosen.
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/juju/dqlite-controller/charm"
+	"github.com/juju/dqlite-controller/charm/bindaddr"
+	"github.com/juju/dqlite-controller/charm/hooktools"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "dispatch: not implemented yet")
-	os.Exit(1)
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	env, err := charm.EnvFromGetenv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	runner := hooktools.ExecRunner{}
+	logger := slog.New(hooktools.NewLogHandler(hooktools.New(runner), slog.LevelInfo, os.Stderr))
+	cfg := charm.Config{
+		JujuDir:        "/var/lib/juju",
+		SystemdDir:     "/etc/systemd/system",
+		Runner:         runner,
+		LocalAddresses: bindaddr.Netlink{},
+		Logger:         logger,
+	}
+	if err := charm.Reconcile(ctx, cfg, env); err != nil {
+		logger.Error(fmt.Sprintf("hook %s failed: %v", env.Hook, err))
+		return err
+	}
+	return nil
 }

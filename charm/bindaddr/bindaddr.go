@@ -1,0 +1,164 @@
+// Package bindaddr chooses a unit's Dqlite bind address from the addresses
+// Juju reports for the db-cluster binding, and checks that the machine has
+// it on one of its interfaces.
+//
+// Juju 4 narrows network-get's ingress-addresses to the best scope tier of
+// the bound space; Juju 3.6 lists every address of the space, public ones
+// first. Applying the same tiers here makes both give the same answer: the
+// bind address is the one address in the best non-empty tier, and more than
+// one there is ambiguous (several NICs, or a secondary/virtual address, in
+// the same space), which only the operator can resolve with `juju bind`.
+package bindaddr
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Tier is an address's scope rank, best first, as Juju ranks ingress
+// addresses. TierNever addresses are never used.
+type Tier int
+
+// The tiers, in the order Juju prefers them.
+const (
+	TierNever Tier = iota
+	TierLocalCloudIPv4
+	TierLocalCloudIPv6
+	TierPublicIPv4
+	TierPublicIPv6
+)
+
+func (t Tier) String() string {
+	switch t {
+	case TierLocalCloudIPv4:
+		return "local-cloud IPv4"
+	case TierLocalCloudIPv6:
+		return "local-cloud IPv6"
+	case TierPublicIPv4:
+		return "public IPv4"
+	case TierPublicIPv6:
+		return "public IPv6"
+	default:
+		return "never used"
+	}
+}
+
+var (
+	localCloudIPv4 = []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"),
+	}
+	localCloudIPv6 = netip.MustParsePrefix("fc00::/7")
+	// Fan overlay addresses (Juju's default fan underlay maps into 240/4,
+	// e.g. 252.0.0.0/8 on AWS) are machine-to-container plumbing, never a
+	// place to bind a cluster; 255.255.255.255 falls in here too.
+	fanIPv4 = netip.MustParsePrefix("240.0.0.0/4")
+)
+
+// Classify returns the tier of addr.
+func Classify(addr netip.Addr) Tier {
+	if !addr.IsValid() || addr.Zone() != "" || addr.Is4In6() ||
+		addr.IsUnspecified() || addr.IsLoopback() || addr.IsMulticast() ||
+		addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast() || addr.IsInterfaceLocalMulticast() {
+		return TierNever
+	}
+	if addr.Is4() {
+		if fanIPv4.Contains(addr) {
+			return TierNever
+		}
+		for _, p := range localCloudIPv4 {
+			if p.Contains(addr) {
+				return TierLocalCloudIPv4
+			}
+		}
+		return TierPublicIPv4
+	}
+	if localCloudIPv6.Contains(addr) {
+		return TierLocalCloudIPv6
+	}
+	return TierPublicIPv6
+}
+
+// ErrNoAddress means no usable address was offered at all.
+var ErrNoAddress = errors.New("no usable DB bind address")
+
+// AmbiguousError means the best tier holds more than one address.
+type AmbiguousError struct {
+	Tier      Tier
+	Addresses []netip.Addr
+}
+
+func (e *AmbiguousError) Error() string {
+	s := make([]string, len(e.Addresses))
+	for i, a := range e.Addresses {
+		s[i] = a.String()
+	}
+	return fmt.Sprintf("%d possible DB bind addresses in the %s tier: %s", len(s), e.Tier, strings.Join(s, ", "))
+}
+
+// Selection is the outcome of Select.
+type Selection struct {
+	// Address is the bind address; valid only when Select returns nil.
+	Address netip.Addr
+	// Tier is the tier Address (or the ambiguous set) came from.
+	Tier Tier
+	// Skipped lists the offered values that were not considered, with the
+	// reason, for the log.
+	Skipped []string
+}
+
+// Select picks the bind address among candidates (network-get's
+// ingress-addresses, or bind-address values when those are absent). Values
+// may carry a CIDR suffix, which is dropped; duplicates count once; host
+// names are skipped, since Dqlite binds an IP. It returns ErrNoAddress or an
+// *AmbiguousError when there is not exactly one address in the best tier.
+func Select(candidates []string) (Selection, error) {
+	var sel Selection
+	tiers := map[Tier][]netip.Addr{}
+	seen := map[netip.Addr]bool{}
+	for _, c := range candidates {
+		addr, err := parse(c)
+		if err != nil {
+			sel.Skipped = append(sel.Skipped, fmt.Sprintf("%q: not an IP address", c))
+			continue
+		}
+		if seen[addr] {
+			continue
+		}
+		seen[addr] = true
+		tier := Classify(addr)
+		if tier == TierNever {
+			sel.Skipped = append(sel.Skipped, fmt.Sprintf("%s: loopback, link-local, fan, multicast or unspecified", addr))
+			continue
+		}
+		tiers[tier] = append(tiers[tier], addr)
+	}
+	for tier := TierLocalCloudIPv4; tier <= TierPublicIPv6; tier++ {
+		addrs := tiers[tier]
+		if len(addrs) == 0 {
+			continue
+		}
+		sel.Tier = tier
+		if len(addrs) > 1 {
+			return sel, &AmbiguousError{Tier: tier, Addresses: addrs}
+		}
+		sel.Address = addrs[0]
+		return sel, nil
+	}
+	return sel, ErrNoAddress
+}
+
+func parse(s string) (netip.Addr, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		return p.Addr(), nil
+	}
+	return netip.ParseAddr(s)
+}

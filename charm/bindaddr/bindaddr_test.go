@@ -1,0 +1,117 @@
+package bindaddr_test
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/juju/dqlite-controller/charm/bindaddr"
+)
+
+func TestClassify_Tiers(t *testing.T) {
+	cases := map[string]bindaddr.Tier{
+		"10.0.0.1":        bindaddr.TierLocalCloudIPv4,
+		"172.16.0.1":      bindaddr.TierLocalCloudIPv4,
+		"172.31.255.254":  bindaddr.TierLocalCloudIPv4,
+		"192.168.1.17":    bindaddr.TierLocalCloudIPv4,
+		"fc00::1":         bindaddr.TierLocalCloudIPv6,
+		"fd12:3456::9":    bindaddr.TierLocalCloudIPv6,
+		"172.32.0.1":      bindaddr.TierPublicIPv4,
+		"8.8.8.8":         bindaddr.TierPublicIPv4,
+		"100.64.0.1":      bindaddr.TierPublicIPv4,
+		"2001:db8::1":     bindaddr.TierPublicIPv6,
+		"127.0.0.1":       bindaddr.TierNever,
+		"::1":             bindaddr.TierNever,
+		"169.254.1.1":     bindaddr.TierNever,
+		"fe80::1":         bindaddr.TierNever,
+		"240.1.1.10":      bindaddr.TierNever,
+		"252.5.4.1":       bindaddr.TierNever,
+		"255.255.255.255": bindaddr.TierNever,
+		"0.0.0.0":         bindaddr.TierNever,
+		"::":              bindaddr.TierNever,
+		"224.0.0.1":       bindaddr.TierNever,
+		"ff02::1":         bindaddr.TierNever,
+		"::ffff:10.0.0.1": bindaddr.TierNever,
+	}
+	for s, want := range cases {
+		if got := bindaddr.Classify(netip.MustParseAddr(s)); got != want {
+			t.Errorf("Classify(%s) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+func TestSelect_OneLocalCloudAddressAmongPublicOnes(t *testing.T) {
+	// Juju 3.6 lists every address of the space, most public first.
+	sel, err := bindaddr.Select([]string{"54.237.63.211", "2001:db8::5", "10.136.107.33", "fe80::1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.Address.String() != "10.136.107.33" || sel.Tier != bindaddr.TierLocalCloudIPv4 {
+		t.Fatalf("got %v (%v)", sel.Address, sel.Tier)
+	}
+}
+
+func TestSelect_TwoInBestTierIsAmbiguous(t *testing.T) {
+	_, err := bindaddr.Select([]string{"10.0.0.5", "192.168.1.5", "8.8.8.8"})
+	var amb *bindaddr.AmbiguousError
+	if !errors.As(err, &amb) || len(amb.Addresses) != 2 {
+		t.Fatalf("err = %v", err)
+	}
+	if err.Error() != "2 possible DB bind addresses in the local-cloud IPv4 tier: 10.0.0.5, 192.168.1.5" {
+		t.Fatalf("message = %q", err)
+	}
+}
+
+func TestSelect_DuplicatesCountOnce(t *testing.T) {
+	// The AWS fan sample lists 172.31.5.4 twice, then a fan address.
+	sel, err := bindaddr.Select([]string{"172.31.5.4", "172.31.5.4", "252.5.4.1"})
+	if err != nil || sel.Address.String() != "172.31.5.4" {
+		t.Fatalf("got %v, %v", sel.Address, err)
+	}
+}
+
+func TestSelect_FanOnlyTierSkipped(t *testing.T) {
+	// The 3.6 API-test sample: three public addresses and a fan one.
+	_, err := bindaddr.Select([]string{"8.8.4.10", "8.8.4.11", "8.8.8.10", "240.1.1.10"})
+	var amb *bindaddr.AmbiguousError
+	if !errors.As(err, &amb) || amb.Tier != bindaddr.TierPublicIPv4 || len(amb.Addresses) != 3 {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSelect_IPv6OnlyAndCIDRSuffix(t *testing.T) {
+	sel, err := bindaddr.Select([]string{"fd00:1::7/64", "2001:db8::7"})
+	if err != nil || sel.Address.String() != "fd00:1::7" {
+		t.Fatalf("got %v, %v", sel.Address, err)
+	}
+}
+
+func TestSelect_NothingUsable(t *testing.T) {
+	sel, err := bindaddr.Select([]string{"127.0.0.1", "controller-0.example", "fe80::1"})
+	if !errors.Is(err, bindaddr.ErrNoAddress) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(sel.Skipped) != 3 {
+		t.Fatalf("skipped = %v", sel.Skipped)
+	}
+	if _, err := bindaddr.Select(nil); !errors.Is(err, bindaddr.ErrNoAddress) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestNetlink_ListsLoopback reads this machine's (or namespace's) real
+// addresses over netlink; every Linux network namespace has lo, and lo is up
+// with 127.0.0.1 on any machine these tests run on.
+func TestNetlink_ListsLoopback(t *testing.T) {
+	addrs, err := bindaddr.Netlink{}.Addresses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(addrs, netip.MustParseAddr("127.0.0.1")) {
+		t.Fatalf("127.0.0.1 not among %v", addrs)
+	}
+	if slices.Contains(addrs, netip.MustParseAddr("192.0.2.77")) {
+		t.Fatalf("documentation address 192.0.2.77 reported as local: %v", addrs)
+	}
+}

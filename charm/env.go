@@ -1,0 +1,84 @@
+package charm
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/juju/dqlite-controller/controllerconf"
+)
+
+// Env is the part of the hook environment the charm reads (juju-ha.md §5.2).
+type Env struct {
+	// Hook is the hook name, e.g. "install" or "db-cluster-relation-changed".
+	Hook string
+	// UnitName is this unit, e.g. "dqlite-controller/3".
+	UnitName string
+	// CharmDir is the charm's directory (JUJU_CHARM_DIR).
+	CharmDir string
+	// RelationName and RelationID are set in relation hooks.
+	RelationName, RelationID string
+	// RemoteUnit is empty in relation-created and app-data relation-changed.
+	RemoteUnit string
+	// RemoteApp is the other side's application (for peers, this one).
+	RemoteApp string
+	// DepartingUnit is set in relation-departed: the unit leaving, which is
+	// this unit when this unit is the one being removed.
+	DepartingUnit string
+}
+
+// EnvFromGetenv reads the hook environment with getenv (os.Getenv in the
+// hook binary). The hook name comes from JUJU_DISPATCH_PATH ("hooks/<name>"),
+// as Juju sets it for a charm with a dispatch script, else JUJU_HOOK_NAME.
+func EnvFromGetenv(getenv func(string) string) (Env, error) {
+	env := Env{
+		UnitName:      getenv("JUJU_UNIT_NAME"),
+		CharmDir:      getenv("JUJU_CHARM_DIR"),
+		RelationName:  getenv("JUJU_RELATION"),
+		RelationID:    getenv("JUJU_RELATION_ID"),
+		RemoteUnit:    getenv("JUJU_REMOTE_UNIT"),
+		RemoteApp:     getenv("JUJU_REMOTE_APP"),
+		DepartingUnit: getenv("JUJU_DEPARTING_UNIT"),
+	}
+	if env.CharmDir == "" {
+		env.CharmDir = getenv("CHARM_DIR")
+	}
+	if p := getenv("JUJU_DISPATCH_PATH"); p != "" {
+		name, ok := strings.CutPrefix(p, "hooks/")
+		if !ok || name == "" || strings.Contains(name, "/") {
+			return Env{}, fmt.Errorf("cannot handle JUJU_DISPATCH_PATH %q: not a hook (this charm has no actions)", p)
+		}
+		env.Hook = name
+	} else {
+		env.Hook = getenv("JUJU_HOOK_NAME")
+	}
+	if env.Hook == "" {
+		return Env{}, errors.New("cannot tell which hook to run: JUJU_DISPATCH_PATH and JUJU_HOOK_NAME are unset")
+	}
+	if env.UnitName == "" {
+		return Env{}, errors.New("cannot tell which unit this is: JUJU_UNIT_NAME is unset")
+	}
+	if env.CharmDir == "" {
+		return Env{}, errors.New("cannot find the charm: JUJU_CHARM_DIR is unset")
+	}
+	return env, nil
+}
+
+// AppName is the application part of UnitName.
+func (e Env) AppName() string {
+	app, _, _ := strings.Cut(e.UnitName, "/")
+	return app
+}
+
+// unitNumber returns the number of a unit name "app/N", validated as an
+// agent id: the agent id of a unit is its unit number.
+func unitNumber(unit string) (string, error) {
+	_, n, ok := strings.Cut(unit, "/")
+	if !ok {
+		return "", fmt.Errorf("unit name %q has no unit number", unit)
+	}
+	if err := controllerconf.ValidateAgentID(n); err != nil {
+		return "", fmt.Errorf("unit name %q: %w", unit, err)
+	}
+	return n, nil
+}

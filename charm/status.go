@@ -1,0 +1,101 @@
+package charm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/juju/dqlite-controller/charm/hooktools"
+)
+
+// statusPriority orders statuses as ops' collect-status does:
+// blocked > maintenance > waiting > active.
+var statusPriority = map[hooktools.Status]int{
+	hooktools.StatusBlocked:     4,
+	hooktools.StatusMaintenance: 3,
+	hooktools.StatusWaiting:     2,
+	hooktools.StatusActive:      1,
+}
+
+// statusCollector gathers the statuses a hook finds and sets the most
+// important one (the first one added, among equals) once at the end.
+type statusCollector struct {
+	status  hooktools.Status
+	message string
+}
+
+func (c *statusCollector) add(s hooktools.Status, msg string) {
+	if statusPriority[s] > statusPriority[c.status] {
+		c.status, c.message = s, msg
+	}
+}
+
+func (c *statusCollector) apply(ctx context.Context, tools *hooktools.Client) error {
+	if c.status == "" {
+		return nil
+	}
+	return tools.StatusSet(ctx, c.status, c.message)
+}
+
+// WorkloadStatus is the JSON `controllerd status --format=json` prints.
+type WorkloadStatus struct {
+	ControllerID string         `json:"controller-id"`
+	NodeID       string         `json:"node-id"`
+	Address      string         `json:"address"`
+	Role         string         `json:"role"`
+	Member       bool           `json:"member"`
+	Leader       *WorkloadNode  `json:"leader"`
+	Members      []WorkloadNode `json:"members"`
+	State        string         `json:"state"`
+	Message      string         `json:"message"`
+	ConfigError  string         `json:"config-error"`
+}
+
+// WorkloadNode is one Dqlite node in WorkloadStatus.
+type WorkloadNode struct {
+	NodeID  string `json:"node-id"`
+	Address string `json:"address"`
+	Role    string `json:"role,omitempty"`
+}
+
+// describeWorkload turns controllerd's status into the unit status, e.g.
+// "voter, leader; 3 members" or "spare; 2 members (1 voter: no redundancy)".
+func describeWorkload(st *WorkloadStatus) (hooktools.Status, string) {
+	if st.ConfigError != "" {
+		return hooktools.StatusBlocked, "controllerd rejects controller.conf: " + st.ConfigError
+	}
+	if !st.Member || st.Role == "" {
+		msg := st.Message
+		if msg == "" {
+			msg = st.State
+		}
+		if msg == "" {
+			msg = "not a cluster member yet"
+		}
+		return hooktools.StatusWaiting, "controllerd: " + msg
+	}
+	var b strings.Builder
+	b.WriteString(st.Role)
+	if st.Leader != nil && st.Leader.NodeID != "" && st.Leader.NodeID == st.NodeID {
+		b.WriteString(", leader")
+	}
+	n := len(st.Members)
+	if n == 1 {
+		b.WriteString("; 1 member")
+	} else {
+		fmt.Fprintf(&b, "; %d members", n)
+	}
+	voters := 0
+	for _, m := range st.Members {
+		if m.Role == "voter" {
+			voters++
+		}
+	}
+	switch {
+	case voters == 1:
+		b.WriteString(" (1 voter: no redundancy)")
+	case voters == 2:
+		b.WriteString(" (2 voters: no redundancy)")
+	}
+	return hooktools.StatusActive, b.String()
+}

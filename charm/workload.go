@@ -1,0 +1,277 @@
+package charm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/juju/dqlite-controller/charm/hooktools"
+	"github.com/juju/dqlite-controller/charm/service"
+)
+
+// port reads db-port. ok is false (with a blocked status) when the option
+// is not a valid port; the last rendered unit file then stays in place.
+func (h *hook) port(ctx context.Context) (port int, ok bool, err error) {
+	cfg, err := h.tools.ConfigGet(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	raw, present := cfg["db-port"]
+	if !present || raw == nil {
+		return DefaultPort, true, nil
+	}
+	var s string
+	switch v := raw.(type) {
+	case json.Number:
+		s = v.String()
+	case string:
+		s = v
+	default:
+		s = fmt.Sprint(v)
+	}
+	p, perr := strconv.Atoi(s)
+	if perr != nil || p < 1 || p > 65535 {
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("invalid db-port %q: must be a whole number from 1 to 65535; fix it with juju config", s))
+		return 0, false, nil
+	}
+	return p, true, nil
+}
+
+// reconcileService keeps the controllerd unit file in line with config and
+// drives systemctl as the hook requires: install only writes the file, start
+// enables and starts, and any later change of the file (db-port) restarts
+// the daemon. upgrade-charm also restarts a running daemon, because the new
+// charm brings a new controllerd binary that a running process would not
+// pick up.
+func (h *hook) reconcileService(ctx context.Context) error {
+	if err := h.ensureConfigFile(); err != nil {
+		h.status.add(hooktools.StatusBlocked, err.Error())
+		return err
+	}
+	port, ok, err := h.port(ctx)
+	if err != nil {
+		return err
+	}
+	changed := false
+	if ok {
+		unit, rerr := service.Render(service.Spec{CharmDir: h.env.CharmDir, AgentID: h.agentID, Port: port})
+		if rerr != nil {
+			h.status.add(hooktools.StatusBlocked, rerr.Error())
+		} else if changed, err = h.svc.Install(ctx, unit); err != nil {
+			return h.serviceFailed(err)
+		} else if changed {
+			h.log.Info("wrote the controllerd unit file", "path", h.svc.Path(), "port", port)
+		}
+	}
+	if _, err := os.Stat(h.svc.Path()); err != nil {
+		// Nothing to start until config allows rendering the unit; the
+		// blocked status above says why.
+		return nil
+	}
+	switch {
+	case h.env.Hook == hookInstall:
+		return nil
+	case h.env.Hook == hookStart:
+		if err := h.markStarted(); err != nil {
+			return err
+		}
+		if err := h.svc.Enable(ctx); err != nil {
+			return h.serviceFailed(err)
+		}
+		if changed {
+			err = h.svc.Restart(ctx)
+		} else {
+			err = h.svc.Start(ctx)
+		}
+		if err != nil {
+			return h.serviceFailed(err)
+		}
+	case changed:
+		if err := h.svc.Enable(ctx); err != nil {
+			return h.serviceFailed(err)
+		}
+		if err := h.svc.Restart(ctx); err != nil {
+			return h.serviceFailed(err)
+		}
+		h.log.Info("restarted controllerd with the new unit file")
+	case h.env.Hook == hookUpgradeCharm:
+		state, err := h.svc.State(ctx)
+		if err != nil {
+			return h.serviceFailed(err)
+		}
+		if state == "active" || state == "activating" {
+			if err := h.svc.Restart(ctx); err != nil {
+				return h.serviceFailed(err)
+			}
+			h.log.Info("restarted controllerd to run the upgraded binary")
+		}
+	}
+	return nil
+}
+
+// serviceFailed reports a systemctl failure and fails the hook so that Juju
+// retries it.
+func (h *hook) serviceFailed(err error) error {
+	h.status.add(hooktools.StatusBlocked, fmt.Sprintf("%v; see journalctl -u controllerd", err))
+	return err
+}
+
+// ensureConfigFile creates the controller config directory and an empty
+// controller.conf when missing, as Juju's controller charm does at install;
+// controllerd treats an empty file as "no peers yet".
+func (h *hook) ensureConfigFile() error {
+	path := h.cfg.ConfigPath(h.agentID)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("cannot create %s: %w", filepath.Dir(path), err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cannot create %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+func (h *hook) stop(ctx context.Context) error {
+	h.status.add(hooktools.StatusMaintenance, "controllerd stopped; this unit is being removed")
+	return h.stopService(ctx)
+}
+
+func (h *hook) stopService(ctx context.Context) error {
+	if _, err := os.Stat(h.svc.Path()); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	// SIGTERM: controllerd hands Dqlite leadership over before exiting.
+	if err := h.svc.Stop(ctx); err != nil {
+		return h.serviceFailed(err)
+	}
+	if err := h.svc.Disable(ctx); err != nil {
+		return h.serviceFailed(err)
+	}
+	h.log.Info("stopped and disabled controllerd")
+	return nil
+}
+
+// remove stops controllerd if it still runs, removes its unit, and wipes the
+// node's Dqlite data dir: a node removed from the cluster must never come
+// back on its old data (juju-ha.md §6, items 2 and 3).
+func (h *hook) remove(ctx context.Context) error {
+	if err := h.stopService(ctx); err != nil {
+		return err
+	}
+	if err := h.svc.Uninstall(ctx); err != nil {
+		return h.serviceFailed(err)
+	}
+	if err := os.RemoveAll(h.cfg.DataDir()); err != nil {
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot wipe the Dqlite data dir %s: %v", h.cfg.DataDir(), err))
+		return fmt.Errorf("cannot wipe the Dqlite data dir: %w", err)
+	}
+	h.log.Info("removed controllerd and wiped its Dqlite data dir", "dir", h.cfg.DataDir())
+	h.status.add(hooktools.StatusMaintenance, "controllerd removed and its Dqlite data wiped")
+	return nil
+}
+
+// versionHooks are the hooks that report the workload version.
+var versionHooks = map[string]bool{
+	hookInstall: true, hookStart: true, hookUpgradeCharm: true, hookConfigChanged: true, hookUpdateStatus: true,
+}
+
+// reportWorkload sets the workload version and adds controllerd's own view
+// to the status.
+func (h *hook) reportWorkload(ctx context.Context) error {
+	if versionHooks[h.env.Hook] {
+		if err := h.tools.ApplicationVersionSet(ctx, h.workloadVersion(ctx)); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(h.svc.Path()); err != nil {
+		return nil // blocked already: the unit could not be rendered
+	}
+	if started, err := h.started(); err != nil {
+		return err
+	} else if !started {
+		h.status.add(hooktools.StatusWaiting, "controllerd installed; waiting for the start hook")
+		return nil
+	}
+	state, err := h.svc.State(ctx)
+	if err != nil {
+		return h.serviceFailed(err)
+	}
+	if state != "active" {
+		h.status.add(hooktools.StatusWaiting, fmt.Sprintf("controllerd is %s; see journalctl -u controllerd", state))
+		return nil
+	}
+	st, err := h.workloadStatus(ctx)
+	if err != nil {
+		h.status.add(hooktools.StatusWaiting, fmt.Sprintf("workload not answering: %v", err))
+		return nil
+	}
+	status, msg := describeWorkload(st)
+	h.status.add(status, msg)
+	return nil
+}
+
+// markStarted records that the start hook ran, so that later hooks tell a
+// daemon that is not running yet from one that stopped.
+func (h *hook) markStarted() error {
+	return writeMarker(h.cfg.startedMarker(h.agentID))
+}
+
+func (h *hook) started() (bool, error) {
+	return markerExists(h.cfg.startedMarker(h.agentID))
+}
+
+func (h *hook) controllerd() string { return filepath.Join(h.env.CharmDir, "controllerd") }
+
+func (h *hook) workloadStatus(ctx context.Context) (*WorkloadStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.WorkloadTimeout)
+	defer cancel()
+	out, err := h.cfg.Runner.Run(ctx, h.controllerd(), "status", "--data-dir", h.cfg.DataDir(), "--format=json")
+	if err != nil {
+		var exitErr *hooktools.ExitError
+		if errors.As(err, &exitErr) && exitErr.Stderr != "" {
+			return nil, errors.New(firstLine(exitErr.Stderr))
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("no answer within %s", h.cfg.WorkloadTimeout)
+		}
+		return nil, err
+	}
+	var st WorkloadStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("cannot parse controllerd status: %v", err)
+	}
+	return &st, nil
+}
+
+// workloadVersion asks the shipped controllerd for its version, falling
+// back to the charm's.
+func (h *hook) workloadVersion(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.WorkloadTimeout)
+	defer cancel()
+	out, err := h.cfg.Runner.Run(ctx, h.controllerd(), "version")
+	if err != nil {
+		h.log.Debug("cannot ask controllerd for its version", "err", err)
+		return Version
+	}
+	v := strings.TrimSpace(firstLine(string(out)))
+	v = strings.TrimSpace(strings.TrimPrefix(v, "controllerd"))
+	if v == "" || len(v) > 64 {
+		return Version
+	}
+	return v
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	line, _, _ := strings.Cut(s, "\n")
+	return strings.TrimSpace(line)
+}
