@@ -291,4 +291,3 @@ func versionCmd(stdout io.Writer) *cobra.Command {
 		},
 	}
 }
-

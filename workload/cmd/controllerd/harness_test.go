@@ -1,0 +1,401 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/juju/dqlite-controller/controllerconf"
+	"github.com/juju/dqlite-controller/workload/control"
+)
+
+// binary is the controllerd built by TestMain; every scenario runs it as
+// real processes.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "controllerd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "controllerd")
+	build := exec.Command("go", "build", "-tags", "libsqlite3", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "cannot build controllerd:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// patience is the generous deadline for any cluster condition: conditions
+// are polled, never timed.
+const patience = 60 * time.Second
+
+const dqlitePort = 17666
+
+// line is one log line with the time the harness read it.
+type line struct {
+	at   time.Time
+	text string
+}
+
+// daemon is one controllerd process with its own data dir and config file.
+type daemon struct {
+	id   string
+	host string
+	conf string
+	data string
+
+	mu     sync.Mutex
+	lines  []line
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error
+}
+
+func (d *daemon) logs() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var b strings.Builder
+	for _, l := range d.lines {
+		b.WriteString(l.text)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// lineAfter returns the time of the first log line after t that contains s.
+func (d *daemon) lineAfter(t time.Time, s string) (time.Time, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.lines {
+		if l.at.After(t) && strings.Contains(l.text, s) {
+			return l.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func (d *daemon) running() bool {
+	if d.cmd == nil {
+		return false
+	}
+	select {
+	case <-d.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// cluster is a set of daemons on loopback addresses 127.X.Y.(n+1), one
+// address per controller, all on the same port. X.Y is random per cluster
+// so that concurrent test runs do not collide.
+type cluster struct {
+	t      testing.TB
+	prefix string
+	dir    string
+	nodes  map[string]*daemon
+}
+
+func newCluster(t testing.TB) *cluster {
+	c := &cluster{
+		t:      t,
+		prefix: fmt.Sprintf("127.%d.%d.", 10+rand.IntN(240), 1+rand.IntN(250)),
+		dir:    t.TempDir(),
+		nodes:  map[string]*daemon{},
+	}
+	t.Cleanup(func() {
+		for _, d := range c.nodes {
+			if d.running() {
+				d.cmd.Process.Kill()
+				<-d.exited
+			}
+		}
+		if t.Failed() {
+			for id, d := range c.nodes {
+				t.Logf("=== log of controller %s ===\n%s", id, d.logs())
+			}
+		}
+	})
+	return c
+}
+
+func (c *cluster) node(id string) *daemon {
+	if d, ok := c.nodes[id]; ok {
+		return d
+	}
+	n, err := strconv.Atoi(id)
+	if err != nil {
+		c.t.Fatalf("bad controller id %q", id)
+	}
+	d := &daemon{
+		id:   id,
+		host: c.prefix + strconv.Itoa(n+1),
+		conf: filepath.Join(c.dir, "agents", "controller-"+id, controllerconf.FileName),
+		data: filepath.Join(c.dir, "dqlite-"+id),
+	}
+	c.nodes[id] = d
+	return d
+}
+
+// config returns a config listing ids, with controller 0 as bootstrap agent.
+func (c *cluster) config(ids ...string) *controllerconf.Config {
+	cfg := &controllerconf.Config{DBBindAddresses: map[string]string{}, BootstrapAgentID: "0"}
+	for _, id := range ids {
+		cfg.DBBindAddresses[id] = c.node(id).host
+	}
+	return cfg
+}
+
+// writeConfig writes cfg to the config files of the given controllers, the
+// way the charm does (atomic rename).
+func (c *cluster) writeConfig(cfg *controllerconf.Config, to ...string) {
+	c.t.Helper()
+	for _, id := range to {
+		if _, err := controllerconf.Write(c.node(id).conf, cfg); err != nil {
+			c.t.Fatalf("cannot write config of controller %s: %v", id, err)
+		}
+	}
+}
+
+func (c *cluster) start(id string) *daemon {
+	c.t.Helper()
+	d := c.node(id)
+	if d.running() {
+		c.t.Fatalf("controller %s is already running", id)
+	}
+	cmd := exec.Command(binary, "run", "--controller-id", id, "--config", d.conf,
+		"--data-dir", d.data, "--port", strconv.Itoa(dqlitePort))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("cannot start controller %s: %v", id, err)
+	}
+	d.cmd, d.exited = cmd, make(chan struct{})
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			d.mu.Lock()
+			d.lines = append(d.lines, line{at: time.Now(), text: sc.Text()})
+			d.mu.Unlock()
+		}
+		io.Copy(io.Discard, stderr)
+	}()
+	go func() {
+		<-scanned
+		err := cmd.Wait()
+		d.mu.Lock()
+		d.err = err
+		d.mu.Unlock()
+		close(d.exited)
+	}()
+	return d
+}
+
+// stop sends SIGTERM and returns the exit error (nil for exit 0).
+func (c *cluster) stop(id string) error {
+	c.t.Helper()
+	d := c.node(id)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(patience):
+		c.t.Fatalf("controller %s did not exit within %s of SIGTERM", id, patience)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
+}
+
+func (c *cluster) kill(id string) {
+	c.t.Helper()
+	d := c.node(id)
+	d.cmd.Process.Kill()
+	<-d.exited
+}
+
+func (c *cluster) status(id string) (control.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return control.NewClient(c.node(id).data).Status(ctx)
+}
+
+func (c *cluster) mustStatus(id string) control.Status {
+	c.t.Helper()
+	st, err := c.status(id)
+	if err != nil {
+		c.t.Fatalf("cannot get status of controller %s: %v", id, err)
+	}
+	return st
+}
+
+func (c *cluster) sql(id, stmt string) (control.SQLResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return control.NewClient(c.node(id).data).SQL(ctx, stmt)
+}
+
+func (c *cluster) mustSQL(id, stmt string) control.SQLResult {
+	c.t.Helper()
+	res, err := c.sql(id, stmt)
+	if err != nil {
+		c.t.Fatalf("controller %s: %q failed: %v", id, stmt, err)
+	}
+	return res
+}
+
+// count returns SELECT count(*) through controller id.
+func (c *cluster) count(id, table string) (int, error) {
+	res, err := c.sql(id, "SELECT count(*) FROM "+table)
+	if err != nil {
+		return 0, err
+	}
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		return 0, fmt.Errorf("unexpected result %+v", res)
+	}
+	n, ok := res.Rows[0][0].(float64)
+	if !ok {
+		return 0, fmt.Errorf("unexpected count %#v", res.Rows[0][0])
+	}
+	return int(n), nil
+}
+
+// waitFor polls cond until it holds or the patience runs out.
+func (c *cluster) waitFor(what string, cond func() (bool, string)) {
+	c.t.Helper()
+	deadline := time.Now().Add(patience)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		last = detail
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatalf("timed out waiting for %s (last: %s)", what, last)
+}
+
+// waitState waits until controller id reports state (and member when the
+// state is running).
+func (c *cluster) waitState(id, state string) control.Status {
+	c.t.Helper()
+	var st control.Status
+	c.waitFor(fmt.Sprintf("controller %s to be %s", id, state), func() (bool, string) {
+		var err error
+		st, err = c.status(id)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.State == state, fmt.Sprintf("%s: %s", st.State, st.Message)
+	})
+	return st
+}
+
+// waitRoles waits until controller id sees the given numbers of members,
+// voters and stand-bys, with everyone listed running.
+func (c *cluster) waitRoles(id string, members, voters, standbys int) control.Status {
+	c.t.Helper()
+	var st control.Status
+	c.waitFor(fmt.Sprintf("%d members, %d voters, %d stand-bys", members, voters, standbys), func() (bool, string) {
+		var err error
+		st, err = c.status(id)
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(st.Members) == members && st.Voters == voters && st.StandBys == standbys,
+			fmt.Sprintf("%s members=%d voters=%d stand-bys=%d", st.State, len(st.Members), st.Voters, st.StandBys)
+	})
+	return st
+}
+
+// form starts controllers 0..n-1 listed in every config, 0 bootstrapping,
+// and waits until all are running members with the expected roles.
+func (c *cluster) form(n int) {
+	c.t.Helper()
+	ids := ids(n)
+	c.writeConfig(c.config(ids...), ids...)
+	for _, id := range ids {
+		c.start(id)
+	}
+	voters := min(n, 3)
+	if n == 2 {
+		voters = 1
+	}
+	c.waitRoles("0", n, voters, min(max(n-3, 0), 3))
+	for _, id := range ids {
+		c.waitState(id, "running")
+	}
+}
+
+func ids(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = strconv.Itoa(i)
+	}
+	return out
+}
+
+// leaderID returns the controller id whose node leads, as seen by from.
+func (c *cluster) leaderID(from string) string {
+	c.t.Helper()
+	var leader string
+	c.waitFor("a leader", func() (bool, string) {
+		st, err := c.status(from)
+		if err != nil || st.Leader == nil {
+			return false, fmt.Sprint(err)
+		}
+		for id, d := range c.nodes {
+			if strings.HasPrefix(st.Leader.Address, d.host+":") {
+				leader = id
+				return true, ""
+			}
+		}
+		return false, "leader " + st.Leader.Address + " is not a known controller"
+	})
+	return leader
+}
+
+// writeUntilOK retries an idempotent insert through controller id until it
+// succeeds.
+func (c *cluster) writeUntilOK(id, stmt string) {
+	c.t.Helper()
+	c.waitFor("a successful write through controller "+id, func() (bool, string) {
+		_, err := c.sql(id, stmt)
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+}
+
+func isExitCode(err error, code int) bool {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode() == code
+	}
+	return err == nil && code == 0
+}
