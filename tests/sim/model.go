@@ -1,0 +1,891 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// SubnetSpec describes one simulated subnet: one bridge in the run's fabric
+// namespace, with an IPv4 /24 or an IPv6 /64 chosen for this run.
+type SubnetSpec struct {
+	Name  string
+	Space string
+	IPv6  bool
+}
+
+// Options configure a Model.
+type Options struct {
+	// CharmDir is the unpacked charm (dispatch, metadata.yaml, config.yaml).
+	CharmDir string
+	// Logger receives the simulator's own log; nil discards it.
+	Logger *slog.Logger
+	// Subnets of the model; default one IPv4 subnet "net0" in space "alpha".
+	Subnets []SubnetSpec
+	// DefaultSubnets are the subnets a new machine gets a NIC in when no
+	// MachineSpec is given; default the first subnet.
+	DefaultSubnets []string
+	// DefaultSpace is the application's default binding (Juju: alpha).
+	DefaultSpace string
+	// Bindings are the initial endpoint bindings (juju deploy --bind).
+	Bindings map[string]string
+	// Juju36Ingress makes network-get list every address of the bound
+	// space in ingress-addresses, as Juju 3.6 does, instead of Juju 4's
+	// best scope tier only (juju-ha.md §1.6).
+	Juju36Ingress bool
+	// LeaseExpiry is how long leadership stays with a unit whose agent is
+	// gone before another unit is elected; Juju takes up to ~60 s (§5.5).
+	LeaseExpiry time.Duration
+	// AutoRetryHooks, when positive, retries a failed hook after this delay
+	// (Juju's automatically-retry-hooks); zero waits for Resolve.
+	AutoRetryHooks time.Duration
+	// HookTimeout kills a hook that runs longer (Juju has no such limit; it
+	// keeps a wedged test from hanging). Default 10 minutes.
+	HookTimeout time.Duration
+	// TempDir is where the run directory is made; default os.TempDir().
+	TempDir string
+	// KeepRunDir keeps the run directory (logs, machine files) on Close.
+	KeepRunDir bool
+	// NoSignalHandler leaves SIGINT/SIGTERM alone; by default the first
+	// such signal tears the model down and exits with status 130.
+	NoSignalHandler bool
+}
+
+// MachineSpec says which subnets a new machine has a NIC in (one NIC and one
+// address per subnet, in the given order).
+type MachineSpec struct {
+	Subnets []string
+}
+
+type subnet struct {
+	SubnetSpec
+	prefix netip.Prefix
+	bridge string
+	next   int
+}
+
+type nic struct {
+	name   string // inside the machine
+	fabric string // the veth end in the fabric namespace
+	mac    string
+	subnet *subnet
+	addr   netip.Addr
+}
+
+type machine struct {
+	id          int
+	netns       string
+	inode       uint64
+	dir         string
+	nics        []*nic
+	dead        bool
+	partitioned bool
+	units       []*unit
+	sd          *systemd
+}
+
+type charmMeta struct {
+	Name  string                    `yaml:"name"`
+	Peers map[string]map[string]any `yaml:"peers"`
+	// Requires and Provides are read only to know valid endpoint names.
+	Requires map[string]map[string]any `yaml:"requires"`
+	Provides map[string]map[string]any `yaml:"provides"`
+}
+
+type configOption struct {
+	Type    string `yaml:"type"`
+	Default any    `yaml:"default"`
+}
+
+// Model is one simulated Juju model holding one application of the charm.
+type Model struct {
+	opts   Options
+	log    *slog.Logger
+	runID  string
+	runDir string
+	tools  string
+	sock   string
+	fabric string
+	exe    string
+	uuid   string
+
+	listener net.Listener
+	stopSig  func()
+	closing  chan struct{}
+	wg       sync.WaitGroup
+
+	mu          sync.Mutex
+	changed     chan struct{} // closed and replaced on every state change
+	app         string
+	meta        charmMeta
+	options     map[string]configOption
+	config      map[string]any
+	bindings    map[string]string
+	subnets     []*subnet
+	machines    map[int]*machine
+	nextMachine int
+	units       map[string]*unit
+	nextUnit    int
+	leader      string
+	electing    bool
+	relations   []*relation
+	contexts    map[string]*hookContext
+	ctxSeq      int
+	faults      []*hookFault
+	closed      bool
+}
+
+// New creates the run's fabric namespace and subnets. Close tears everything
+// down. It needs root.
+func New(opts Options) (*Model, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("cannot create a simulated model: network namespaces need root")
+	}
+	if opts.CharmDir == "" {
+		return nil, errors.New("cannot create a simulated model: no charm directory given")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if len(opts.Subnets) == 0 {
+		opts.Subnets = []SubnetSpec{{Name: "net0", Space: "alpha"}}
+	}
+	if len(opts.DefaultSubnets) == 0 {
+		opts.DefaultSubnets = []string{opts.Subnets[0].Name}
+	}
+	if opts.DefaultSpace == "" {
+		opts.DefaultSpace = "alpha"
+	}
+	if opts.LeaseExpiry == 0 {
+		opts.LeaseExpiry = 3 * time.Second
+	}
+	if opts.HookTimeout == 0 {
+		opts.HookTimeout = 10 * time.Minute
+	}
+	if opts.TempDir == "" {
+		opts.TempDir = os.TempDir()
+	}
+	for _, r := range sweepStale(opts.TempDir) {
+		opts.Logger.Info("removed leftover of a dead simulator run", "resource", r)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("cannot find the simulator executable: %w", err)
+	}
+	m := &Model{
+		opts:     opts,
+		log:      opts.Logger,
+		exe:      exe,
+		closing:  make(chan struct{}),
+		changed:  make(chan struct{}),
+		config:   map[string]any{},
+		bindings: map[string]string{},
+		machines: map[int]*machine{},
+		units:    map[string]*unit{},
+		contexts: map[string]*hookContext{},
+	}
+	if err := m.loadCharm(); err != nil {
+		return nil, err
+	}
+	for k, v := range opts.Bindings {
+		m.bindings[k] = v
+	}
+	if m.runID, err = newRunID(); err != nil {
+		return nil, err
+	}
+	m.uuid = fmt.Sprintf("%s-0000-4000-8000-%012d", m.runID, 0)
+	m.runDir = filepath.Join(opts.TempDir, namePrefix+m.runID)
+	if err := registerRun(m.runID, nil); err != nil {
+		return nil, err
+	}
+	if err := m.setUp(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if !opts.NoSignalHandler {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+		done := make(chan struct{})
+		m.stopSig = func() { signal.Stop(ch); close(done) }
+		go func() {
+			select {
+			case s := <-ch:
+				m.log.Warn("signal received: tearing the model down", "signal", s)
+				m.Close()
+				os.Exit(130)
+			case <-done:
+			}
+		}()
+	}
+	return m, nil
+}
+
+func (m *Model) loadCharm() error {
+	data, err := os.ReadFile(filepath.Join(m.opts.CharmDir, "metadata.yaml"))
+	if err != nil {
+		return fmt.Errorf("cannot read charm metadata (is the charm built? run make charm): %w", err)
+	}
+	if err := yaml.Unmarshal(data, &m.meta); err != nil {
+		return fmt.Errorf("cannot parse charm metadata: %w", err)
+	}
+	if m.meta.Name == "" {
+		return errors.New("cannot load charm: metadata.yaml has no name")
+	}
+	m.app = m.meta.Name
+	m.options = map[string]configOption{}
+	if data, err := os.ReadFile(filepath.Join(m.opts.CharmDir, "config.yaml")); err == nil {
+		var cfg struct {
+			Options map[string]configOption `yaml:"options"`
+		}
+		if err := yaml.Unmarshal(data, &cfg); err != nil {
+			return fmt.Errorf("cannot parse charm config.yaml: %w", err)
+		}
+		m.options = cfg.Options
+	}
+	if st, err := os.Stat(filepath.Join(m.opts.CharmDir, "dispatch")); err != nil || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("cannot load charm: %s has no executable dispatch", m.opts.CharmDir)
+	}
+	return nil
+}
+
+func (m *Model) setUp() error {
+	for _, d := range []string{m.runDir, filepath.Join(m.runDir, "tools"), filepath.Join(m.runDir, "machines")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("cannot create run directory: %w", err)
+		}
+	}
+	// The bind mounts need their mount points to exist on the host.
+	for _, d := range []string{"/var/lib/juju", "/etc/systemd/system"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("cannot create mount point %s: %w", d, err)
+		}
+	}
+	m.tools = filepath.Join(m.runDir, "tools")
+	m.sock = filepath.Join(m.runDir, "agent.sock")
+	for _, name := range append(append([]string{}, hookToolNames...), toolSystemctl) {
+		script := fmt.Sprintf("#!/bin/sh\n%s=%s %s=%s exec %s \"$@\"\n", envTool, name, envSocket,
+			shellQuote(m.sock), shellQuote(m.exe))
+		if err := os.WriteFile(filepath.Join(m.tools, name), []byte(script), 0o755); err != nil {
+			return fmt.Errorf("cannot write hook tool %s: %w", name, err)
+		}
+	}
+	l, err := net.Listen("unix", m.sock)
+	if err != nil {
+		return fmt.Errorf("cannot listen on the agent socket: %w", err)
+	}
+	m.listener = l
+	m.wg.Add(1)
+	go m.serve()
+
+	m.fabric = namePrefix + m.runID + "-fab"
+	if err := ipCmd("netns", "add", m.fabric); err != nil {
+		return err
+	}
+	used := usedSubnets()
+	var prefixes []string
+	seed, _ := strconv.ParseUint(m.runID, 16, 32)
+	for i, spec := range m.opts.Subnets {
+		s := &subnet{SubnetSpec: spec, bridge: fmt.Sprintf("br%d", i), next: 10}
+		var p netip.Prefix
+		for try := 0; ; try++ {
+			if try > 1000 {
+				return fmt.Errorf("cannot find a free prefix for subnet %s", spec.Name)
+			}
+			v := uint32(seed) + uint32(i)*7919 + uint32(try)*104729
+			if spec.IPv6 {
+				p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0x5e, byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v), 0, byte(i)}), 64)
+			} else {
+				b := uint16(v % 65000)
+				p = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(64 + (b>>8)%128), byte(b), 0}), 24)
+			}
+			if !overlapsAny(p, used) {
+				break
+			}
+		}
+		used = append(used, p)
+		s.prefix = p
+		prefixes = append(prefixes, p.String())
+		if err := ipCmd("-n", m.fabric, "link", "add", s.bridge, "type", "bridge"); err != nil {
+			return err
+		}
+		if err := ipCmd("-n", m.fabric, "link", "set", s.bridge, "up"); err != nil {
+			return err
+		}
+		m.subnets = append(m.subnets, s)
+	}
+	if err := registerRun(m.runID, prefixes); err != nil {
+		return err
+	}
+	m.log.Info("model created", "run", m.runID, "dir", m.runDir, "subnets", prefixes)
+	return nil
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// RunDir is the run's directory (machine files, logs).
+func (m *Model) RunDir() string { return m.runDir }
+
+// RunID is the unique part of every namespace name of this run.
+func (m *Model) RunID() string { return m.runID }
+
+// App is the application's name (the charm's name).
+func (m *Model) App() string { return m.app }
+
+// Close stops every hook and service, deletes every namespace of the run
+// and removes the run directory unless KeepRunDir is set. It is safe to call
+// more than once.
+func (m *Model) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.closing)
+	machines := make([]*machine, 0, len(m.machines))
+	for _, mc := range m.machines {
+		machines = append(machines, mc)
+	}
+	m.notifyLocked()
+	m.mu.Unlock()
+	if m.stopSig != nil {
+		m.stopSig()
+	}
+	var errs []error
+	for _, mc := range machines {
+		if mc.sd != nil {
+			mc.sd.shutdown(false)
+		}
+		if mc.netns != "" {
+			if err := killNetns(mc.netns); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if m.fabric != "" {
+		if err := killNetns(m.fabric); err != nil && !strings.Contains(err.Error(), "No such file") {
+			errs = append(errs, err)
+		}
+	}
+	if m.listener != nil {
+		m.listener.Close()
+	}
+	m.wg.Wait()
+	if !m.opts.KeepRunDir {
+		_ = os.RemoveAll(m.runDir)
+	}
+	_ = os.Remove(filepath.Join(registryDir, m.runID))
+	m.log.Info("model torn down", "run", m.runID)
+	return errors.Join(errs...)
+}
+
+// notifyLocked wakes everything waiting for a state change.
+func (m *Model) notifyLocked() {
+	close(m.changed)
+	m.changed = make(chan struct{})
+}
+
+func (m *Model) subnetByName(name string) *subnet {
+	for _, s := range m.subnets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// addMachine creates a machine namespace with one NIC per subnet.
+func (m *Model) addMachineLocked(spec MachineSpec) (*machine, error) {
+	names := spec.Subnets
+	if len(names) == 0 {
+		names = m.opts.DefaultSubnets
+	}
+	id := m.nextMachine
+	m.nextMachine++
+	mc := &machine{id: id, netns: fmt.Sprintf("%s%s-m%d", namePrefix, m.runID, id)}
+	mc.dir = filepath.Join(m.runDir, "machines", strconv.Itoa(id))
+	for _, d := range []string{"var-lib-juju", "etc-systemd-system"} {
+		if err := os.MkdirAll(filepath.Join(mc.dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("cannot create machine directory: %w", err)
+		}
+	}
+	if err := ipCmd("netns", "add", mc.netns); err != nil {
+		return nil, err
+	}
+	m.machines[id] = mc
+	if err := ipCmd("-n", mc.netns, "link", "set", "lo", "up"); err != nil {
+		return nil, err
+	}
+	for i, name := range names {
+		s := m.subnetByName(name)
+		if s == nil {
+			return nil, fmt.Errorf("cannot add machine: no subnet %q", name)
+		}
+		n := &nic{name: fmt.Sprintf("eth%d", i), fabric: fmt.Sprintf("m%dn%d", id, i), subnet: s}
+		rid, _ := strconv.ParseUint(m.runID, 16, 32)
+		n.mac = fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", byte(rid>>8), byte(rid), byte(id>>8), byte(id), i)
+		host := s.next
+		s.next++
+		a := s.prefix.Addr().As16()
+		if s.IPv6 {
+			a[14], a[15] = byte(host>>8), byte(host)
+			n.addr = netip.AddrFrom16(a)
+		} else {
+			n.addr = netip.AddrFrom4([4]byte{a[12], a[13], a[14], byte(host)})
+		}
+		steps := [][]string{
+			{"-n", m.fabric, "link", "add", n.fabric, "type", "veth", "peer", "name", n.name, "address", n.mac, "netns", mc.netns},
+			{"-n", m.fabric, "link", "set", n.fabric, "master", s.bridge},
+			{"-n", m.fabric, "link", "set", n.fabric, "up"},
+		}
+		addr := []string{"-n", mc.netns, "addr", "add", netip.PrefixFrom(n.addr, s.prefix.Bits()).String(), "dev", n.name}
+		if s.IPv6 {
+			addr = append(addr, "nodad")
+		}
+		steps = append(steps, addr, []string{"-n", mc.netns, "link", "set", n.name, "up"})
+		for _, st := range steps {
+			if err := ipCmd(st...); err != nil {
+				return nil, err
+			}
+		}
+		mc.nics = append(mc.nics, n)
+	}
+	ino, err := netnsInode(mc.netns)
+	if err != nil {
+		return nil, err
+	}
+	mc.inode = ino
+	mc.sd = newSystemd(m, mc)
+	m.log.Info("machine added", "machine", id, "netns", mc.netns, "addresses", mc.addresses())
+	return mc, nil
+}
+
+func (mc *machine) addresses() []string {
+	var out []string
+	for _, n := range mc.nics {
+		out = append(out, n.addr.String())
+	}
+	return out
+}
+
+func (m *Model) machineByInode(ino uint64) *machine {
+	for _, mc := range m.machines {
+		if mc.inode == ino {
+			return mc
+		}
+	}
+	return nil
+}
+
+// binds are the per-machine directories mounted over production paths.
+func (mc *machine) binds() []bindMount {
+	return []bindMount{
+		{Source: filepath.Join(mc.dir, "var-lib-juju"), Target: "/var/lib/juju"},
+		{Source: filepath.Join(mc.dir, "etc-systemd-system"), Target: "/etc/systemd/system"},
+	}
+}
+
+// Deploy deploys the application with n units, each on a new machine
+// (juju deploy -n N). specs, when given, place the units' machines.
+func (m *Model) Deploy(n int, specs ...MachineSpec) ([]string, error) {
+	m.mu.Lock()
+	if len(m.units) > 0 || m.nextUnit > 0 {
+		m.mu.Unlock()
+		return nil, errors.New("cannot deploy: application already deployed")
+	}
+	m.relations = nil
+	for ep := range m.meta.Peers {
+		m.relations = append(m.relations, &relation{id: len(m.relations), endpoint: ep, peer: true,
+			scope: map[string]bool{}, unitData: map[string]map[string]string{}, unitVer: map[string]int{}, appData: map[string]string{}})
+	}
+	sort.Slice(m.relations, func(i, j int) bool { return m.relations[i].endpoint < m.relations[j].endpoint })
+	for i, r := range m.relations {
+		r.id = i
+	}
+	m.mu.Unlock()
+	return m.addUnits(n, specs)
+}
+
+// AddUnit adds n units on new machines (juju add-unit -n N).
+func (m *Model) AddUnit(n int, specs ...MachineSpec) ([]string, error) {
+	m.mu.Lock()
+	deployed := m.nextUnit > 0
+	m.mu.Unlock()
+	if !deployed {
+		return nil, errors.New("cannot add unit: application not deployed")
+	}
+	return m.addUnits(n, specs)
+}
+
+func (m *Model) addUnits(n int, specs []MachineSpec) ([]string, error) {
+	var names []string
+	var created []*unit
+	m.mu.Lock()
+	for i := 0; i < n; i++ {
+		var spec MachineSpec
+		if i < len(specs) {
+			spec = specs[i]
+		}
+		mc, err := m.addMachineLocked(spec)
+		if err != nil {
+			m.mu.Unlock()
+			return names, fmt.Errorf("cannot add machine: %w", err)
+		}
+		u := m.newUnitLocked(mc)
+		if m.leader == "" && !m.electing {
+			m.leader = u.name
+			u.leaderElectedPending = true
+		}
+		names = append(names, u.name)
+		created = append(created, u)
+	}
+	m.notifyLocked()
+	m.mu.Unlock()
+	for _, u := range created {
+		if err := m.prepareUnitFiles(u); err != nil {
+			return names, err
+		}
+	}
+	for _, u := range created {
+		m.wg.Add(1)
+		go m.runAgent(u)
+	}
+	return names, nil
+}
+
+// prepareUnitFiles copies the charm into the unit's agent directory on its
+// machine, where Juju's unit agent keeps it.
+func (m *Model) prepareUnitFiles(u *unit) error {
+	dst := filepath.Join(u.machine.dir, "var-lib-juju", "agents", "unit-"+strings.ReplaceAll(u.name, "/", "-"), "charm")
+	if err := copyTree(m.opts.CharmDir, dst); err != nil {
+		return fmt.Errorf("cannot install charm for %s: %w", u.name, err)
+	}
+	return nil
+}
+
+func copyTree(src, dst string) error {
+	return filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		if info.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, info.Mode().Perm())
+	})
+}
+
+// RemoveUnit removes a unit (juju remove-unit): it departs the relation on
+// both sides, runs stop and remove, then its machine is removed. With force
+// on a dead machine no hook runs on it (juju remove-unit --force).
+func (m *Model) RemoveUnit(name string, force bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := m.units[name]
+	if u == nil || u.life == lifeDead {
+		return fmt.Errorf("cannot remove unit: unit %q not found", name)
+	}
+	if u.life == lifeDying && !force {
+		return nil
+	}
+	u.life = lifeDying
+	for _, r := range m.relations {
+		delete(r.scope, name)
+	}
+	if force && u.machine.dead {
+		m.finishUnitLocked(u)
+	}
+	m.notifyLocked()
+	return nil
+}
+
+// finishUnitLocked removes a unit whose remove hook has run (or that was
+// force-removed), its machine, and its leadership.
+func (m *Model) finishUnitLocked(u *unit) {
+	u.life = lifeDead
+	u.agent, u.agentMsg = "", ""
+	mc := u.machine
+	delete(m.machines, mc.id)
+	if m.leader == u.name {
+		m.leader = ""
+		m.scheduleElectionLocked()
+	}
+	go func() {
+		mc.sd.shutdown(true)
+		if err := killNetns(mc.netns); err != nil {
+			m.log.Warn("cannot remove machine namespace", "machine", mc.id, "err", err)
+		}
+		m.log.Info("machine removed", "machine", mc.id)
+	}()
+}
+
+// scheduleElectionLocked elects a new leader once the lease has expired.
+func (m *Model) scheduleElectionLocked() {
+	if m.electing {
+		return
+	}
+	m.electing = true
+	time.AfterFunc(m.opts.LeaseExpiry, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.electing = false
+		if m.closed || m.leader != "" {
+			return
+		}
+		var cands []*unit
+		for _, u := range m.units {
+			if u.life == lifeAlive && !u.machine.dead {
+				cands = append(cands, u)
+			}
+		}
+		if len(cands) == 0 {
+			return
+		}
+		sort.Slice(cands, func(i, j int) bool { return cands[i].num < cands[j].num })
+		m.leader = cands[0].name
+		cands[0].leaderElectedPending = true
+		m.log.Info("leader elected", "unit", m.leader)
+		m.notifyLocked()
+	})
+}
+
+// Bind binds an endpoint to a space (juju bind app endpoint=space). Like
+// Juju without --force it refuses when a machine has no address in the space.
+// Every unit then runs config-changed (§1.9, §5.5).
+func (m *Model) Bind(endpoint, space string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.validEndpoint(endpoint) {
+		return fmt.Errorf("cannot bind: application %q has no endpoint %q", m.app, endpoint)
+	}
+	for _, u := range m.units {
+		if u.life == lifeDead {
+			continue
+		}
+		found := false
+		for _, n := range u.machine.nics {
+			if n.subnet.Space == space {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("cannot bind: machine %d of unit %s has no address in space %q", u.machine.id, u.name, space)
+		}
+	}
+	m.bindings[endpoint] = space
+	m.notifyLocked()
+	return nil
+}
+
+func (m *Model) validEndpoint(ep string) bool {
+	if ep == "juju-info" {
+		return true
+	}
+	_, p := m.meta.Peers[ep]
+	_, r := m.meta.Requires[ep]
+	_, q := m.meta.Provides[ep]
+	return p || r || q
+}
+
+// SetConfig sets application config (juju config app k=v). Values are
+// parsed by the option's type; an empty value resets it to the default.
+func (m *Model) SetConfig(kv map[string]string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	parsed := map[string]any{}
+	for k, v := range kv {
+		opt, ok := m.options[k]
+		if !ok {
+			return fmt.Errorf("cannot set config: unknown option %q", k)
+		}
+		if v == "" {
+			parsed[k] = nil
+			continue
+		}
+		var err error
+		switch opt.Type {
+		case "int":
+			var n int64
+			n, err = strconv.ParseInt(v, 10, 64)
+			parsed[k] = int(n)
+		case "float":
+			parsed[k], err = strconv.ParseFloat(v, 64)
+		case "boolean":
+			parsed[k], err = strconv.ParseBool(v)
+		default:
+			parsed[k] = v
+		}
+		if err != nil {
+			return fmt.Errorf("cannot set config: option %q expected %s, got %q", k, opt.Type, v)
+		}
+	}
+	for k, v := range parsed {
+		if v == nil {
+			delete(m.config, k)
+		} else {
+			m.config[k] = v
+		}
+	}
+	m.notifyLocked()
+	return nil
+}
+
+// effectiveConfig is the config as config-get sees it: defaults overlaid
+// with set values.
+func (m *Model) effectiveConfigLocked() map[string]any {
+	out := map[string]any{}
+	for k, o := range m.options {
+		out[k] = o.Default
+	}
+	for k, v := range m.config {
+		out[k] = v
+	}
+	return out
+}
+
+// KillMachine SIGKILLs every process on a unit's machine: its hooks and
+// services die, its unit agent is lost, and the machine stays down. The
+// unit stays in the relation (as in Juju) until RemoveUnit with force.
+func (m *Model) KillMachine(unitName string) error {
+	m.mu.Lock()
+	u := m.units[unitName]
+	if u == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("cannot kill machine: unit %q not found", unitName)
+	}
+	mc := u.machine
+	mc.dead = true
+	for _, cu := range mc.units {
+		cu.agent, cu.agentMsg = "lost", "agent lost, see 'juju show-status-log "+cu.name+"'"
+	}
+	if m.leader != "" && m.units[m.leader] != nil && m.units[m.leader].machine == mc {
+		m.leader = ""
+		m.scheduleElectionLocked()
+	}
+	m.notifyLocked()
+	m.mu.Unlock()
+	mc.sd.shutdown(true)
+	for i := 0; i < 50; i++ {
+		pids := netnsPids(mc.netns)
+		if len(pids) == 0 {
+			break
+		}
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.log.Info("machine killed", "machine", mc.id)
+	return nil
+}
+
+// Partition cuts (or, with cut false, restores) a unit's machine off every
+// subnet by taking its links down on the fabric side. Its addresses stay;
+// the unit agent keeps running hooks (the simulator's controller link is
+// not the data network).
+func (m *Model) Partition(unitName string, cut bool) error {
+	m.mu.Lock()
+	u := m.units[unitName]
+	if u == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("cannot partition: unit %q not found", unitName)
+	}
+	mc := u.machine
+	mc.partitioned = cut
+	m.mu.Unlock()
+	state := "up"
+	if cut {
+		state = "down"
+	}
+	for _, n := range mc.nics {
+		if err := ipCmd("-n", m.fabric, "link", "set", n.fabric, state); err != nil {
+			return fmt.Errorf("cannot partition machine %d: %w", mc.id, err)
+		}
+	}
+	return nil
+}
+
+// Resolve retries a unit's failed hook (juju resolved).
+func (m *Model) Resolve(unitName string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := m.units[unitName]
+	if u == nil {
+		return fmt.Errorf("cannot resolve: unit %q not found", unitName)
+	}
+	if u.failed == nil {
+		return fmt.Errorf("cannot resolve: unit %q is not in an error state", unitName)
+	}
+	u.resolved = true
+	m.notifyLocked()
+	return nil
+}
+
+// Exec runs a command on a unit's machine, inside its namespaces and with
+// its /var/lib/juju (juju exec / juju ssh).
+func (m *Model) Exec(ctx context.Context, unitName string, argv ...string) (stdout, stderr []byte, err error) {
+	m.mu.Lock()
+	u := m.units[unitName]
+	m.mu.Unlock()
+	if u == nil {
+		return nil, nil, fmt.Errorf("cannot exec: unit %q not found", unitName)
+	}
+	var so, se strings.Builder
+	cmd := m.machineCommand(u.machine, argv, []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}, "/")
+	cmd.Stdout, cmd.Stderr = &so, &se
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("cannot exec on machine %d: %w", u.machine.id, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		err = <-done
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	return []byte(so.String()), []byte(se.String()), err
+}
+
+// CharmDirOnMachine is JUJU_CHARM_DIR of a unit, as seen on its machine.
+func (m *Model) CharmDirOnMachine(unitName string) string {
+	return "/var/lib/juju/agents/unit-" + strings.ReplaceAll(unitName, "/", "-") + "/charm"
+}
+
+// MachineDir is the host directory holding a unit's machine files:
+// var-lib-juju/ (its /var/lib/juju), etc-systemd-system/, services.log and
+// the unit's hook log unit-<app>-<n>.log.
+func (m *Model) MachineDir(unitName string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if u := m.units[unitName]; u != nil {
+		return u.machine.dir
+	}
+	return ""
+}

@@ -1,0 +1,484 @@
+package sim
+
+import (
+	"fmt"
+	"maps"
+	"sort"
+	"strconv"
+	"strings"
+
+	yamlv2 "gopkg.in/yaml.v2"
+)
+
+// toolError is a tool failure with Juju's exit code: 2 for usage errors,
+// 1 for everything else (juju-fixtures/INDEX.md, "Exit codes").
+func toolError(err error) toolResponse {
+	code := 1
+	if _, ok := err.(usageError); ok {
+		code = 2
+	}
+	return toolResponse{Code: code, Stderr: []byte("ERROR " + err.Error() + "\n")}
+}
+
+func output(format string, v any) toolResponse {
+	data, err := formatValue(format, v)
+	if err != nil {
+		return toolError(err)
+	}
+	return toolResponse{Stdout: data}
+}
+
+type runError struct{ msg string }
+
+func (e runError) Error() string { return e.msg }
+
+func errorf(format string, args ...any) error { return runError{fmt.Sprintf(format, args...)} }
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+var relationFlag = flagDef{names: []string{"r", "relation"}, value: true}
+
+func (m *Model) runToolCommand(hc *hookContext, req toolRequest) toolResponse {
+	var resp toolResponse
+	var err error
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch req.Tool {
+	case "network-get":
+		resp, err = m.toolNetworkGet(hc, req.Args)
+	case "relation-get":
+		resp, err = m.toolRelationGet(hc, req.Args)
+	case "relation-set":
+		resp, err = m.toolRelationSet(hc, req.Args, req.Stdin)
+	case "relation-list":
+		resp, err = m.toolRelationList(hc, req.Args)
+	case "relation-ids":
+		resp, err = m.toolRelationIDs(hc, req.Args)
+	case "is-leader":
+		var vals map[string]string
+		if vals, _, err = parseArgs(req.Args); err == nil {
+			resp = output(vals["format"], m.leader == hc.unit.name)
+		}
+	case "status-set":
+		resp, err = m.toolStatusSet(hc, req.Args)
+	case "status-get":
+		resp, err = m.toolStatusGet(hc, req.Args)
+	case "application-version-set":
+		var pos []string
+		if _, pos, err = parseArgs(req.Args); err == nil {
+			if len(pos) != 1 {
+				err = usagef("no version specified")
+			} else {
+				hc.unit.version = pos[0]
+			}
+		}
+	case "juju-log":
+		resp, err = m.toolJujuLog(hc, req.Args)
+	case "config-get":
+		resp, err = m.toolConfigGet(hc, req.Args)
+	case "unit-get":
+		resp, err = m.toolUnitGet(hc, req.Args)
+	default:
+		err = errorf("unknown command %q", req.Tool)
+	}
+	if err != nil {
+		return toolError(err)
+	}
+	return resp
+}
+
+// relationArg resolves -r (either "<endpoint>:<id>" or "<id>") or the hook's
+// own relation.
+func (m *Model) relationArg(hc *hookContext, vals map[string]string) (*relation, error) {
+	v, ok := vals["r"]
+	if !ok {
+		if hc.hook.rel == nil {
+			return nil, usagef("no relation id specified")
+		}
+		return hc.hook.rel, nil
+	}
+	idStr := v
+	endpoint := ""
+	if ep, id, ok := strings.Cut(v, ":"); ok {
+		endpoint, idStr = ep, id
+	}
+	id, err := strconv.Atoi(idStr)
+	if err == nil {
+		for _, r := range m.relations {
+			if r.id == id && (endpoint == "" || endpoint == r.endpoint) {
+				return r, nil
+			}
+		}
+	}
+	return nil, usagef("invalid value %q for option -r: relation not found", v)
+}
+
+func (m *Model) toolNetworkGet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, relationFlag,
+		flagDef{names: []string{"bind-address"}}, flagDef{names: []string{"ingress-address"}},
+		flagDef{names: []string{"egress-subnets"}}, flagDef{names: []string{"primary-address"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) == 0 {
+		return toolResponse{}, usagef("no arguments specified")
+	}
+	if len(pos) > 1 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos[1:])
+	}
+	if _, ok := vals["r"]; ok {
+		if _, err := m.relationArg(hc, vals); err != nil {
+			return toolResponse{}, err
+		}
+	}
+	binding := pos[0]
+	if !m.validEndpoint(binding) {
+		return toolResponse{}, errorf("no network config found for binding %q", binding)
+	}
+	info := m.networkInfoLocked(hc.unit, binding)
+	if len(info.Bind) == 0 && len(info.Ingress) == 0 {
+		return toolResponse{}, errorf("no network config found for binding %q", binding)
+	}
+	bind := ""
+	if len(info.Bind) > 0 {
+		bind = info.Bind[0].Addresses[0].Value
+	}
+	ingress := bind
+	if len(info.Ingress) > 0 {
+		ingress = info.Ingress[0]
+	}
+	picked := map[string]any{}
+	for flag, v := range map[string]any{"bind-address": bind, "ingress-address": ingress, "egress-subnets": info.Egress, "primary-address": bind} {
+		if isTrue(vals[flag]) {
+			picked[flag] = v
+		}
+	}
+	format := vals["format"]
+	switch len(picked) {
+	case 0:
+		if format == "json" {
+			return output(format, info), nil
+		}
+		return output("yaml", info), nil
+	case 1:
+		for _, v := range picked {
+			return output(format, v), nil
+		}
+	}
+	return output(format, picked), nil
+}
+
+func (m *Model) bagLocked(hc *hookContext, r *relation, unitName string) map[string]string {
+	key := fmt.Sprintf("%d/%s", r.id, unitName)
+	bag, ok := hc.cache[key]
+	if !ok {
+		bag = maps.Clone(r.unitData[unitName])
+		if bag == nil {
+			bag = map[string]string{}
+		}
+		hc.cache[key] = bag
+	}
+	bag = maps.Clone(bag)
+	if unitName == hc.unit.name {
+		for k, v := range hc.unitDelta[r.id] {
+			if v == nil {
+				delete(bag, k)
+			} else {
+				bag[k] = *v
+			}
+		}
+	}
+	return bag
+}
+
+func (m *Model) appBagLocked(hc *hookContext, r *relation) map[string]string {
+	bag := maps.Clone(r.appData)
+	if bag == nil {
+		bag = map[string]string{}
+	}
+	for k, v := range hc.appDelta[r.id] {
+		if v == nil {
+			delete(bag, k)
+		} else {
+			bag[k] = *v
+		}
+	}
+	return bag
+}
+
+func (m *Model) toolRelationGet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, relationFlag, flagDef{names: []string{"app"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	r, err := m.relationArg(hc, vals)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	key := ""
+	if len(pos) > 0 {
+		key = pos[0]
+		if key == "-" {
+			key = ""
+		}
+	}
+	app := isTrue(vals["app"])
+	target := ""
+	if len(pos) > 1 {
+		target = pos[1]
+	} else if app {
+		target = hc.hook.remoteApp
+		if target == "" {
+			target = m.app
+		}
+	} else {
+		target = hc.hook.remoteUnit
+	}
+	if len(pos) > 2 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos[2:])
+	}
+	if target == "" {
+		return toolResponse{}, usagef("no unit id specified")
+	}
+	var bag map[string]string
+	if app {
+		if target != m.app {
+			return toolResponse{}, errorf("permission denied")
+		}
+		bag = m.appBagLocked(hc, r)
+	} else {
+		if _, known := r.unitData[target]; !known && target != hc.unit.name {
+			return toolResponse{}, errorf("relation unit not found")
+		}
+		bag = m.bagLocked(hc, r, target)
+	}
+	format := vals["format"]
+	if key == "" {
+		return output(format, bag), nil
+	}
+	v, ok := bag[key]
+	if !ok {
+		return output(format, nil), nil
+	}
+	return output(format, v), nil
+}
+
+func (m *Model) toolRelationSet(hc *hookContext, args []string, file []byte) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, relationFlag, flagDef{names: []string{"app"}}, flagDef{names: []string{"file"}, value: true})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	r, err := m.relationArg(hc, vals)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	settings := map[string]string{}
+	if _, ok := vals["file"]; ok {
+		if err := yamlv2.Unmarshal(file, &settings); err != nil {
+			return toolResponse{}, usagef("cannot parse settings file: %v", err)
+		}
+	}
+	for _, kv := range pos {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return toolResponse{}, usagef("expected \"key=value\", got %q", kv)
+		}
+		settings[k] = v
+	}
+	deltas := hc.unitDelta
+	if isTrue(vals["app"]) {
+		if m.leader != hc.unit.name {
+			return toolResponse{}, errorf("cannot write relation settings")
+		}
+		deltas = hc.appDelta
+	}
+	if deltas[r.id] == nil {
+		deltas[r.id] = map[string]*string{}
+	}
+	for k, v := range settings {
+		if v == "" {
+			deltas[r.id][k] = nil // an empty value deletes the key
+		} else {
+			v := v
+			deltas[r.id][k] = &v
+		}
+	}
+	return toolResponse{}, nil
+}
+
+func (m *Model) toolRelationList(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, relationFlag, flagDef{names: []string{"app"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) > 0 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos)
+	}
+	r, err := m.relationArg(hc, vals)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if isTrue(vals["app"]) {
+		return output(vals["format"], m.app), nil
+	}
+	// The unit's own view of the members: units it has joined, without a
+	// unit being departed (§5.3).
+	members := sortedKeys(hc.unit.joined[r.id])
+	if members == nil {
+		members = []string{}
+	}
+	return output(vals["format"], members), nil
+}
+
+func (m *Model) toolRelationIDs(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	name := ""
+	if hc.hook.rel != nil {
+		name = hc.hook.rel.endpoint
+	}
+	if len(pos) > 0 {
+		name = pos[0]
+	}
+	if len(pos) > 1 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos[1:])
+	}
+	if name == "" {
+		return toolResponse{}, usagef("no endpoint name specified")
+	}
+	ids := []string{}
+	for _, r := range m.relations {
+		if r.endpoint == name {
+			ids = append(ids, r.idString())
+		}
+	}
+	return output(vals["format"], ids), nil
+}
+
+var validStatuses = []string{"maintenance", "blocked", "waiting", "active"}
+
+func (m *Model) toolStatusSet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, flagDef{names: []string{"application"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) == 0 {
+		return toolResponse{}, usagef("invalid args, require <status> [message] [data]")
+	}
+	ok := false
+	for _, s := range validStatuses {
+		ok = ok || s == pos[0]
+	}
+	if !ok {
+		return toolResponse{}, usagef("invalid status %q, expected one of [%s]", pos[0], strings.Join(validStatuses, " "))
+	}
+	msg := ""
+	if len(pos) > 1 {
+		msg = pos[1]
+	}
+	if isTrue(vals["application"]) {
+		if m.leader != hc.unit.name {
+			return toolResponse{}, errorf("this unit is not the leader")
+		}
+		return toolResponse{}, nil
+	}
+	// status-set applies at once and is not rolled back (§5.1).
+	u := hc.unit
+	u.workload, u.message, u.statusSet = pos[0], msg, true
+	m.notifyLocked()
+	return toolResponse{}, nil
+}
+
+func (m *Model) toolStatusGet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, _, err := parseArgs(args, flagDef{names: []string{"application"}}, flagDef{names: []string{"include-data"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	u := hc.unit
+	if isTrue(vals["application"]) {
+		if m.leader != u.name {
+			return toolResponse{}, errorf("finding application status: this unit is not the leader")
+		}
+	}
+	if !isTrue(vals["include-data"]) {
+		return output(vals["format"], u.workload), nil
+	}
+	return output(vals["format"], map[string]any{"status": u.workload, "message": u.message, "status-data": map[string]any{}}), nil
+}
+
+func (m *Model) toolJujuLog(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, flagDef{names: []string{"l", "log-level"}, value: true}, flagDef{names: []string{"debug"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) == 0 {
+		return toolResponse{}, usagef("no message specified")
+	}
+	level := strings.ToUpper(vals["l"])
+	if level == "" {
+		level = "INFO"
+	}
+	if isTrue(vals["debug"]) {
+		level = "DEBUG"
+	}
+	m.appendUnitLog(hc.unit, fmt.Sprintf("%s juju-log %s: %s", level, hc.hook.name, strings.Join(pos, " ")))
+	return toolResponse{}, nil
+}
+
+func (m *Model) toolConfigGet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, flagDef{names: []string{"a", "all"}})
+	if err != nil {
+		return toolResponse{}, err
+	}
+	cfg := m.effectiveConfigLocked()
+	format := vals["format"]
+	if len(pos) > 1 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos[1:])
+	}
+	if len(pos) == 1 {
+		if isTrue(vals["a"]) {
+			return toolResponse{}, usagef("cannot use argument --all together with key %q", pos[0])
+		}
+		return output(format, cfg[pos[0]]), nil
+	}
+	if !isTrue(vals["a"]) {
+		for k, v := range cfg {
+			if v == nil {
+				delete(cfg, k)
+			}
+		}
+	}
+	return output(format, cfg), nil
+}
+
+func (m *Model) toolUnitGet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) != 1 {
+		return toolResponse{}, usagef("no setting specified")
+	}
+	if pos[0] != "private-address" && pos[0] != "public-address" {
+		return toolResponse{}, usagef("unknown setting %q", pos[0])
+	}
+	info := m.networkInfoLocked(hc.unit, "juju-info")
+	addr := ""
+	if len(info.Ingress) > 0 {
+		addr = info.Ingress[0]
+	} else if addrs := hc.unit.machine.addresses(); len(addrs) > 0 {
+		addr = addrs[0]
+	}
+	return output(vals["format"], addr), nil
+}
+
+// sortedUnitNames orders unit names by number.
+func sortedUnitNames(names []string) []string {
+	sort.Slice(names, func(i, j int) bool {
+		ni, _ := strconv.Atoi(names[i][strings.LastIndex(names[i], "/")+1:])
+		nj, _ := strconv.Atoi(names[j][strings.LastIndex(names[j], "/")+1:])
+		return ni < nj
+	})
+	return names
+}
