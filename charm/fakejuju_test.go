@@ -1,0 +1,420 @@
+package charm_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/juju/dqlite-controller/charm"
+	"github.com/juju/dqlite-controller/charm/hooktools"
+	"github.com/juju/dqlite-controller/controllerconf"
+)
+
+// This file is a small Juju model for state-in/state-out tests: it answers
+// the hook tools the charm runs (with the output shapes of the fixtures in
+// hooktools/testdata), plus systemctl and controllerd, and commits relation
+// data only when a hook succeeds, and application data only if the unit is
+// still the leader then, as Juju does (juju-ha.md §5).
+
+const (
+	appName  = "dqlite-controller"
+	relID    = "db-cluster:0"
+	charmDir = "/charm"
+)
+
+type model struct {
+	t        *testing.T
+	leader   string
+	config   map[string]any
+	unitData map[string]map[string]string
+	appData  map[string]string
+	units    map[string]*unit
+	// loseLeadershipOnIsLeader, when set, is called on every is-leader; it
+	// may move leadership while the hook runs.
+	loseLeadershipOnIsLeader func(m *model, u *unit)
+}
+
+type unit struct {
+	name    string
+	root    string
+	network string // network-get JSON; "" means no addresses
+	netErr  string // network-get stderr, exit 1
+	local   []netip.Addr
+	inScope bool
+	// members is what relation-list answers: the peers this unit has seen
+	// join and not depart.
+	members []string
+
+	active, enabled bool
+	systemctl       []string
+	workload        string // controllerd status JSON; "" = not answering
+	status          [2]string
+	statusHistory   [][2]string
+	logs            []string
+	version         string
+	relationSets    int
+	appSets         int
+	calls           []string
+}
+
+func newModel(t *testing.T) *model {
+	return &model{
+		t:        t,
+		config:   map[string]any{"db-port": 17666},
+		unitData: map[string]map[string]string{},
+		appData:  map[string]string{},
+		units:    map[string]*unit{},
+	}
+}
+
+func unitName(n int) string { return fmt.Sprintf("%s/%d", appName, n) }
+
+// addUnit adds unit n with one local-cloud address addr (which its machine
+// has); the relation scope is entered by the test or the scheduler.
+func (m *model) addUnit(n int, addr string) *unit {
+	u := &unit{name: unitName(n), root: m.t.TempDir()}
+	u.setAddresses(addr)
+	m.units[u.name] = u
+	m.unitData[u.name] = map[string]string{}
+	return u
+}
+
+// setAddresses makes network-get report addrs as ingress addresses (one
+// device) and the machine have them.
+func (u *unit) setAddresses(addrs ...string) {
+	u.netErr = ""
+	u.local = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
+	if len(addrs) == 0 || addrs[0] == "" {
+		u.network = `{"bind-addresses":[{"mac-address":"00:16:3e:00:00:01","interface-name":"eth0","addresses":[]}]}`
+		return
+	}
+	var devAddrs []string
+	for _, a := range addrs {
+		u.local = append(u.local, netip.MustParseAddr(a))
+		devAddrs = append(devAddrs, fmt.Sprintf(`{"hostname":"","value":%q,"cidr":""}`, a))
+	}
+	ingress, _ := json.Marshal(addrs)
+	u.network = fmt.Sprintf(`{"bind-addresses":[{"mac-address":"00:16:3e:00:00:01","interface-name":"eth0","addresses":[%s]}],"egress-subnets":["%s/32"],"ingress-addresses":%s}`,
+		strings.Join(devAddrs, ","), addrs[0], ingress)
+}
+
+func (u *unit) jujuDir() string    { return filepath.Join(u.root, "var/lib/juju") }
+func (u *unit) systemdDir() string { return filepath.Join(u.root, "etc/systemd/system") }
+func (u *unit) agentID() string    { return u.name[strings.Index(u.name, "/")+1:] }
+func (u *unit) confPath() string {
+	return filepath.Join(u.jujuDir(), "agents", "controller-"+u.agentID(), "controller.conf")
+}
+func (u *unit) unitFile() string { return filepath.Join(u.systemdDir(), "controllerd.service") }
+
+func (u *unit) readConf(t *testing.T) *controllerconf.Config {
+	t.Helper()
+	c, err := controllerconf.Read(u.confPath())
+	if err != nil {
+		t.Fatalf("%s: %v", u.name, err)
+	}
+	return c
+}
+
+// hookEnv is the environment of one hook.
+type hookEnv struct {
+	hook       string
+	remoteUnit string
+	departing  string
+}
+
+func (m *model) env(u *unit, h hookEnv) charm.Env {
+	e := charm.Env{Hook: h.hook, UnitName: u.name, CharmDir: charmDir}
+	if strings.HasPrefix(h.hook, charm.Endpoint+"-relation-") {
+		e.RelationName = charm.Endpoint
+		e.RelationID = relID
+		e.RemoteUnit = h.remoteUnit
+		e.RemoteApp = appName
+		e.DepartingUnit = h.departing
+	}
+	return e
+}
+
+// hookResult tells what a successful hook committed.
+type hookResult struct {
+	unitChanged, appChanged bool
+}
+
+// run runs one hook on u. Relation data the hook set is committed only if it
+// returns nil and, for application data, u is still the leader.
+func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
+	m.t.Helper()
+	r := &hookRunner{m: m, u: u, env: h, unitPending: map[string]string{}, appPending: map[string]string{}}
+	cfg := charm.Config{
+		JujuDir:        u.jujuDir(),
+		SystemdDir:     u.systemdDir(),
+		Runner:         r,
+		LocalAddresses: fakeAddrs{u},
+	}
+	cfg.Logger = slog.New(hooktools.NewLogHandler(hooktools.New(r), slog.LevelDebug, os.Stderr))
+	err := charm.Reconcile(context.Background(), cfg, m.env(u, h))
+	if err != nil {
+		return hookResult{}, err
+	}
+	if len(r.appPending) > 0 && m.leader != u.name {
+		return hookResult{}, fmt.Errorf("%s lost leadership before its hook committed", u.name)
+	}
+	var res hookResult
+	res.unitChanged = apply(m.unitData[u.name], r.unitPending)
+	res.appChanged = apply(m.appData, r.appPending)
+	return res, nil
+}
+
+// mustRun runs a hook that must succeed.
+func (m *model) mustRun(u *unit, hook string) hookResult {
+	m.t.Helper()
+	res, err := m.run(u, hookEnv{hook: hook})
+	if err != nil {
+		m.t.Fatalf("%s %s: %v", u.name, hook, err)
+	}
+	return res
+}
+
+func (m *model) mustRunEnv(u *unit, h hookEnv) hookResult {
+	m.t.Helper()
+	res, err := m.run(u, h)
+	if err != nil {
+		m.t.Fatalf("%s %s: %v", u.name, h.hook, err)
+	}
+	return res
+}
+
+func apply(dst, pending map[string]string) bool {
+	changed := false
+	for k, v := range pending {
+		if old, ok := dst[k]; v == "" && ok {
+			delete(dst, k)
+			changed = true
+		} else if v != "" && old != v {
+			dst[k] = v
+			changed = true
+		}
+	}
+	return changed
+}
+
+type fakeAddrs struct{ u *unit }
+
+func (f fakeAddrs) Addresses() ([]netip.Addr, error) { return slices.Clone(f.u.local), nil }
+
+type hookRunner struct {
+	m           *model
+	u           *unit
+	env         hookEnv
+	unitPending map[string]string
+	appPending  map[string]string
+}
+
+func exitErr(name string, code int, stderr string, stdout string) error {
+	return &hooktools.ExitError{Name: name, Code: code, Stdout: []byte(stdout), Stderr: stderr,
+		Err: fmt.Errorf("exit status %d", code)}
+}
+
+func jsonOut(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return append(b, '\n')
+}
+
+func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte, error) {
+	m, u := r.m, r.u
+	u.calls = append(u.calls, strings.Join(append([]string{name}, args...), " "))
+	switch name {
+	case "network-get":
+		if len(args) == 0 || args[0] != charm.Endpoint || args[len(args)-1] != "--format=json" {
+			m.t.Errorf("unexpected network-get %q", args)
+		}
+		if u.netErr != "" {
+			return nil, exitErr(name, 1, u.netErr, "")
+		}
+		return []byte(u.network + "\n"), nil
+	case "relation-ids":
+		if !u.inScope {
+			return []byte("[]\n"), nil
+		}
+		return jsonOut([]string{relID}), nil
+	case "relation-list":
+		return jsonOut(slices.Sorted(slices.Values(u.members))), nil
+	case "relation-get":
+		return r.relationGet(args)
+	case "relation-set":
+		return r.relationSet(args)
+	case "is-leader":
+		leader := m.leader == u.name
+		if m.loseLeadershipOnIsLeader != nil {
+			m.loseLeadershipOnIsLeader(m, u)
+		}
+		return jsonOut(leader), nil
+	case "config-get":
+		return jsonOut(m.config), nil
+	case "status-set":
+		if len(args) != 3 || args[1] != "--" {
+			m.t.Errorf("unexpected status-set %q", args)
+			return nil, exitErr(name, 2, "ERROR bad args", "")
+		}
+		u.status = [2]string{args[0], args[2]}
+		u.statusHistory = append(u.statusHistory, u.status)
+		return nil, nil
+	case "application-version-set":
+		u.version = args[len(args)-1]
+		return nil, nil
+	case "juju-log":
+		u.logs = append(u.logs, strings.Join(args, " "))
+		return nil, nil
+	case "systemctl":
+		return r.systemctl(args)
+	case charmDir + "/controllerd":
+		switch args[0] {
+		case "version":
+			return []byte("0.1.0-test\n"), nil
+		case "status":
+			if u.workload == "" {
+				return nil, exitErr(name, 1, "Error: cannot reach controllerd: dial unix control.socket: connect: no such file or directory", "")
+			}
+			return []byte(u.workload + "\n"), nil
+		}
+	}
+	m.t.Errorf("unexpected command %s %q", name, args)
+	return nil, exitErr(name, 127, "unknown command", "")
+}
+
+func (r *hookRunner) relationGet(args []string) ([]byte, error) {
+	m, u := r.m, r.u
+	if len(args) < 5 || args[0] != "-r" || args[1] != relID || !u.inScope {
+		return nil, exitErr("relation-get", 2, fmt.Sprintf("ERROR invalid value %q for option -r: relation not found", args[1]), "")
+	}
+	owner := args[len(args)-1]
+	if slices.Contains(args, "--app") {
+		if owner != appName {
+			return nil, exitErr("relation-get", 1, "ERROR permission denied", "")
+		}
+		bag := maps.Clone(m.appData)
+		apply(bag, r.appPending)
+		return jsonOut(bag), nil
+	}
+	data, ok := m.unitData[owner]
+	if !ok {
+		return nil, exitErr("relation-get", 1, "ERROR relation unit not found", "")
+	}
+	bag := maps.Clone(data)
+	if owner == u.name {
+		apply(bag, r.unitPending)
+	}
+	return jsonOut(bag), nil
+}
+
+func (r *hookRunner) relationSet(args []string) ([]byte, error) {
+	m, u := r.m, r.u
+	if len(args) < 3 || args[0] != "-r" || args[1] != relID {
+		return nil, exitErr("relation-set", 2, "ERROR bad relation", "")
+	}
+	target := r.unitPending
+	rest := args[2:]
+	if rest[0] == "--app" {
+		if m.leader != u.name {
+			return nil, exitErr("relation-set", 1, "ERROR cannot write relation settings", "")
+		}
+		target = r.appPending
+		rest = rest[1:]
+		u.appSets++
+	} else {
+		u.relationSets++
+	}
+	for _, kv := range rest {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, exitErr("relation-set", 2, fmt.Sprintf("ERROR expected \"key=value\", got %q", kv), "")
+		}
+		target[k] = v
+	}
+	return nil, nil
+}
+
+func (r *hookRunner) systemctl(args []string) ([]byte, error) {
+	u := r.u
+	u.systemctl = append(u.systemctl, strings.Join(args, " "))
+	switch args[0] {
+	case "daemon-reload":
+	case "enable":
+		u.enabled = true
+	case "disable":
+		u.enabled = false
+	case "start", "restart":
+		u.active = true
+	case "stop":
+		u.active = false
+	case "is-active":
+		if u.active {
+			return []byte("active\n"), nil
+		}
+		return nil, exitErr("systemctl", 3, "", "inactive\n")
+	default:
+		r.m.t.Errorf("unexpected systemctl %q", args)
+	}
+	return nil, nil
+}
+
+// enterScope makes every unit in units a member of the relation, each
+// seeing all the others, without running hooks (a settled model).
+func (m *model) settleScope(units ...*unit) {
+	for _, u := range units {
+		u.inScope = true
+		u.members = nil
+		for _, o := range units {
+			if o != u {
+				u.members = append(u.members, o.name)
+			}
+		}
+	}
+}
+
+func (u *unit) logged(substr string) bool {
+	for _, l := range u.logs {
+		if strings.Contains(l, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+func (u *unit) ranSystemctl(cmd string) int {
+	n := 0
+	for _, c := range u.systemctl {
+		if c == cmd {
+			n++
+		}
+	}
+	return n
+}
+
+func mustJSON(t *testing.T, raw string) map[string]string {
+	t.Helper()
+	var m map[string]string
+	if err := json.Unmarshal([]byte(raw), &m); err != nil {
+		t.Fatalf("cannot decode %q: %v", raw, err)
+	}
+	return m
+}
+
+func fileBytes(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
