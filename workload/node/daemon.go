@@ -474,7 +474,6 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 			HasData: true, StoredAddress: d.app.Address(), SoleMember: sole, WasMember: true})
 		if dec.Action == decide.Rebind {
 			d.decision(dec.Action.String(), dec.Reason)
-			obs.cli.Close()
 			d.rebind(client.NodeInfo{ID: selfID, Address: d.app.Address()}, dec.Address)
 			return
 		}
