@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -106,3 +107,6 @@ func readEnvRecords(t *testing.T, m *Model, unit string) []map[string]string {
 	}
 	return out
 }
+
+func itoa(n int) string      { return strconv.Itoa(n) }
+func itoa64(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -142,6 +142,10 @@ func (m *Model) idleLocked() (idle bool, failed []string) {
 			continue
 		}
 		anyAlive = anyAlive || u.life == lifeAlive
+		if u.failed != nil && u.resolved {
+			idle = false
+			continue
+		}
 		if u.failed != nil {
 			failed = append(failed, fmt.Sprintf("%s (%s)", name, u.message))
 			continue
