@@ -52,6 +52,18 @@
 // Juju never reuses, so a removed bootstrap unit can never come back as a
 // second bootstrapper.
 //
+// # A leader that has not seen every unit yet
+//
+// relation-list answers with the units this unit has seen join. A unit that
+// becomes leader before it has processed every peer's relation-joined (a
+// leader change during deploy or add-unit) would, by aggregating only its
+// own view, drop live members from the list, and the daemons would then
+// remove them from the cluster. So the leader keeps every entry of the
+// current db-bind-addresses whose unit it neither sees in the relation nor
+// saw depart (every unit records the peers it sees depart, whether leader or
+// not). The price: a unit that departed before this leader joined the
+// relation, while the previous leader failed to drop it, stays listed.
+//
 // # A unit that is being removed
 //
 // When this unit is the departing one (relation-departed with
@@ -164,6 +176,11 @@ func (c Config) departingMarker(agentID string) string {
 	return filepath.Join(c.stateDir(), "unit-"+agentID+".departing")
 }
 
+// peerDepartedMarker records that this unit saw peer agentID depart.
+func (c Config) peerDepartedMarker(agentID string) string {
+	return filepath.Join(c.stateDir(), "peer-"+agentID+".departed")
+}
+
 func (c Config) startedMarker(agentID string) string {
 	return filepath.Join(c.stateDir(), "unit-"+agentID+".started")
 }
@@ -252,6 +269,13 @@ func (h *hook) departing() (bool, error) {
 		}
 		h.log.Info("this unit is leaving the db-cluster relation; relation data and controller.conf are left as they are")
 		return true, nil
+	}
+	if h.env.Hook == hookRelationDeparts && h.env.DepartingUnit != "" {
+		if id, err := unitNumber(h.env.DepartingUnit); err == nil {
+			if err := writeMarker(h.cfg.peerDepartedMarker(id)); err != nil {
+				return false, err
+			}
+		}
 	}
 	return markerExists(marker)
 }

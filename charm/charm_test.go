@@ -373,9 +373,15 @@ func TestLeaderChange_NewLeaderReaggregatesAndKeepsBootstrapID(t *testing.T) {
 	m.unitData[u0.name] = map[string]string{"db-bind-address": "10.0.0.1", "agent-id": "0"}
 	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
 	m.unitData[u2.name] = map[string]string{"db-bind-address": "10.0.0.3", "agent-id": "2"}
-	// The old leader (unit 0) died after recording itself as bootstrap
-	// node and before seeing unit 2; its lease expired.
+	// The old leader (unit 0) recorded itself as bootstrap node before
+	// seeing unit 2, and was then removed; unit 1 saw it depart as a
+	// non-leader, and became leader when unit 0's lease expired.
 	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1","1":"10.0.0.2"}`, "bootstrap-agent-id": "0"}
+	m.leader = u0.name
+	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-departed", remoteUnit: u0.name, departing: u0.name})
+	if m.appData["db-bind-addresses"] != `{"0":"10.0.0.1","1":"10.0.0.2"}` {
+		t.Fatal("a non-leader changed the application data")
+	}
 	m.leader = u1.name
 
 	res := m.mustRun(u1, "leader-elected")
@@ -390,6 +396,25 @@ func TestLeaderChange_NewLeaderReaggregatesAndKeepsBootstrapID(t *testing.T) {
 	}
 	if c := u1.readConf(t); c.BootstrapAgentID != "0" || len(c.DBBindAddresses) != 2 {
 		t.Fatalf("controller.conf = %+v", c)
+	}
+}
+
+func TestLeaderChange_NewLeaderKeepsUnitsItHasNotSeenJoin(t *testing.T) {
+	m := newModel(t)
+	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
+	m.settleScope(u0, u1, u2)
+	u2.members = []string{u1.name} // has not run joined for unit 0 yet
+	m.unitData[u0.name] = map[string]string{"db-bind-address": "10.0.0.1", "agent-id": "0"}
+	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
+	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1","1":"10.0.0.2"}`, "bootstrap-agent-id": "0"}
+	m.leader = u2.name // unit 0's agent died for a while
+
+	m.mustRun(u2, "leader-elected")
+	if got := m.appData["db-bind-addresses"]; got != `{"0":"10.0.0.1","1":"10.0.0.2","2":"10.0.0.3"}` {
+		t.Fatalf("db-bind-addresses = %s; a live member was dropped", got)
+	}
+	if !u2.logged("keeping agent 0") {
+		t.Fatalf("logs = %q", u2.logs)
 	}
 }
 

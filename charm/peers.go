@@ -169,6 +169,25 @@ func (h *hook) aggregate(ctx context.Context, relID, own string, app map[string]
 		}
 		entries[id] = addr
 	}
+	// Keep listed units this leader has not seen join yet (package comment).
+	inView := map[string]bool{}
+	for _, unit := range units {
+		inView[unit] = true
+	}
+	for _, id := range sortedIDs(current) {
+		unit := h.env.AppName() + "/" + id
+		if _, ok := entries[id]; ok || id == h.agentID || inView[unit] || unit == h.env.DepartingUnit {
+			continue
+		}
+		gone, err := markerExists(h.cfg.peerDepartedMarker(id))
+		if err != nil {
+			return nil, err
+		}
+		if !gone {
+			h.log.Info(fmt.Sprintf("keeping agent %s in db-bind-addresses: this unit has not seen %s join or depart yet", id, unit))
+			entries[id] = current[id]
+		}
+	}
 	// Two nodes on one address cannot both be members. Keep the one the
 	// cluster list already has (else the lowest id) and leave the others out.
 	byAddr := map[string][]string{}
