@@ -82,6 +82,8 @@ type unit struct {
 	version           string
 	savedWorkload     [2]string
 
+	lastUpdateStatus time.Time
+
 	failed   *hookInfo
 	resolved bool
 	retryAt  time.Time
@@ -209,6 +211,10 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 			}
 		}
 	}
+	if !time.Now().Before(u.lastUpdateStatus.Add(m.opts.UpdateStatusInterval)) {
+		u.lastUpdateStatus = time.Now()
+		return &hookInfo{name: "update-status"}
+	}
 	return nil
 }
 
@@ -240,6 +246,8 @@ func (m *Model) runAgent(u *unit) {
 			var retry <-chan time.Time
 			if u.failed != nil && m.opts.AutoRetryHooks > 0 {
 				retry = time.After(time.Until(u.retryAt))
+			} else if u.started && u.life == lifeAlive && u.failed == nil {
+				retry = time.After(time.Until(u.lastUpdateStatus.Add(m.opts.UpdateStatusInterval)))
 			}
 			m.mu.Unlock()
 			select {
@@ -322,6 +330,7 @@ func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 		}
 	case h.name == "start":
 		u.started = true
+		u.lastUpdateStatus = time.Now()
 	case h.name == "stop":
 		u.stopped = true
 	case h.name == "remove":

@@ -54,6 +54,9 @@ type Options struct {
 	// AutoRetryHooks, when positive, retries a failed hook after this delay
 	// (Juju's automatically-retry-hooks); zero waits for Resolve.
 	AutoRetryHooks time.Duration
+	// UpdateStatusInterval is how often each started unit runs update-status
+	// (Juju's update-status-hook-interval, default 5m); zero means 5m.
+	UpdateStatusInterval time.Duration
 	// HookTimeout kills a hook that runs longer (Juju has no such limit; it
 	// keeps a wedged test from hanging). Default 10 minutes.
 	HookTimeout time.Duration
@@ -173,6 +176,9 @@ func New(opts Options) (*Model, error) {
 	}
 	if opts.LeaseExpiry == 0 {
 		opts.LeaseExpiry = 3 * time.Second
+	}
+	if opts.UpdateStatusInterval == 0 {
+		opts.UpdateStatusInterval = 5 * time.Minute
 	}
 	if opts.HookTimeout == 0 {
 		opts.HookTimeout = 10 * time.Minute

@@ -1,0 +1,201 @@
+// Package e2e runs the built charm (build/charm, unchanged) and its real
+// controllerd on simulated machines (tests/sim), scenario by scenario.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/juju/dqlite-controller/tests/probe"
+	"github.com/juju/dqlite-controller/tests/sim"
+)
+
+const app = "dqlite-controller"
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the end-to-end tests need root (network namespaces), and CI is set")
+		}
+		t.Skip("skipped: the end-to-end tests need root (network namespaces); not root and CI is unset")
+	}
+}
+
+// charmDir is DQC_CHARM_DIR, else <repo>/build/charm.
+func charmDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("DQC_CHARM_DIR")
+	if dir == "" {
+		_, file, _, _ := runtime.Caller(0)
+		dir = filepath.Join(filepath.Dir(file), "..", "..", "build", "charm")
+	}
+	for _, f := range []string{"dispatch", "controllerd", "metadata.yaml"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("the built charm is missing (%v): run `make charm` first, or set DQC_CHARM_DIR", err)
+		}
+	}
+	return dir
+}
+
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func newModel(t *testing.T, opts sim.Options) *sim.Model {
+	t.Helper()
+	requireRoot(t)
+	opts.CharmDir = charmDir(t)
+	opts.Logger = slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	opts.NoSignalHandler = true
+	if opts.LeaseExpiry == 0 {
+		opts.LeaseExpiry = 2 * time.Second
+	}
+	if opts.UpdateStatusInterval == 0 {
+		// Juju's default is 5 minutes; the charm's status catches up with
+		// controllerd at the next hook, so the scenarios shorten it.
+		opts.UpdateStatusInterval = 5 * time.Second
+	}
+	m, err := sim.New(opts)
+	if err != nil {
+		t.Fatalf("cannot create model: %v", err)
+	}
+	start := time.Now()
+	t.Cleanup(func() {
+		if t.Failed() {
+			dump(t, m)
+		}
+		if err := m.Close(); err != nil {
+			t.Errorf("cannot tear down model: %v", err)
+		}
+		t.Logf("scenario took %s", time.Since(start).Round(time.Second))
+	})
+	return m
+}
+
+func dump(t *testing.T, m *sim.Model) {
+	t.Logf("status:\n%s", m.StatusTable())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := probe.Look(ctx, m)
+	for u, s := range v.Nodes {
+		t.Logf("controllerd status on %s: %+v", u, s)
+	}
+	for u, err := range v.Errors {
+		t.Logf("controllerd status on %s: %v", u, err)
+	}
+	for _, u := range m.Status().Units {
+		t.Logf("unit log of %s (tail):\n%s", u.Name, tail(m.UnitLog(u.Name), 60))
+		t.Logf("service log of %s (tail):\n%s", u.Name, tail(m.ServiceLog(u.Name), 60))
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func waitIdle(t *testing.T, m *sim.Model) {
+	t.Helper()
+	if err := m.WaitIdle(ctxFor(t, 3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func units(m *sim.Model) []string { return m.Status().UnitNames() }
+
+// waitActive waits until every unit's workload is active (statuses catch
+// up with controllerd at the next hook, e.g. update-status).
+func waitActive(t *testing.T, m *sim.Model) {
+	t.Helper()
+	err := m.WaitFor(ctxFor(t, 2*time.Minute), "every unit active", func(st sim.Status) bool {
+		for _, u := range st.Units {
+			if u.Workload != "active" {
+				return false
+			}
+		}
+		return len(st.Units) > 0
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func voters(n int) int {
+	if n >= 3 {
+		return 3
+	}
+	return n
+}
+
+// waitCluster waits until the live units form one cluster with the expected
+// number of voters (Dqlite assigns up to three).
+func waitCluster(t *testing.T, m *sim.Model) probe.View {
+	t.Helper()
+	var v probe.View
+	us := units(m)
+	err := probe.Eventually(ctxFor(t, 3*time.Minute), time.Second, func() error {
+		v = probe.Look(context.Background(), m)
+		return v.OneCluster(us, voters(len(us)))
+	})
+	if err != nil {
+		t.Fatalf("units %v never formed one cluster: %v", us, err)
+	}
+	return v
+}
+
+func mustSQL(t *testing.T, m *sim.Model, unit, stmt string) probe.SQLResult {
+	t.Helper()
+	var res probe.SQLResult
+	err := probe.Eventually(ctxFor(t, time.Minute), time.Second, func() error {
+		var err error
+		res, err = probe.SQL(context.Background(), m, unit, stmt)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("sql %q on %s: %v", stmt, unit, err)
+	}
+	return res
+}
+
+// countRows reads SELECT count(*) FROM t through a unit.
+func countRows(t *testing.T, m *sim.Model, unit string) int {
+	t.Helper()
+	res := mustSQL(t, m, unit, "SELECT count(*) FROM t")
+	if len(res.Rows) != 1 || len(res.Rows[0]) != 1 {
+		t.Fatalf("count on %s: unexpected result %+v", unit, res)
+	}
+	return int(res.Rows[0][0].(float64))
+}
+
+func dqliteLeaderUnit(t *testing.T, m *sim.Model, v probe.View) string {
+	t.Helper()
+	for _, s := range v.Nodes {
+		if u := probe.UnitOfAddress(m, s.LeaderAddress()); u != "" {
+			return u
+		}
+	}
+	t.Fatalf("no unit holds the Dqlite leader's address")
+	return ""
+}
+
+var _ = fmt.Sprintf
