@@ -27,6 +27,7 @@ var short = singular.Options{
 	Margin:         600 * time.Millisecond,
 	RequestTimeout: 250 * time.Millisecond,
 	RetryInterval:  50 * time.Millisecond,
+	PollInterval:   100 * time.Millisecond,
 	RestartDelay:   50 * time.Millisecond,
 }
 

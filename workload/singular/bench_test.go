@@ -1,0 +1,109 @@
+package singular_test
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/juju/dqlite-controller/workload/dqlitetest"
+	"github.com/juju/dqlite-controller/workload/lease"
+	"github.com/juju/dqlite-controller/workload/singular"
+)
+
+// BenchmarkLeaseFailover measures, with the default durations on a real
+// one-node Dqlite, how long single-instance work is interrupted when its
+// holder is cut off hard (its database handle closed mid-tenure, so it
+// neither extends nor revokes, as after kill -9): from the moment of the
+// cut to the moment another controller's flag rises. Also reported: when
+// the cut-off holder dropped its own flag (before the new holder rose, by
+// the margin), and a graceful stop (revoke) hand-over.
+func BenchmarkLeaseFailover(b *testing.B) {
+	const samples = 5
+	n := dqlitetest.Start(b)
+	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
+	defer cancel()
+	if err := lease.New(n.DB).EnsureSchema(ctx); err != nil {
+		b.Fatal(err)
+	}
+	type ctl struct {
+		s    *singular.Singular
+		stop context.CancelFunc
+		done chan error
+		cut  func()
+	}
+	seq := 0
+	start := func() *ctl {
+		seq++
+		db := n.OpenDB(b)
+		s, err := singular.New(lease.New(db), singular.Options{
+			Holder: "controller-" + string(rune('a'+seq%26)) + time.Now().Format("150405.000"),
+			Log:    slog.New(slog.DiscardHandler),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rctx, stop := context.WithCancel(context.Background())
+		c := &ctl{s: s, stop: stop, done: make(chan error, 1), cut: func() { db.Close() }}
+		go func() { c.done <- s.Run(rctx) }()
+		return c
+	}
+	wait := func(what string, cond func() bool) time.Time {
+		deadline := time.Now().Add(dqlitetest.Patience)
+		for !cond() {
+			if time.Now().After(deadline) {
+				b.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		return time.Now()
+	}
+	median := func(d []time.Duration) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(d[len(d)/2].Milliseconds())
+	}
+	b.ResetTimer()
+	for range b.N {
+		var failover, early, graceful []time.Duration
+		holder := start()
+		wait("first holder", holder.s.Check)
+		for range samples {
+			next := start()
+			// Let the cut fall anywhere in the extension cycle.
+			time.Sleep(time.Duration(time.Now().UnixNano()%int64(singular.DefaultExtendInterval)) + 100*time.Millisecond)
+			cutAt := time.Now()
+			holder.cut()
+			var droppedAt time.Time
+			rose := wait("a new holder", func() bool {
+				if droppedAt.IsZero() && !holder.s.Check() {
+					droppedAt = time.Now()
+				}
+				return next.s.Check()
+			})
+			if droppedAt.IsZero() || droppedAt.After(rose) {
+				b.Fatalf("the cut-off holder had not dropped its flag when the new one rose")
+			}
+			failover = append(failover, rose.Sub(cutAt))
+			early = append(early, rose.Sub(droppedAt))
+			holder.stop()
+			<-holder.done
+			holder = next
+		}
+		for range samples {
+			next := start()
+			time.Sleep(100 * time.Millisecond)
+			stopAt := time.Now()
+			holder.stop()
+			<-holder.done
+			rose := wait("a new holder after a graceful stop", next.s.Check)
+			graceful = append(graceful, rose.Sub(stopAt))
+			holder = next
+		}
+		holder.stop()
+		<-holder.done
+		b.ReportMetric(median(failover), "failover-ms")
+		b.ReportMetric(median(early), "stop-before-takeover-ms")
+		b.ReportMetric(median(graceful), "graceful-handover-ms")
+	}
+}
