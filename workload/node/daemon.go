@@ -61,7 +61,8 @@ type Daemon struct {
 	state       string
 	message     string
 	registered  string
-	noLeader    time.Time
+	noLeader    time.Time // zero while a leader is reachable
+	leaderSeen  time.Time // last successful observation (or node start)
 	candidates  map[uint64]time.Time
 	lastDecided string
 	removed     bool
@@ -341,7 +342,7 @@ func (d *Daemon) start(fresh bool, opts ...app.Option) {
 		return
 	}
 	d.app, d.fresh, d.ready, d.member, d.handedOver = a, fresh, false, false, false
-	d.noLeader = time.Time{}
+	d.noLeader, d.leaderSeen = time.Time{}, time.Now()
 	d.log.Info("Dqlite node started", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
 	go func() {
 		// Ready returns when the node is ready or closed; the loop
@@ -401,7 +402,7 @@ type observation struct {
 }
 
 func (d *Daemon) observe(ctx context.Context) (*observation, error) {
-	ctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	cli, err := d.app.Leader(ctx)
 	if err != nil {
@@ -421,13 +422,14 @@ func (d *Daemon) observe(ctx context.Context) (*observation, error) {
 }
 
 func (d *Daemon) reconcileRunning(ctx context.Context) {
+	began := time.Now()
 	obs, err := d.observe(ctx)
 	if err != nil {
-		d.noLeaderReachable(err)
+		d.noLeaderReachable(began, err)
 		return
 	}
 	defer obs.cli.Close()
-	d.noLeader = time.Time{}
+	d.noLeader, d.leaderSeen = time.Time{}, time.Now()
 	d.leader, d.members = obs.leader, obs.members
 	selfID := d.app.ID()
 	var self *client.NodeInfo
@@ -507,16 +509,24 @@ func (d *Daemon) runningMessage() string {
 	return fmt.Sprintf("member (%s) of a %d-node cluster with %d voters", d.role, len(d.members), voters)
 }
 
-func (d *Daemon) noLeaderReachable(err error) {
+// noLeaderReachable counts the time without a leader from the last
+// successful observation (a leader that lost its quorum may still answer
+// for a moment, and database calls block until their deadline meanwhile).
+func (d *Daemon) noLeaderReachable(since time.Time, err error) {
 	now := time.Now()
 	if d.noLeader.IsZero() {
-		d.noLeader = now
+		d.noLeader = since
 		d.log.Warn("no Dqlite leader reachable", "err", err)
 	}
 	d.leader = nil
+	// The members last reported by a leader are the best knowledge;
+	// cluster.yaml lags by up to the roles adjustment period.
+	known := d.members
+	if len(known) == 0 {
+		known, _ = readStore(d.nodeDir)
+	}
 	var lastRole decide.Role = decide.Voter
-	store, _ := readStore(d.nodeDir)
-	for _, n := range store {
+	for _, n := range known {
 		if n.ID == d.app.ID() {
 			lastRole = decide.Role(n.Role)
 		}
@@ -526,10 +536,10 @@ func (d *Daemon) noLeaderReachable(err error) {
 		Config:       d.cfg,
 		HasData:      true,
 		Fresh:        d.fresh,
-		NoLeaderFor:  now.Sub(d.noLeader),
+		NoLeaderFor:  now.Sub(d.leaderSeen),
 		Confirm:      d.o.RecoverConfirm,
 		LastRole:     lastRole,
-		KnownMembers: len(store),
+		KnownMembers: len(known),
 	})
 	if dec.Recover {
 		d.decision("reconfigure", dec.Reason)

@@ -26,14 +26,14 @@ const schema = `CREATE TABLE IF NOT EXISTS controller_node (
 // another writer holds the database lock (Dqlite answers "database is
 // locked" at once instead of waiting). f must be idempotent: a commit that
 // fails with a lost leadership may still have been applied.
-func (d *Daemon) inTx(ctx context.Context, f func(*sql.Tx) error) error {
+func (d *Daemon) inTx(ctx context.Context, timeout time.Duration, f func(context.Context, *sql.Tx) error) error {
 	d.mu.RLock()
 	db := d.db
 	d.mu.RUnlock()
 	if db == nil {
 		return errors.New("the database is not open")
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -42,7 +42,7 @@ func (d *Daemon) inTx(ctx context.Context, f func(*sql.Tx) error) error {
 			if err != nil {
 				return err
 			}
-			if err := f(tx); err != nil {
+			if err := f(ctx, tx); err != nil {
 				tx.Rollback()
 				return err
 			}
@@ -74,7 +74,7 @@ func isBusy(err error) bool {
 func (d *Daemon) register(ctx context.Context) error {
 	id := strconv.FormatUint(d.app.ID(), 10)
 	addr := d.app.Address()
-	return d.inTx(ctx, func(tx *sql.Tx) error {
+	return d.inTx(ctx, 5*time.Second, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return fmt.Errorf("cannot create controller_node: %w", err)
 		}
@@ -96,7 +96,7 @@ ON CONFLICT (controller_id) DO UPDATE SET
 // controllerNodes maps Dqlite node id to controller id.
 func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error) {
 	out := map[uint64]string{}
-	err := d.inTx(ctx, func(tx *sql.Tx) error {
+	err := d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return err
 		}
@@ -187,7 +187,7 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 		"address", dec.Victim.Address, "controller-id", dec.Victim.ControllerID)
 	delete(d.candidates, dec.Victim.ID)
 	id := strconv.FormatUint(dec.Victim.ID, 10)
-	if err := d.inTx(ctx, func(tx *sql.Tx) error {
+	if err := d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM controller_node WHERE dqlite_node_id = ?`, id)
 		return err
 	}); err != nil {

@@ -129,7 +129,7 @@ func newCluster(t testing.TB) *cluster {
 				<-d.exited
 			}
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("DQC_TEST_LOGS") != "" {
 			for id, d := range c.nodes {
 				t.Logf("=== log of controller %s ===\n%s", id, d.logs())
 			}
