@@ -115,7 +115,7 @@ func Start(in StartInput) StartDecision {
 				Reason: fmt.Sprintf("config moves this single-member cluster from %s to %s", in.StoredAddress, want)}
 		}
 		return StartDecision{Action: StartExisting, Address: in.StoredAddress,
-			Reason: fmt.Sprintf("config moves this node from %s to %s, but moving a member of a multi-node cluster is not supported; staying on %s", in.StoredAddress, want, in.StoredAddress)}
+			Reason: fmt.Sprintf("config moves this member of a multi-node cluster from %s to %s; starting on %s until the leader removes it so that it rejoins at %s", in.StoredAddress, want, in.StoredAddress, want)}
 	}
 	if !listed {
 		return StartDecision{Action: Wait, Reason: "address for this Dqlite node to bind to not found in config"}
@@ -203,6 +203,8 @@ type RemovalInput struct {
 	// listed stays before removal: it may be a node that just joined while
 	// our config lags behind the charm's.
 	Grace time.Duration
+	// Port is the Dqlite port of every node.
+	Port int
 }
 
 // Unwanted lists the members (other than this node) whose controller is not
@@ -278,7 +280,17 @@ func PickRemoval(in RemovalInput, unwanted []Member) RemovalDecision {
 		return RemovalDecision{Remove: true, Victim: victim,
 			Reason: fmt.Sprintf("controller %s left the config (%s member)", label(victim), victim.Role)}
 	}
-	voters, online := 0, 0
+	ok, voters, online := keepsQuorum(in, victim)
+	if !ok {
+		return RemovalDecision{Reason: fmt.Sprintf("not removing voter %s: the %d remaining voter(s) would have only %d online, no majority", label(victim), voters, online)}
+	}
+	return RemovalDecision{Remove: true, Victim: victim,
+		Reason: fmt.Sprintf("controller %s left the config (voter, %s); %d of %d remaining voters online", label(victim), onlineWord(victim.Online), online, voters)}
+}
+
+// keepsQuorum reports whether the voters left after removing victim still
+// have an online majority.
+func keepsQuorum(in RemovalInput, victim Member) (ok bool, voters, online int) {
 	for _, m := range in.Members {
 		if m.Role != Voter || m.ID == victim.ID {
 			continue
@@ -288,11 +300,76 @@ func PickRemoval(in RemovalInput, unwanted []Member) RemovalDecision {
 			online++
 		}
 	}
-	if online*2 <= voters {
-		return RemovalDecision{Reason: fmt.Sprintf("not removing voter %s: the %d remaining voter(s) would have only %d online, no majority", label(victim), voters, online)}
+	return online*2 > voters, voters, online
+}
+
+// Moved lists the members (other than this node) whose controller the
+// config lists at another address than the one the member serves on (say
+// after `juju bind` to another space). The address of a Dqlite node is
+// baked into its Raft configuration, so such a member moves by being
+// removed, wiping its data dir and rejoining at the new address. Members
+// moving to an IPv6 address are left alone: they could not rejoin.
+func Moved(in RemovalInput) []Member {
+	if _, ok := in.Config.DBBindAddresses[in.ControllerID]; !ok {
+		return nil
+	}
+	var out []Member
+	for _, m := range in.Members {
+		if m.ID == in.SelfID || m.ControllerID == "" {
+			continue
+		}
+		host, ok := in.Config.DBBindAddresses[m.ControllerID]
+		if !ok || IsIPv6(host) || JoinHostPort(host, in.Port) == m.Address {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Settled reports whether every listed controller has a member and Dqlite
+// has assigned its voters (1 below three nodes, else 3): members move one
+// at a time, each only once the previous one is back.
+func Settled(in RemovalInput) bool {
+	mapped := map[string]bool{}
+	voters := 0
+	for _, m := range in.Members {
+		mapped[m.ControllerID] = true
+		if m.Role == Voter {
+			voters++
+		}
+	}
+	for id := range in.Config.DBBindAddresses {
+		if !mapped[id] {
+			return false
+		}
+	}
+	want := 3
+	if len(in.Members) < 3 {
+		want = 1
+	}
+	return voters >= want
+}
+
+// PickMove chooses at most one moved member to remove so that it rejoins
+// at its new address, only when the cluster is settled and quorum holds
+// without it.
+func PickMove(in RemovalInput, moved []Member) RemovalDecision {
+	if len(moved) == 0 {
+		return RemovalDecision{Reason: "no member has moved"}
+	}
+	if !Settled(in) {
+		return RemovalDecision{Reason: "a member has moved; waiting for every listed controller to be a member with voters assigned before moving it"}
+	}
+	sort.SliceStable(moved, func(i, j int) bool { return moved[i].Role != Voter && moved[j].Role == Voter })
+	victim := moved[0]
+	if victim.Role == Voter {
+		if ok, voters, online := keepsQuorum(in, victim); !ok {
+			return RemovalDecision{Reason: fmt.Sprintf("not moving voter %s: the %d remaining voter(s) would have only %d online, no majority", label(victim), voters, online)}
+		}
 	}
 	return RemovalDecision{Remove: true, Victim: victim,
-		Reason: fmt.Sprintf("controller %s left the config (voter, %s); %d of %d remaining voters online", label(victim), onlineWord(victim.Online), online, voters)}
+		Reason: fmt.Sprintf("controller %s moved to %s: removing it so it rejoins there", label(victim), JoinHostPort(in.Config.DBBindAddresses[victim.ControllerID], in.Port))}
 }
 
 func label(m Member) string {

@@ -98,11 +98,11 @@ func TestStart(t *testing.T) {
 		action:  decide.Rebind,
 		address: "10.0.0.1:17667",
 	}, {
-		summary: "member of a multi-node cluster whose address changed stays, saying so",
+		summary: "member of a multi-node cluster whose address changed starts where it is, to be moved",
 		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.1.0.1", "1", "10.0.0.2"), Port: 17666, HasData: true, StoredAddress: "10.0.0.1:17666"},
 		action:  decide.StartExisting,
 		address: "10.0.0.1:17666",
-		reason:  "not supported",
+		reason:  "until the leader removes it",
 	}, {
 		summary: "sole member moved to IPv6 stays, saying why",
 		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "fd00::1"), Port: 17666, HasData: true, StoredAddress: "10.0.0.1:17666", SoleMember: true},
@@ -281,6 +281,68 @@ func TestRecover(t *testing.T) {
 			got := decide.Recover(tt.in)
 			if got.Recover != tt.recover {
 				t.Fatalf("recover = %v (%s), want %v", got.Recover, got.Reason, tt.recover)
+			}
+			if !strings.Contains(got.Reason, tt.reason) {
+				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)
+			}
+		})
+	}
+}
+
+func TestMove(t *testing.T) {
+	moved := conf("0", "0", "10.0.0.1", "1", "10.1.0.2", "2", "10.0.0.3")
+	three := []decide.Member{
+		member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+		member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+		member(3, "10.0.0.3:17666", decide.Voter, "2", true),
+	}
+	tests := []struct {
+		summary string
+		in      decide.RemovalInput
+		remove  bool
+		victim  uint64
+		reason  string
+	}{{
+		summary: "a member listed at a new address is removed to rejoin there",
+		in:      decide.RemovalInput{ControllerID: "0", Config: moved, SelfID: 1, Members: three, Port: 17666},
+		remove:  true,
+		victim:  2,
+	}, {
+		summary: "nobody moved",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17666},
+		reason:  "no member has moved",
+	}, {
+		summary: "a port change is a move",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17667},
+		remove:  true,
+	}, {
+		summary: "a move waits until the previous mover is back",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.1.0.2", "2", "10.1.0.3"), SelfID: 1, Port: 17666, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(3, "10.0.0.3:17666", decide.Voter, "2", true),
+		}},
+		reason: "waiting",
+	}, {
+		summary: "a move waits until voters are assigned",
+		in: decide.RemovalInput{ControllerID: "0", Config: moved, SelfID: 1, Port: 17666, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+			member(3, "10.0.0.3:17666", decide.Spare, "2", true),
+		}},
+		reason: "waiting",
+	}, {
+		summary: "a move to IPv6 is not attempted",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "fd00::2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17666},
+		reason:  "no member has moved",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.summary, func(t *testing.T) {
+			got := decide.PickMove(tt.in, decide.Moved(tt.in))
+			if got.Remove != tt.remove {
+				t.Fatalf("remove = %v (%s), want %v", got.Remove, got.Reason, tt.remove)
+			}
+			if tt.victim != 0 && got.Victim.ID != tt.victim {
+				t.Fatalf("victim = %d, want %d", got.Victim.ID, tt.victim)
 			}
 			if !strings.Contains(got.Reason, tt.reason) {
 				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)

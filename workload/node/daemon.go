@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -36,6 +37,7 @@ const (
 	StateReconfiguring   = "reconfiguring"
 	StateRebinding       = "rebinding"
 	StateAddressMismatch = "address-mismatch"
+	StateMoving          = "moving"
 	StateError           = "error"
 	StateStopping        = "stopping"
 )
@@ -64,12 +66,14 @@ type Daemon struct {
 	noLeader    time.Time // zero while a leader is reachable
 	leaderSeen  time.Time // last successful observation (or node start)
 	candidates  map[uint64]time.Time
-	lastDecided string
+	decided     map[string]bool // decisions of this pass
+	prevDecided map[string]bool // decisions of the previous pass
 	removed     bool
 	removals    int
 	rejoinAt    time.Time
 	retryAt     time.Time
 	handedOver  bool
+	joinHints   []string // addresses of the members when this node was removed
 	readyCh     chan *app.App
 	quit        chan struct{}
 
@@ -157,14 +161,14 @@ func (d *Daemon) readConfig() {
 	d.log.Info("config changed", "db-bind-addresses", c.DBBindAddresses, "bootstrap-agent-id", c.BootstrapAgentID)
 }
 
-// decision logs one line per decision (not per tick: an unchanged decision
-// is not repeated).
+// decision logs one line per decision, not one per pass: a decision that
+// was also made in the previous pass is not repeated.
 func (d *Daemon) decision(action, reason string, attrs ...any) {
 	key := action + "\x00" + reason
-	if key == d.lastDecided {
+	d.decided[key] = true
+	if d.prevDecided[key] {
 		return
 	}
-	d.lastDecided = key
 	d.log.Info("decision", append([]any{"action", action, "reason", reason}, attrs...)...)
 }
 
@@ -176,6 +180,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	d.prevDecided, d.decided = d.decided, map[string]bool{}
 	if d.app == nil {
 		d.reconcileStopped(ctx)
 		return
@@ -239,9 +244,17 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 			d.setState(StateRemoved, fmt.Sprintf("this node was removed from the cluster and its data dir wiped; rejoining as a new node in %s", time.Until(d.rejoinAt).Round(100*time.Millisecond)))
 			return
 		}
-		d.decision(dec.Action.String(), dec.Reason, "address", dec.Address, "peers", dec.Peers)
-		d.setState(StateJoining, fmt.Sprintf("joining the cluster through %v", dec.Peers))
-		d.start(true, app.WithAddress(dec.Address), app.WithCluster(dec.Peers))
+		peers := dec.Peers
+		for _, h := range d.joinHints {
+			// The old members' addresses help when the peers moved too
+			// and do not serve at their new addresses yet.
+			if h != dec.Address && !slices.Contains(peers, h) {
+				peers = append(peers, h)
+			}
+		}
+		d.decision(dec.Action.String(), dec.Reason, "address", dec.Address, "peers", peers)
+		d.setState(StateJoining, fmt.Sprintf("joining the cluster through %v", peers))
+		d.start(true, app.WithAddress(dec.Address), app.WithCluster(peers))
 	case decide.StartExisting:
 		if leader, gone := d.removedWhileAway(ctx, info, store); gone {
 			d.handleRemoved(fmt.Sprintf("node %d is not a member of the cluster led by %s (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, leader))
@@ -448,7 +461,11 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		return
 	}
 	d.member, d.fresh = true, false
-	d.role = decide.Role(self.Role).String()
+	if role := decide.Role(self.Role).String(); role != d.role {
+		// Dqlite assigns roles itself; say so when it does.
+		d.log.Info("role", "role", role, "was", d.role, "leader", obs.leader.Address)
+		d.role = role
+	}
 	if err := d.markMember(); err != nil {
 		d.log.Warn("cannot record membership", "err", err)
 	}
@@ -479,10 +496,17 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 			d.rebind(client.NodeInfo{ID: selfID, Address: d.app.Address()}, dec.Address)
 			return
 		}
-		d.decision("refuse-address-change", dec.Reason)
-		d.setState(StateAddressMismatch, dec.Reason)
+		host := d.cfg.DBBindAddresses[d.o.ControllerID]
+		if decide.IsIPv6(host) {
+			d.decision("refuse-address-change", dec.Reason)
+			d.setState(StateAddressMismatch, dec.Reason)
+		} else {
+			reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", d.app.Address(), want, d.app.Address(), want)
+			d.decision("move", reason)
+			d.setState(StateMoving, reason)
+		}
 		if obs.leader.ID == selfID {
-			d.removeDeparted(ctx, obs)
+			d.stepAside(ctx, obs)
 		}
 		return
 	}
@@ -607,6 +631,12 @@ func (d *Daemon) rebind(info client.NodeInfo, address string) {
 // it, after a back-off that grows with repeated removals.
 func (d *Daemon) handleRemoved(reason string) {
 	d.decision("wipe", reason)
+	d.joinHints = nil
+	for _, m := range d.members {
+		if d.app == nil || m.ID != d.app.ID() {
+			d.joinHints = append(d.joinHints, m.Address)
+		}
+	}
 	if d.app != nil {
 		d.closeApp()
 	}

@@ -119,19 +119,17 @@ func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error)
 	return out, err
 }
 
-// removeDeparted runs on the leader: it removes at most one member whose
-// controller left the config per pass, keeping quorum (decide.PickRemoval).
-func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
+// removalInput gathers what the leader needs to decide on removals.
+func (d *Daemon) removalInput(ctx context.Context, obs *observation) (decide.RemovalInput, error) {
 	rows, err := d.controllerNodes(ctx)
 	if err != nil {
-		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
-		return
+		return decide.RemovalInput{}, err
 	}
 	members := make([]decide.Member, 0, len(obs.members))
 	for _, m := range obs.members {
 		members = append(members, decide.Member{ID: m.ID, Address: m.Address, Role: decide.Role(m.Role), ControllerID: rows[m.ID]})
 	}
-	in := decide.RemovalInput{
+	return decide.RemovalInput{
 		ControllerID: d.o.ControllerID,
 		Config:       d.cfg,
 		SelfID:       d.app.ID(),
@@ -139,6 +137,36 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 		EverListed:   d.everListed,
 		CandidateFor: map[uint64]time.Duration{},
 		Grace:        d.o.RemovalGrace,
+		Port:         d.o.Port,
+	}, nil
+}
+
+// probeVoters marks which voters answer, so that quorum is judged on who
+// is actually online.
+func probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []decide.Member) {
+	for i := range in.Members {
+		if in.Members[i].Role == decide.Voter && in.Members[i].ID != in.SelfID {
+			in.Members[i].Online = probe(ctx, in.Members[i].Address)
+		}
+	}
+	for i := range candidates {
+		for _, m := range in.Members {
+			if m.ID == candidates[i].ID {
+				candidates[i].Online = m.Online
+			}
+		}
+	}
+}
+
+// removeDeparted runs on the leader: it removes at most one member per
+// pass, keeping quorum: first a member whose controller left the config
+// (decide.PickRemoval), otherwise one whose controller moved to another
+// address (decide.PickMove), which then rejoins there.
+func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
+	in, err := d.removalInput(ctx, obs)
+	if err != nil {
+		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
+		return
 	}
 	unwanted := decide.Unwanted(in)
 	now := time.Now()
@@ -155,28 +183,26 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 			delete(d.candidates, id)
 		}
 	}
-	if len(unwanted) == 0 {
-		return
+	var dec decide.RemovalDecision
+	action := "remove-member"
+	if len(unwanted) > 0 {
+		probeVoters(ctx, &in, unwanted)
+		dec = decide.PickRemoval(in, unwanted)
 	}
-	// Probe voters so that quorum is judged on who is actually online.
-	for i := range in.Members {
-		if in.Members[i].Role == decide.Voter && in.Members[i].ID != in.SelfID {
-			in.Members[i].Online = probe(ctx, in.Members[i].Address)
-		}
-	}
-	for i := range unwanted {
-		for _, m := range in.Members {
-			if m.ID == unwanted[i].ID {
-				unwanted[i].Online = m.Online
-			}
-		}
-	}
-	dec := decide.PickRemoval(in, unwanted)
 	if !dec.Remove {
-		d.decision("keep-members", dec.Reason)
+		if moved := decide.Moved(in); len(moved) > 0 {
+			probeVoters(ctx, &in, moved)
+			dec = decide.PickMove(in, moved)
+			action = "move-member"
+		}
+	}
+	if !dec.Remove {
+		if dec.Reason != "" {
+			d.decision("keep-members", dec.Reason)
+		}
 		return
 	}
-	d.decision("remove-member", dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
+	d.decision(action, dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := obs.cli.Remove(rctx, dec.Victim.ID); err != nil {
@@ -192,6 +218,27 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 		return err
 	}); err != nil {
 		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
+	}
+}
+
+// stepAside runs on a leader whose own controller moved: once no other
+// member is moving and the cluster is settled, it hands leadership over so
+// that the next leader moves it.
+func (d *Daemon) stepAside(ctx context.Context, obs *observation) {
+	in, err := d.removalInput(ctx, obs)
+	if err != nil {
+		d.log.Warn("cannot read controller_node", "err", err)
+		return
+	}
+	if len(decide.Unwanted(in)) > 0 || len(decide.Moved(in)) > 0 || !decide.Settled(in) || len(obs.members) < 2 {
+		d.removeDeparted(ctx, obs)
+		return
+	}
+	d.decision("step-aside", "this leader's controller moved and every other member is settled: handing leadership over so the next leader moves this node")
+	hctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
+	defer cancel()
+	if err := d.app.Handover(hctx); err != nil {
+		d.log.Warn("hand-over failed; will retry", "err", err)
 	}
 }
 

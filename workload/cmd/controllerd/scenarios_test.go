@@ -545,3 +545,63 @@ func TestIPv6_RefusedWithClearStatus(t *testing.T) {
 		t.Fatalf("refused node created a node identity: %v", err)
 	}
 }
+
+func TestShrink_DepartingLeaderHandsOverAndIsRemoved(t *testing.T) {
+	c := newCluster(t)
+	c.form(3)
+	c.mustSQL("0", "CREATE TABLE l (id INTEGER PRIMARY KEY)")
+	leader := c.leaderID("0")
+	var keep []string
+	for _, id := range ids(3) {
+		if id != leader {
+			keep = append(keep, id)
+		}
+	}
+	// The leader's unit leaves: every config, its own included, drops it.
+	c.writeConfig(c.config(keep...), ids(3)...)
+	st := c.waitState(leader, "removed")
+	if st.Member {
+		t.Fatalf("departed leader still a member: %+v", st)
+	}
+	if _, ok := c.node(leader).lineAfter(time.Time{}, "action=leave"); !ok {
+		t.Fatalf("the departing leader did not decide to leave")
+	}
+	c.waitRoles(keep[0], 2, 1, 0)
+	c.writeUntilOK(keep[1], "INSERT INTO l VALUES (1) ON CONFLICT DO NOTHING")
+}
+
+func TestAddressChange_ThreeNodesMoveOneAtATime(t *testing.T) {
+	c := newCluster(t)
+	c.form(3)
+	c.mustSQL("0", "CREATE TABLE mv (id INTEGER PRIMARY KEY)")
+	for i := 0; i < 30; i++ {
+		c.mustSQL(fmt.Sprint(i%3), fmt.Sprintf("INSERT INTO mv VALUES (%d) ON CONFLICT DO NOTHING", i))
+	}
+	// juju bind to another space: every controller gets a new address.
+	cfg := c.config(ids(3)...)
+	for _, id := range ids(3) {
+		cfg.DBBindAddresses[id] = c.prefix + fmt.Sprint(101+mustAtoi(id))
+	}
+	c.writeConfig(cfg, ids(3)...)
+	for _, id := range ids(3) {
+		want := cfg.DBBindAddresses[id] + ":17666"
+		c.waitFor("controller "+id+" to serve at "+want, func() (bool, string) {
+			st, err := c.status(id)
+			if err != nil {
+				return false, err.Error()
+			}
+			return st.State == "running" && st.Address == want, fmt.Sprintf("%s %s: %s", st.State, st.Address, st.Message)
+		})
+	}
+	st := c.waitRoles("0", 3, 3, 0)
+	for _, m := range st.Members {
+		if !strings.HasSuffix(m.Address, ":17666") || !strings.HasPrefix(m.Address, c.prefix+"10") {
+			t.Fatalf("member still at an old address: %+v", st.Members)
+		}
+	}
+	for _, id := range ids(3) {
+		if n, err := c.count(id, "mv"); err != nil || n != 30 {
+			t.Fatalf("controller %s reads %d rows after the move, %v", id, n, err)
+		}
+	}
+}
