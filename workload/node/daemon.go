@@ -262,7 +262,9 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 		}
 		d.decision(dec.Action.String(), dec.Reason, "node-id", strconv.FormatUint(info.ID, 10), "address", info.Address)
 		d.setState(StateStarting, dec.Reason)
-		d.start(false, app.WithAddress(info.Address))
+		// A node whose join never completed is still joining, not a
+		// member that was removed.
+		d.start(fileExists(filepath.Join(d.nodeDir, "join")), app.WithAddress(info.Address))
 	case decide.Rebind:
 		d.decision(dec.Action.String(), dec.Reason)
 		d.rebind(info, dec.Address)
@@ -282,11 +284,15 @@ func (d *Daemon) removedWhileAway(ctx context.Context, info client.NodeInfo, sto
 			nodes = append(nodes, client.NodeInfo{Address: n.Address})
 		}
 	}
-	for id, host := range d.cfg.DBBindAddresses {
-		addr := decide.JoinHostPort(host, d.o.Port)
-		if id != d.o.ControllerID && !seen[addr] {
-			seen[addr] = true
-			nodes = append(nodes, client.NodeInfo{Address: addr})
+	// Only when cluster.yaml names nobody else, ask the configured peers:
+	// they are the cluster this node was told to be part of.
+	if len(nodes) == 0 {
+		for id, host := range d.cfg.DBBindAddresses {
+			addr := decide.JoinHostPort(host, d.o.Port)
+			if id != d.o.ControllerID && !seen[addr] {
+				seen[addr] = true
+				nodes = append(nodes, client.NodeInfo{Address: addr})
+			}
 		}
 	}
 	if len(nodes) == 0 {

@@ -163,6 +163,22 @@ func probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []deci
 // (decide.PickRemoval), otherwise one whose controller moved to another
 // address (decide.PickMove), which then rejoins there.
 func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
+	// Most passes find every member at a listed address: skip reading
+	// controller_node then.
+	listed := map[string]bool{}
+	for _, host := range d.cfg.DBBindAddresses {
+		listed[decide.JoinHostPort(host, d.o.Port)] = true
+	}
+	consistent := true
+	for _, m := range obs.members {
+		if !listed[m.Address] {
+			consistent = false
+		}
+	}
+	if consistent {
+		clear(d.candidates)
+		return
+	}
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)

@@ -605,3 +605,42 @@ func TestAddressChange_ThreeNodesMoveOneAtATime(t *testing.T) {
 		}
 	}
 }
+
+func TestScaleDown_DeadNodesReturningOnOldDataAreWiped(t *testing.T) {
+	c := newCluster(t)
+	c.form(3)
+	c.mustSQL("0", "CREATE TABLE z (id INTEGER PRIMARY KEY)")
+	c.mustSQL("0", "INSERT INTO z VALUES (1)")
+	c.kill("1")
+	c.kill("2")
+	c.writeConfig(c.config("0"), "0")
+	c.waitFor("the survivor to be the sole voter", func() (bool, string) {
+		st, err := c.status("0")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.State == "running" && len(st.Members) == 1, fmt.Sprintf("%s: %s", st.State, st.Message)
+	})
+	c.mustSQL("0", "INSERT INTO z VALUES (2)")
+	// The dead machines come back with their old data dirs (and the charm
+	// no longer lists them). Together they hold a majority of the old
+	// configuration; started blindly they could elect a leader and roll
+	// the survivor back (dqlite.md §2c). They must wipe instead.
+	c.writeConfig(c.config("0"), "1", "2")
+	c.start("1")
+	c.start("2")
+	for _, id := range []string{"1", "2"} {
+		st := c.waitState(id, "removed")
+		if st.Member {
+			t.Fatalf("controller %s came back as a member: %+v", id, st)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	st := c.mustStatus("0")
+	if st.State != "running" || len(st.Members) != 1 {
+		t.Fatalf("survivor after the old nodes came back: %+v", st)
+	}
+	if n, err := c.count("0", "z"); err != nil || n != 2 {
+		t.Fatalf("rows after the old nodes came back = %d, %v (a rollback?)", n, err)
+	}
+}
