@@ -10,8 +10,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/juju/dqlite-controller/workload/apidial"
 	"github.com/juju/dqlite-controller/workload/apiclient"
+	"github.com/juju/dqlite-controller/workload/apidial"
 )
 
 func TestEntry_DialOrderPutsTheLastGoodAddressFirst(t *testing.T) {
