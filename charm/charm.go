@@ -157,6 +157,11 @@ type Config struct {
 	// WorkloadTimeout bounds `controllerd status` and `controllerd version`
 	// (default 5 s).
 	WorkloadTimeout time.Duration
+	// SettleTime is how long a hook that has just changed controller.conf
+	// (listing this unit) waits for controllerd to become a cluster member
+	// before reporting the status, so that the status does not describe the
+	// daemon as it was before the change (default 5 s; negative: no wait).
+	SettleTime time.Duration
 }
 
 func (c Config) agentsDir() string { return filepath.Join(c.JujuDir, "agents") }
@@ -194,6 +199,9 @@ type hook struct {
 	svc     *service.Manager
 	agentID string
 	status  statusCollector
+	// joinExpected is set when this hook changed controller.conf and the
+	// new file lists this unit: controllerd is about to (re)join.
+	joinExpected bool
 }
 
 // Reconcile runs one hook. It returns an error only when the hook should
@@ -208,6 +216,9 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	}
 	if cfg.WorkloadTimeout <= 0 {
 		cfg.WorkloadTimeout = 5 * time.Second
+	}
+	if cfg.SettleTime == 0 {
+		cfg.SettleTime = 5 * time.Second
 	}
 	agentID, err := unitNumber(env.UnitName)
 	if err != nil {

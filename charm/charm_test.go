@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/juju/dqlite-controller/charm"
 )
@@ -649,6 +650,30 @@ func TestWorkloadStatus_Messages(t *testing.T) {
 				t.Fatalf("status = %v, want %v", u.status, tc.want)
 			}
 		})
+	}
+}
+
+func TestConfigChange_StatusWaitsForTheDaemonToJoin(t *testing.T) {
+	m := newModel(t)
+	m.settle = 10 * time.Second
+	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
+	m.leader = u0.name
+	m.settleScope(u0, u1)
+	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1"}`, "bootstrap-agent-id": "0"}
+	u1.workload = `{"controller-id":"1","member":false,"state":"waiting","message":"address for this Dqlite node to bind to not found in config"}`
+	m.mustRun(u1, "install")
+	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-created"})
+	m.mustRun(u1, "start")
+	if u1.status[0] != "waiting" {
+		t.Fatalf("status = %v", u1.status)
+	}
+	// The leader lists unit 1; its daemon joins a moment after the file
+	// changes, and the hook reports that rather than the stale state.
+	m.appData["db-bind-addresses"] = `{"0":"10.0.0.1","1":"10.0.0.2"}`
+	u1.workloadLater, u1.workloadLaterAfter = workloadJSON("1", "spare", "0:voter", "1:spare"), 2
+	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-changed"})
+	if u1.status != [2]string{"active", "spare; 2 members (1 voter: no redundancy)"} {
+		t.Fatalf("status = %v", u1.status)
 	}
 }
 

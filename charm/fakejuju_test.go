@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/juju/dqlite-controller/charm"
 	"github.com/juju/dqlite-controller/charm/hooktools"
@@ -37,6 +38,9 @@ type model struct {
 	unitData map[string]map[string]string
 	appData  map[string]string
 	units    map[string]*unit
+	// settle is charm.Config.SettleTime; by default no wait, since the
+	// fake workload does not change by itself.
+	settle time.Duration
 	// loseLeadershipOnIsLeader, when set, is called on every is-leader; it
 	// may move leadership while the hook runs.
 	loseLeadershipOnIsLeader func(m *model, u *unit)
@@ -56,6 +60,10 @@ type unit struct {
 	active, enabled bool
 	systemctl       []string
 	workload        string // controllerd status JSON; "" = not answering
+	// workloadLater, when set, replaces workload after that many more
+	// status calls: a daemon that joins a moment after the file changes.
+	workloadLater      string
+	workloadLaterAfter int
 	status          [2]string
 	statusHistory   [][2]string
 	logs            []string
@@ -72,6 +80,7 @@ func newModel(t *testing.T) *model {
 		unitData: map[string]map[string]string{},
 		appData:  map[string]string{},
 		units:    map[string]*unit{},
+		settle:   -1,
 	}
 }
 
@@ -157,6 +166,7 @@ func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 		SystemdDir:     u.systemdDir(),
 		Runner:         r,
 		LocalAddresses: fakeAddrs{u},
+		SettleTime:     m.settle,
 	}
 	cfg.Logger = slog.New(hooktools.NewLogHandler(hooktools.New(r), slog.LevelDebug, os.Stderr))
 	err := charm.Reconcile(context.Background(), cfg, m.env(u, h))
@@ -282,6 +292,11 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 		case "version":
 			return []byte("0.1.0-test\n"), nil
 		case "status":
+			if u.workloadLater != "" {
+				if u.workloadLaterAfter--; u.workloadLaterAfter < 0 {
+					u.workload, u.workloadLater = u.workloadLater, ""
+				}
+			}
 			if u.workload == "" {
 				return nil, exitErr(name, 1, "Error: cannot reach controllerd: dial unix control.socket: connect: no such file or directory", "")
 			}

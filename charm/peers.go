@@ -333,6 +333,7 @@ func (h *hook) writeConfig(app map[string]string) string {
 		return addrs[h.agentID]
 	}
 	if changed {
+		h.joinExpected = addrs[h.agentID] != ""
 		h.log.Info("wrote controller.conf", "path", path, "db-bind-addresses", raw, "bootstrap-agent-id", bootstrap)
 	}
 	return addrs[h.agentID]

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/juju/dqlite-controller/charm/hooktools"
 	"github.com/juju/dqlite-controller/charm/service"
@@ -209,7 +210,7 @@ func (h *hook) reportWorkload(ctx context.Context) error {
 		h.status.add(hooktools.StatusWaiting, fmt.Sprintf("controllerd is %s; see journalctl -u controllerd", state))
 		return nil
 	}
-	st, err := h.workloadStatus(ctx)
+	st, err := h.settledWorkloadStatus(ctx)
 	if err != nil {
 		h.status.add(hooktools.StatusWaiting, fmt.Sprintf("workload not answering: %v", err))
 		return nil
@@ -230,6 +231,29 @@ func (h *hook) started() (bool, error) {
 }
 
 func (h *hook) controllerd() string { return filepath.Join(h.env.CharmDir, "controllerd") }
+
+// settledWorkloadStatus asks controllerd for its status; right after this
+// hook changed controller.conf it polls for up to SettleTime until the
+// daemon is a member, since it reacts to the file within moments and a
+// status taken before that would stay stale until the next hook.
+func (h *hook) settledWorkloadStatus(ctx context.Context) (*WorkloadStatus, error) {
+	st, err := h.workloadStatus(ctx)
+	if !h.joinExpected || h.cfg.SettleTime < 0 {
+		return st, err
+	}
+	deadline := time.After(h.cfg.SettleTime)
+	for err != nil || !st.Member || st.Role == "" {
+		select {
+		case <-ctx.Done():
+			return st, err
+		case <-deadline:
+			return st, err
+		case <-time.After(200 * time.Millisecond):
+		}
+		st, err = h.workloadStatus(ctx)
+	}
+	return st, err
+}
 
 func (h *hook) workloadStatus(ctx context.Context) (*WorkloadStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.WorkloadTimeout)
