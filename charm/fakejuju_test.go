@@ -64,13 +64,13 @@ type unit struct {
 	// status calls: a daemon that joins a moment after the file changes.
 	workloadLater      string
 	workloadLaterAfter int
-	status          [2]string
-	statusHistory   [][2]string
-	logs            []string
-	version         string
-	relationSets    int
-	appSets         int
-	calls           []string
+	status             [2]string
+	statusHistory      [][2]string
+	logs               []string
+	version            string
+	relationSets       int
+	appSets            int
+	calls              []string
 }
 
 func newModel(t *testing.T) *model {
