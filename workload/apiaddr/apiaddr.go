@@ -25,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/juju/dqlite-controller/workload/dbtx"
 )
@@ -265,12 +266,20 @@ const schema = `CREATE TABLE IF NOT EXISTS controller_api_address (
 
 // Store keeps the published addresses in the controller database.
 type Store struct {
-	db *sql.DB
+	db     *sql.DB
+	schema atomic.Bool // the table is known to exist
 }
 
-// NewStore returns a store on db (the controller database). Call
-// EnsureSchema once before use.
+// NewStore returns a store on db (the controller database). The table is
+// created on first use; EnsureSchema does it up front.
 func NewStore(db *sql.DB) *Store { return &Store{db: db} }
+
+func (s *Store) ensure(ctx context.Context) error {
+	if s.schema.Load() {
+		return nil
+	}
+	return s.EnsureSchema(ctx)
+}
 
 // EnsureSchema creates the table if it is missing.
 func (s *Store) EnsureSchema(ctx context.Context) error {
@@ -281,6 +290,7 @@ func (s *Store) EnsureSchema(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cannot create controller_api_address: %w", err)
 	}
+	s.schema.Store(true)
 	return nil
 }
 
@@ -289,6 +299,9 @@ func (s *Store) EnsureSchema(ctx context.Context) error {
 func (s *Store) Publish(ctx context.Context, c Controller) error {
 	if c.ID == "" {
 		return errors.New("cannot publish API addresses: empty controller id")
+	}
+	if err := s.ensure(ctx); err != nil {
+		return err
 	}
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, c.ID); err != nil {
@@ -312,6 +325,9 @@ ON CONFLICT (controller_id, address) DO NOTHING`,
 
 // Remove deletes a controller's addresses (the controller was removed).
 func (s *Store) Remove(ctx context.Context, controllerID string) error {
+	if err := s.ensure(ctx); err != nil {
+		return err
+	}
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, controllerID)
 		return err
@@ -324,6 +340,9 @@ func (s *Store) Remove(ctx context.Context, controllerID string) error {
 
 // Controllers returns every controller's published addresses.
 func (s *Store) Controllers(ctx context.Context) ([]Controller, error) {
+	if err := s.ensure(ctx); err != nil {
+		return nil, err
+	}
 	var out []Controller
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		out = nil

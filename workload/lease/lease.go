@@ -24,6 +24,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/juju/dqlite-controller/workload/dbtx"
@@ -95,11 +96,12 @@ func (l Lease) SafeUntil(sentAt time.Time, margin time.Duration) time.Time {
 
 // Store is the lease store. It is safe for concurrent use.
 type Store struct {
-	db *sql.DB
+	db     *sql.DB
+	schema atomic.Bool // the table is known to exist
 }
 
-// New returns a store on db (the controller database). Call EnsureSchema
-// once before use.
+// New returns a store on db (the controller database). The table is
+// created on first use; EnsureSchema does it up front.
 func New(db *sql.DB) *Store {
 	return &Store{db: db}
 }
@@ -113,7 +115,16 @@ func (s *Store) EnsureSchema(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("cannot create lease table: %w", err)
 	}
+	s.schema.Store(true)
 	return nil
+}
+
+// ensure creates the schema once per Store.
+func (s *Store) ensure(ctx context.Context) error {
+	if s.schema.Load() {
+		return nil
+	}
+	return s.EnsureSchema(ctx)
 }
 
 func validate(namespace, name, holder string, d time.Duration, needDuration bool) error {
@@ -143,6 +154,9 @@ func modifier(d time.Duration) string {
 func (s *Store) Claim(ctx context.Context, namespace, name, holder string, d time.Duration) (Lease, error) {
 	if err := validate(namespace, name, holder, d, true); err != nil {
 		return Lease{}, fmt.Errorf("cannot claim lease: %w", err)
+	}
+	if err := s.ensure(ctx); err != nil {
+		return Lease{}, err
 	}
 	var l Lease
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
@@ -183,6 +197,9 @@ func (s *Store) Extend(ctx context.Context, namespace, name, holder string, d ti
 	if err := validate(namespace, name, holder, d, true); err != nil {
 		return Lease{}, fmt.Errorf("cannot extend lease: %w", err)
 	}
+	if err := s.ensure(ctx); err != nil {
+		return Lease{}, err
+	}
 	var l Lease
 	var found bool
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
@@ -219,6 +236,9 @@ func (s *Store) Revoke(ctx context.Context, namespace, name, holder string) erro
 	if err := validate(namespace, name, holder, 0, false); err != nil {
 		return fmt.Errorf("cannot revoke lease: %w", err)
 	}
+	if err := s.ensure(ctx); err != nil {
+		return err
+	}
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM lease WHERE namespace = ? AND name = ? AND holder = ?`,
 			namespace, name, holder)
@@ -233,6 +253,9 @@ func (s *Store) Revoke(ctx context.Context, namespace, name, holder string) erro
 // Get returns the lease row, expired or not; ok is false when there is
 // none. Check Expired (or Remaining) before treating Holder as the holder.
 func (s *Store) Get(ctx context.Context, namespace, name string) (l Lease, ok bool, err error) {
+	if err := s.ensure(ctx); err != nil {
+		return Lease{}, false, err
+	}
 	err = dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		l, err = get(ctx, tx, namespace, name)
@@ -260,6 +283,9 @@ func (s *Store) Holder(ctx context.Context, namespace, name string) (string, err
 // List returns every lease row of namespace ("" for all namespaces),
 // expired ones included, ordered by namespace and name.
 func (s *Store) List(ctx context.Context, namespace string) ([]Lease, error) {
+	if err := s.ensure(ctx); err != nil {
+		return nil, err
+	}
 	var out []Lease
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
@@ -289,6 +315,9 @@ FROM lease WHERE ? = '' OR namespace = ? ORDER BY namespace, name`, namespace, n
 // ExpireLeases deletes expired rows and returns how many it deleted. It is
 // housekeeping only: claims never wait for it. Any controller may run it.
 func (s *Store) ExpireLeases(ctx context.Context) (int, error) {
+	if err := s.ensure(ctx); err != nil {
+		return 0, err
+	}
 	var n int64
 	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM lease WHERE expiry < `+sqlNow)

@@ -334,3 +334,11 @@ func waitExpired(t *testing.T, s *lease.Store, l lease.Lease) {
 		}
 	}
 }
+
+func TestClaim_CreatesTheTableOnFirstUse(t *testing.T) {
+	n := dqlitetest.Start(t)
+	s := lease.New(n.DB) // no EnsureSchema
+	if _, err := s.Claim(deadline(t), ns, "controller", "controller-0", time.Second); err != nil {
+		t.Fatalf("claim on a fresh database: %v", err)
+	}
+}

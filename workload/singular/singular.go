@@ -412,6 +412,12 @@ func (s *Singular) shutdown(inflight bool, results chan claimResult, group *work
 		defer cancel()
 		if err := s.claimer.Revoke(ctx, o.Namespace, o.Name, o.Holder); err != nil {
 			o.Log.Warn("cannot revoke singular lease on shutdown; it will expire", "err", err)
+		} else {
+			s.mu.Lock()
+			if s.status.Holder == o.Holder {
+				s.status.Holder, s.status.Expiry = "", time.Time{}
+			}
+			s.mu.Unlock()
 		}
 	}
 	return nil
