@@ -20,8 +20,9 @@ const Patience = 30 * time.Second
 
 // Node is a running single-node cluster.
 type Node struct {
-	App *app.App
-	DB  *sql.DB
+	App    *app.App
+	DB     *sql.DB
+	closed bool
 }
 
 // Start starts a fresh one-node cluster and opens database "controller"
@@ -45,10 +46,7 @@ func Start(t testing.TB) *Node {
 		t.Fatalf("cannot open database: %v", err)
 	}
 	n := &Node{App: a, DB: db}
-	t.Cleanup(func() {
-		db.Close()
-		a.Close()
-	})
+	t.Cleanup(n.Close)
 	return n
 }
 
@@ -75,4 +73,100 @@ func freeAddress(t testing.TB) string {
 	}
 	defer l.Close()
 	return fmt.Sprintf("127.0.0.1:%d", l.Addr().(*net.TCPAddr).Port)
+}
+
+// StartCluster starts an n-node cluster on loopback (the first node
+// bootstraps, the others join it) and waits until every node is Ready and
+// the cluster has min(n, 3) voters. Each node has database "controller"
+// open. Nodes are closed when the test ends (Close is idempotent here).
+func StartCluster(t testing.TB, n int) []*Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Patience)
+	defer cancel()
+	var nodes []*Node
+	var first string
+	for i := 0; i < n; i++ {
+		addr := freeAddress(t)
+		opts := []app.Option{app.WithAddress(addr), app.WithNetworkLatency(20 * time.Millisecond),
+			app.WithRolesAdjustmentFrequency(time.Second)}
+		if i == 0 {
+			first = addr
+		} else {
+			opts = append(opts, app.WithCluster([]string{first}))
+		}
+		a, err := app.New(t.TempDir(), opts...)
+		if err != nil {
+			t.Fatalf("cannot start dqlite node %d on %s: %v", i, addr, err)
+		}
+		node := &Node{App: a}
+		t.Cleanup(node.Close)
+		nodes = append(nodes, node)
+	}
+	for i, node := range nodes {
+		if err := node.App.Ready(ctx); err != nil {
+			t.Fatalf("dqlite node %d not ready: %v", i, err)
+		}
+		db, err := node.App.Open(ctx, "controller")
+		if err != nil {
+			t.Fatalf("cannot open database on node %d: %v", i, err)
+		}
+		node.DB = db
+	}
+	want := min(n, 3)
+	for {
+		if voters(ctx, nodes[0]) >= want {
+			return nodes
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("cluster never reached %d voters", want)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func voters(ctx context.Context, n *Node) int {
+	c, err := n.App.Leader(ctx)
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	members, err := c.Cluster(ctx)
+	if err != nil {
+		return 0
+	}
+	v := 0
+	for _, m := range members {
+		if m.Role == 0 { // client.Voter
+			v++
+		}
+	}
+	return v
+}
+
+// Close stops the node (as a crash would, without a hand-over); calling it
+// again does nothing.
+func (n *Node) Close() {
+	if n.closed {
+		return
+	}
+	n.closed = true
+	if n.DB != nil {
+		n.DB.Close()
+	}
+	n.App.Close()
+}
+
+// LeaderAddress returns the current Dqlite leader's address as seen from n.
+func (n *Node) LeaderAddress(ctx context.Context) (string, error) {
+	c, err := n.App.Leader(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	info, err := c.Leader(ctx)
+	if err != nil {
+		return "", err
+	}
+	return info.Address, nil
 }

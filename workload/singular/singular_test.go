@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -452,4 +453,55 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
 	}
+}
+
+// TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap
+// kills (stops without hand-over, and cuts off) the controller that both
+// holds the lease and hosts the Dqlite leader of a 3-node cluster: the
+// survivors elect a new Dqlite leader, whose clock then judges the expiry,
+// and exactly one of them takes over, after the dead holder stopped its
+// work.
+func TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap(t *testing.T) {
+	nodes := dqlitetest.StartCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
+	defer cancel()
+	leaderAddr, err := nodes[0].LeaderAddress(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := slices.IndexFunc(nodes, func(n *dqlitetest.Node) bool { return n.App.Address() == leaderAddr })
+	if leader < 0 {
+		t.Fatalf("leader %s is none of the nodes", leaderAddr)
+	}
+	ev := &events{}
+	cut := &hangingClaimer{store: lease.New(nodes[leader].DB)}
+	doomed := startController(t, nodes[leader], fmt.Sprintf("controller-%d", leader), cut, ev)
+	waitFor(t, "the controller on the Dqlite leader to hold", doomed.s.Check)
+	var survivors []*controller
+	for i, n := range nodes {
+		if i != leader {
+			survivors = append(survivors, startController(t, n, fmt.Sprintf("controller-%d", i), nil, ev))
+		}
+	}
+	waitFor(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
+
+	cut.cut.Store(true)
+	nodes[leader].Close()
+
+	waitFor(t, "a survivor to take over", func() bool { return len(holders(survivors...)) > 0 })
+	// Let a few extension rounds pass under the new Dqlite leader.
+	time.Sleep(3 * short.ExtendInterval)
+	if h := holders(survivors...); len(h) != 1 {
+		t.Fatalf("%d survivors hold the lease, want exactly 1", len(h))
+	}
+	if doomed.s.Check() {
+		t.Fatal("the dead holder still raises its flag")
+	}
+	got := ev.snapshot()
+	newHolder := holders(survivors...)[0].name
+	want := []event{{doomed.name, "start"}, {doomed.name, "stop"}, {newHolder, "start"}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("work log %v, want %v", got, want)
+	}
+	checkNoOverlap(t, got)
 }
