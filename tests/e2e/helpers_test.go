@@ -140,12 +140,6 @@ func waitActive(t *testing.T, m *sim.Model) {
 	}
 }
 
-func voters(n int) int {
-	if n >= 3 {
-		return 3
-	}
-	return n
-}
 
 // waitCluster waits until the live units form one cluster with the expected
 // number of voters (Dqlite assigns up to three).
@@ -155,7 +149,8 @@ func waitCluster(t *testing.T, m *sim.Model) probe.View {
 	us := units(m)
 	err := probe.Eventually(ctxFor(t, 3*time.Minute), time.Second, func() error {
 		v = probe.Look(context.Background(), m)
-		return v.OneCluster(us, voters(len(us)))
+		lo, hi := probe.VoterRange(len(us))
+		return v.OneCluster(us, lo, hi)
 	})
 	if err != nil {
 		t.Fatalf("units %v never formed one cluster: %v", us, err)

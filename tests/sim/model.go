@@ -895,3 +895,7 @@ func (m *Model) MachineDir(unitName string) string {
 	}
 	return ""
 }
+
+// ToolsDir is the directory of the hook tools and systemctl (on every
+// hook's PATH); Exec callers can run <ToolsDir>/systemctl on a machine.
+func (m *Model) ToolsDir() string { return m.tools }

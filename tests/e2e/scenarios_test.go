@@ -1,0 +1,264 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/juju/dqlite-controller/tests/demo"
+	"github.com/juju/dqlite-controller/tests/probe"
+	"github.com/juju/dqlite-controller/tests/sim"
+)
+
+// The demo's steps (issue 4): deploy one, add two, write and read, remove
+// the Dqlite leader, remove one more, multi-address unit healed by bind.
+func TestDemo_NarratedSession(t *testing.T) {
+	requireRoot(t)
+	var out bytes.Buffer
+	start := time.Now()
+	err := demo.Run(context.Background(), demo.Config{CharmDir: charmDir(t), Out: &out, NoSignalHandler: true, StepTimeout: 3 * time.Minute})
+	t.Logf("demo output:\n%s", out.String())
+	t.Logf("scenario took %s", time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func insertRows(t *testing.T, m *sim.Model, unit string, from, n int) {
+	t.Helper()
+	var vals []string
+	for i := from; i < from+n; i++ {
+		vals = append(vals, fmt.Sprintf("(%d, 'row %d')", i, i))
+	}
+	// Idempotent, so a retry after an ambiguous failure is harmless.
+	mustSQL(t, m, unit, "INSERT INTO t (id, note) VALUES "+strings.Join(vals, ", ")+" ON CONFLICT (id) DO NOTHING")
+}
+
+func createTable(t *testing.T, m *sim.Model, unit string) {
+	t.Helper()
+	mustSQL(t, m, unit, "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, note TEXT NOT NULL)")
+}
+
+func checkRowsEverywhere(t *testing.T, m *sim.Model, want int) {
+	t.Helper()
+	for _, u := range units(m) {
+		if got := countRows(t, m, u); got != want {
+			t.Fatalf("%s reads %d rows, want %d (a committed row was lost)", u, got, want)
+		}
+	}
+}
+
+// Scale 1 → 5 → 3 → 1 with writes at every size: no committed row is lost
+// and every size settles into one cluster.
+func TestScale_OneFiveThreeOne_NoCommittedRowLost(t *testing.T) {
+	m := newModel(t, sim.Options{})
+	if _, err := m.Deploy(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	createTable(t, m, "dqlite-controller/0")
+	insertRows(t, m, "dqlite-controller/0", 0, 10)
+	rows := 10
+	if _, err := m.AddUnit(4); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	insertRows(t, m, "dqlite-controller/3", rows, 10)
+	rows += 10
+	checkRowsEverywhere(t, m, rows)
+	for _, target := range []int{3, 1} {
+		for len(units(m)) > target {
+			us := units(m)
+			victim := us[len(us)-1]
+			t.Logf("remove-unit %s (%d → %d units)", victim, len(us), len(us)-1)
+			if err := m.RemoveUnit(victim, false); err != nil {
+				t.Fatal(err)
+			}
+			waitIdle(t, m)
+		}
+		waitCluster(t, m)
+		insertRows(t, m, units(m)[0], rows, 10)
+		rows += 10
+		checkRowsEverywhere(t, m, rows)
+	}
+	waitActive(t, m)
+}
+
+// restartDaemon restarts controllerd on a unit with the machine's systemctl
+// (juju exec -- systemctl restart controllerd): a Dqlite leader hands its
+// leadership over when stopped.
+func restartDaemon(t *testing.T, m *sim.Model, unit string) {
+	t.Helper()
+	out, errOut, err := m.Exec(ctxFor(t, 2*time.Minute), unit, m.ToolsDir()+"/systemctl", "restart", "controllerd")
+	if err != nil {
+		t.Fatalf("systemctl restart controllerd on %s: %v: %s %s", unit, err, out, errOut)
+	}
+}
+
+// moveDqliteLeaderOff makes sure the Dqlite leader is not on unit.
+func moveDqliteLeaderOff(t *testing.T, m *sim.Model, unit string) {
+	t.Helper()
+	for i := 0; i < 5; i++ {
+		v := waitCluster(t, m)
+		if dqliteLeaderUnit(t, m, v) != unit {
+			return
+		}
+		restartDaemon(t, m, unit)
+	}
+	t.Fatalf("the Dqlite leader stays on %s after five restarts", unit)
+}
+
+// Remove the Juju leader unit (not the Dqlite leader), then the Dqlite
+// leader (not the Juju leader): the cluster and its rows survive both.
+func TestRemove_JujuLeaderThenDqliteLeader(t *testing.T) {
+	m := newModel(t, sim.Options{})
+	if _, err := m.Deploy(4); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	createTable(t, m, "dqlite-controller/1")
+	insertRows(t, m, "dqlite-controller/1", 0, 20)
+
+	jujuLeader := m.Status().Leader
+	moveDqliteLeaderOff(t, m, jujuLeader)
+	t.Logf("remove-unit %s (the Juju leader, not the Dqlite leader)", jujuLeader)
+	if err := m.RemoveUnit(jujuLeader, false); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if l := m.Status().Leader; l == "" || l == jujuLeader {
+		t.Fatalf("Juju leader after removal = %q", l)
+	}
+	waitCluster(t, m)
+	checkRowsEverywhere(t, m, 20)
+	insertRows(t, m, units(m)[0], 20, 5)
+
+	jujuLeader = m.Status().Leader
+	moveDqliteLeaderOff(t, m, jujuLeader)
+	v := waitCluster(t, m)
+	dq := dqliteLeaderUnit(t, m, v)
+	t.Logf("remove-unit %s (the Dqlite leader, not the Juju leader %s)", dq, jujuLeader)
+	if err := m.RemoveUnit(dq, false); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	checkRowsEverywhere(t, m, 25)
+	waitActive(t, m)
+}
+
+// A unit on a machine with two addresses in the bound space is blocked with
+// a status naming the fix; juju bind to a space where it has one address
+// heals it and it joins (DESIGN.md; juju-ha.md §1.5, §1.9).
+func TestBind_HealsBlockedMultiAddressUnit(t *testing.T) {
+	m := newModel(t, sim.Options{
+		Subnets:        []sim.SubnetSpec{{Name: "a0", Space: "alpha"}, {Name: "a1", Space: "alpha"}, {Name: "d", Space: "db"}},
+		DefaultSubnets: []string{"a0", "d"},
+	})
+	if _, err := m.Deploy(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	createTable(t, m, "dqlite-controller/0")
+	insertRows(t, m, "dqlite-controller/0", 0, 7)
+	names, err := m.AddUnit(1, sim.MachineSpec{Subnets: []string{"a0", "a1", "d"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.WaitFor(ctxFor(t, 2*time.Minute), names[0]+" blocked", func(st sim.Status) bool {
+		u, _ := st.Unit(names[0])
+		return u.Workload == "blocked"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	u, _ := m.Status().Unit(names[0])
+	if !strings.Contains(u.Message, "multiple possible DB bind addresses") || !strings.Contains(u.Message, "db-cluster") {
+		t.Errorf("blocked message %q should say there are several addresses and name the db-cluster binding", u.Message)
+	}
+	if err := m.Bind("db-cluster", "db"); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	v := waitCluster(t, m)
+	// Every node now serves on its machine's address in space db (the
+	// last subnet of every machine here).
+	st := m.Status()
+	for un, s := range v.Nodes {
+		u, _ := st.Unit(un)
+		for _, mc := range st.Machines {
+			if mc.ID == u.Machine && !strings.HasPrefix(s.Address, mc.Addresses[len(mc.Addresses)-1]+":") {
+				t.Errorf("%s serves on %s, want its space-db address %s", un, s.Address, mc.Addresses[len(mc.Addresses)-1])
+			}
+		}
+	}
+	checkRowsEverywhere(t, m, 7)
+	waitActive(t, m)
+}
+
+// A hook SIGKILLed half-way (at its relation-set) leaves the unit in error;
+// juju resolved retries it and the unit joins the cluster.
+func TestKilledHook_RetriedAndUnitJoins(t *testing.T) {
+	m := newModel(t, sim.Options{})
+	if _, err := m.Deploy(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	m.KillHookAt("dqlite-controller/1", "install", "relation-set")
+	if _, err := m.AddUnit(1); err != nil {
+		t.Fatal(err)
+	}
+	err := m.WaitFor(ctxFor(t, 2*time.Minute), "dqlite-controller/1 in error (its install killed at relation-set)", func(st sim.Status) bool {
+		u, _ := st.Unit("dqlite-controller/1")
+		return u.Workload == "error"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.RelationData("db-cluster")["dqlite-controller/1"]["db-bind-address"]; got != "" {
+		t.Fatalf("the killed hook's relation data was committed: %q", got)
+	}
+	if err := m.Resolve("dqlite-controller/1"); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	waitActive(t, m)
+}
+
+// IPv6-only subnets: libdqlite 1.11.1 cannot bind IPv6 without TLS
+// (reference/dqlite.md): either the units form a cluster, or they say why
+// in a clear blocked/waiting status; never a hook error.
+func TestIPv6Only_ClusterOrClearStatus(t *testing.T) {
+	m := newModel(t, sim.Options{Subnets: []sim.SubnetSpec{{Name: "v6", Space: "alpha", IPv6: true}}})
+	if _, err := m.Deploy(2); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	var v probe.View
+	err := probe.Eventually(ctxFor(t, 90*time.Second), 2*time.Second, func() error {
+		v = probe.Look(context.Background(), m)
+		if err := v.OneCluster(units(m), 1, 2); err == nil {
+			return nil
+		}
+		for _, u := range m.Status().Units {
+			if (u.Workload != "blocked" && u.Workload != "waiting") || u.Message == "" {
+				return fmt.Errorf("%s: %s %q is neither a cluster member nor a clear status", u.Name, u.Workload, u.Message)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("IPv6-only outcome:\n%s", m.StatusTable())
+}
