@@ -46,8 +46,11 @@ bench: charm
 fuzz: setup
 	$(GO) test -tags $(TAGS) -run '^$$' -fuzz FuzzParse -fuzztime 60s ./controllerconf
 
+# A narrated session on a simulated Juju model (tests/sim): the built charm and
+# controllerd on network-namespace machines. Needs root; cleans up on Ctrl-C.
 demo: charm
-	@echo "demo: not implemented yet" >&2; exit 1
+	$(GO) build -o $(BIN)/jujusim ./tests/cmd/jujusim
+	$(BIN)/jujusim -charm $(CHARM_DIR)
 
 clean:
 	rm -rf $(BUILD)
