@@ -474,11 +474,14 @@ func startWorkers(parent context.Context, o Options) *workerGroup {
 
 // Periodic is a Worker that calls Func at once and then every Interval
 // until its context is cancelled; an error is logged and does not stop
-// it. Use it for single-instance housekeeping (e.g. removing departed
-// Dqlite members, expiring leases).
+// it. Each call gets a context with a deadline (Timeout, default
+// Interval), as every Dqlite call needs one. Use it for single-instance
+// housekeeping, e.g. removing departed Dqlite members, or
+// lease.Store.ExpireLeases to keep the lease table small.
 type Periodic struct {
 	Name     string
 	Interval time.Duration
+	Timeout  time.Duration
 	Func     func(ctx context.Context) error
 	Clock    Clock
 	Log      *slog.Logger
@@ -497,8 +500,15 @@ func (p Periodic) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	timeout := p.Timeout
+	if timeout <= 0 {
+		timeout = p.Interval
+	}
 	for {
-		if err := p.Func(ctx); err != nil && ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		err := p.Func(cctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			log.Warn("periodic single-instance task failed", "task", p.Name, "err", err)
 		}
 		select {

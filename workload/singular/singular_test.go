@@ -427,6 +427,9 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 	calls := make(chan int, 10)
 	var n int
 	p := singular.Periodic{Name: "test", Interval: time.Minute, Clock: clock, Func: func(ctx context.Context) error {
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("periodic call without a deadline")
+		}
 		n++
 		calls <- n
 		return errors.New("transient")
