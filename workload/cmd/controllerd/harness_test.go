@@ -32,7 +32,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "controllerd")
-	build := exec.Command("go", "build", "-tags", "libsqlite3", "-o", binary, ".")
+	args := []string{"build", "-tags", "libsqlite3", "-o", binary}
+	if os.Getenv("DQC_RACE") != "" {
+		// Build the daemon with the race detector (slower).
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, ".")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "cannot build controllerd:", err)
