@@ -1,0 +1,95 @@
+package dbtx_test
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	dqdriver "github.com/canonical/go-dqlite/driver"
+
+	"github.com/juju/dqlite-controller/workload/dbtx"
+	"github.com/juju/dqlite-controller/workload/dqlitetest"
+)
+
+func TestTransient_ClassifiesRetryableErrors(t *testing.T) {
+	for err, want := range map[error]bool{
+		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "database is locked"}: true,
+		dqdriver.Error{Code: dqdriver.ErrBusySnapshot}:                        true,
+		dqdriver.Error{Code: 19, Message: "UNIQUE constraint failed"}:         false,
+		fmt.Errorf("commit: %w", driver.ErrBadConn):                           true,
+		fmt.Errorf("receive: header: %w", io.EOF):                             true,
+		errors.New("no available dqlite leader server found"):                 true,
+		context.DeadlineExceeded:                                              false,
+		context.Canceled:                                                      false,
+		sql.ErrNoRows:                                                         false,
+		errors.New("sql: database is closed"):                                 false,
+	} {
+		if got := dbtx.Transient(err); got != want {
+			t.Errorf("Transient(%v) = %v, want %v", err, got, want)
+		}
+	}
+}
+
+func TestRun_RetriesWhileAnotherWriterHoldsTheLock(t *testing.T) {
+	n := dqlitetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
+	defer cancel()
+	if _, err := n.DB.ExecContext(ctx, `CREATE TABLE t (k TEXT PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	// Another controller holds Dqlite's single write lock.
+	other := n.OpenDB(t)
+	holder, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.ExecContext(ctx, `INSERT INTO t VALUES ('other')`); err != nil {
+		t.Fatal(err)
+	}
+	var attempts atomic.Int32
+	done := make(chan error)
+	go func() {
+		done <- dbtx.Run(ctx, n.DB, func(ctx context.Context, tx *sql.Tx) error {
+			attempts.Add(1)
+			_, err := tx.ExecContext(ctx, `INSERT INTO t VALUES ('mine') ON CONFLICT DO NOTHING`)
+			return err
+		})
+	}()
+	for attempts.Load() < 2 { // it met the lock at least once
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned %v while the lock was held", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := holder.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run after the lock was released: %v", err)
+	}
+	var count int
+	if err := n.DB.QueryRowContext(ctx, `SELECT count(*) FROM t`).Scan(&count); err != nil || count != 2 {
+		t.Fatalf("rows = %d, %v; want 2", count, err)
+	}
+}
+
+func TestRun_RefusesAContextWithoutDeadlineAndStopsOnOtherErrors(t *testing.T) {
+	n := dqlitetest.Start(t)
+	if err := dbtx.Run(context.Background(), n.DB, func(context.Context, *sql.Tx) error { return nil }); err == nil {
+		t.Fatal("Run without a deadline accepted")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
+	defer cancel()
+	calls := 0
+	boom := errors.New("boom")
+	if err := dbtx.Run(ctx, n.DB, func(context.Context, *sql.Tx) error { calls++; return boom }); !errors.Is(err, boom) || calls != 1 {
+		t.Fatalf("Run = %v after %d calls, want boom after 1", err, calls)
+	}
+}
