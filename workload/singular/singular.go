@@ -365,9 +365,16 @@ func (s *Singular) Run(ctx context.Context) error {
 				next = now.Add(min(max(r.l.Remaining, 0)+10*time.Millisecond, o.PollInterval))
 			default:
 				s.mu.Lock()
+				first := s.status.LastError == ""
 				s.status.LastError = r.err.Error()
 				s.mu.Unlock()
-				o.Log.Warn("cannot claim singular lease", "err", r.err)
+				// Once per outage at Warn: retries come every
+				// RetryInterval.
+				level := slog.LevelDebug
+				if first {
+					level = slog.LevelWarn
+				}
+				o.Log.Log(ctx, level, "cannot claim singular lease", "err", r.err, "holding", s.Check())
 				next = now.Add(o.RetryInterval)
 			}
 		}
