@@ -266,13 +266,26 @@ const schema = `CREATE TABLE IF NOT EXISTS controller_api_address (
 
 // Store keeps the published addresses in the controller database.
 type Store struct {
-	db     *sql.DB
+	db     dbtx.Source
 	schema atomic.Bool // the table is known to exist
 }
 
 // NewStore returns a store on db (the controller database). The table is
 // created on first use; EnsureSchema does it up front.
-func NewStore(db *sql.DB) *Store { return &Store{db: db} }
+func NewStore(db *sql.DB) *Store { return NewStoreFrom(dbtx.Fixed(db)) }
+
+// NewStoreFrom returns a store on whatever handle src gives at each call.
+func NewStoreFrom(src dbtx.Source) *Store { return &Store{db: src} }
+
+// run runs body in a transaction, and forgets that the table exists when
+// it is missing (a new cluster behind the same handle source).
+func (s *Store) run(ctx context.Context, body func(context.Context, *sql.Tx) error) error {
+	err := dbtx.RunFrom(ctx, s.db, body)
+	if dbtx.MissingTable(err) {
+		s.schema.Store(false)
+	}
+	return err
+}
 
 func (s *Store) ensure(ctx context.Context) error {
 	if s.schema.Load() {
@@ -283,7 +296,7 @@ func (s *Store) ensure(ctx context.Context) error {
 
 // EnsureSchema creates the table if it is missing.
 func (s *Store) EnsureSchema(ctx context.Context) error {
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, schema)
 		return err
 	})
@@ -303,7 +316,7 @@ func (s *Store) Publish(ctx context.Context, c Controller) error {
 	if err := s.ensure(ctx); err != nil {
 		return err
 	}
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, c.ID); err != nil {
 			return err
 		}
@@ -328,7 +341,7 @@ func (s *Store) Remove(ctx context.Context, controllerID string) error {
 	if err := s.ensure(ctx); err != nil {
 		return err
 	}
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, controllerID)
 		return err
 	})
@@ -344,7 +357,7 @@ func (s *Store) Controllers(ctx context.Context) ([]Controller, error) {
 		return nil, err
 	}
 	var out []Controller
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		out = nil
 		rows, err := tx.QueryContext(ctx, `SELECT controller_id, address, is_agent, scope, agent_fallback
 FROM controller_api_address ORDER BY controller_id, position, address`)

@@ -100,13 +100,18 @@ type Options struct {
 // Worker is the backup worker.
 type Worker struct {
 	dumper Dumper
-	db     *sql.DB
+	db     dbtx.Source
 	o      Options
 }
 
 // New returns a backup worker dumping with d and recording backups in db
 // (the controller database).
 func New(d Dumper, db *sql.DB, o Options) (*Worker, error) {
+	return NewFrom(d, dbtx.Fixed(db), o)
+}
+
+// NewFrom is New on whatever handle src gives at each call.
+func NewFrom(d Dumper, src dbtx.Source, o Options) (*Worker, error) {
 	if o.Dir == "" {
 		return nil, errors.New("cannot configure backups: no backup directory")
 	}
@@ -134,7 +139,7 @@ func New(d Dumper, db *sql.DB, o Options) (*Worker, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Worker{dumper: d, db: db, o: o}, nil
+	return &Worker{dumper: d, db: src, o: o}, nil
 }
 
 // Backup describes one backup taken.
@@ -178,7 +183,7 @@ func (w *Worker) check(ctx context.Context) error {
 // older than Interval by the database's clock, or there is none.
 func (w *Worker) Due(ctx context.Context) (bool, error) {
 	var ageMS sql.NullFloat64
-	err := dbtx.Run(ctx, w.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := dbtx.RunFrom(ctx, w.db, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return err
 		}
@@ -212,7 +217,7 @@ func (w *Worker) Take(ctx context.Context) (Backup, error) {
 	for _, f := range files {
 		b.Bytes += int64(len(f.Data))
 	}
-	err = dbtx.Run(ctx, w.db, func(ctx context.Context, tx *sql.Tx) error {
+	err = dbtx.RunFrom(ctx, w.db, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return err
 		}

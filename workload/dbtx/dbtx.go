@@ -38,6 +38,37 @@ const (
 	MaxBackoff = 250 * time.Millisecond
 )
 
+// Source returns the current database handle, or an error when there is
+// none (e.g. the local Dqlite node is not ready). controllerd replaces its
+// handle when its node restarts, so long-lived users take a Source.
+type Source func() (*sql.DB, error)
+
+// Fixed is the Source of one handle.
+func Fixed(db *sql.DB) Source {
+	return func() (*sql.DB, error) {
+		if db == nil {
+			return nil, errors.New("no database handle")
+		}
+		return db, nil
+	}
+}
+
+// RunFrom is Run on the handle src returns at the time of the call.
+func RunFrom(ctx context.Context, src Source, body func(ctx context.Context, tx *sql.Tx) error) error {
+	db, err := src()
+	if err != nil {
+		return fmt.Errorf("cannot use the controller database: %w", err)
+	}
+	return Run(ctx, db, body)
+}
+
+// MissingTable reports whether err says a table does not exist, e.g.
+// after the handle moved to a freshly bootstrapped cluster: a user that
+// remembered creating its schema should create it again.
+func MissingTable(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "no such table")
+}
+
 // Run runs body in an explicit transaction and commits it, retrying the
 // whole transaction on transient errors (busy, lost connection, leader
 // change) with a bounded exponential backoff until ctx ends. body must be

@@ -96,19 +96,24 @@ func (l Lease) SafeUntil(sentAt time.Time, margin time.Duration) time.Time {
 
 // Store is the lease store. It is safe for concurrent use.
 type Store struct {
-	db     *sql.DB
+	db     dbtx.Source
 	schema atomic.Bool // the table is known to exist
 }
 
 // New returns a store on db (the controller database). The table is
 // created on first use; EnsureSchema does it up front.
 func New(db *sql.DB) *Store {
-	return &Store{db: db}
+	return NewFrom(dbtx.Fixed(db))
+}
+
+// NewFrom returns a store on whatever handle src gives at each call.
+func NewFrom(src dbtx.Source) *Store {
+	return &Store{db: src}
 }
 
 // EnsureSchema creates the lease table and its index if they are missing.
 func (s *Store) EnsureSchema(ctx context.Context) error {
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, schema)
 		return err
 	})
@@ -117,6 +122,16 @@ func (s *Store) EnsureSchema(ctx context.Context) error {
 	}
 	s.schema.Store(true)
 	return nil
+}
+
+// run runs body in a transaction, and forgets that the table exists when
+// it is missing (a new cluster behind the same handle source).
+func (s *Store) run(ctx context.Context, body func(context.Context, *sql.Tx) error) error {
+	err := dbtx.RunFrom(ctx, s.db, body)
+	if dbtx.MissingTable(err) {
+		s.schema.Store(false)
+	}
+	return err
 }
 
 // ensure creates the schema once per Store.
@@ -159,7 +174,7 @@ func (s *Store) Claim(ctx context.Context, namespace, name, holder string, d tim
 		return Lease{}, err
 	}
 	var l Lease
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		// One statement decides, with one "now": insert, or take over an
 		// expired row, or extend our own row; a live row of another
 		// holder is left alone. The start of an unexpired tenure of the
@@ -202,7 +217,7 @@ func (s *Store) Extend(ctx context.Context, namespace, name, holder string, d ti
 	}
 	var l Lease
 	var found bool
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `
 UPDATE lease SET
     start  = CASE WHEN expiry >= `+sqlNow+` THEN start ELSE `+sqlNow+` END,
@@ -239,7 +254,7 @@ func (s *Store) Revoke(ctx context.Context, namespace, name, holder string) erro
 	if err := s.ensure(ctx); err != nil {
 		return err
 	}
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM lease WHERE namespace = ? AND name = ? AND holder = ?`,
 			namespace, name, holder)
 		return err
@@ -256,7 +271,7 @@ func (s *Store) Get(ctx context.Context, namespace, name string) (l Lease, ok bo
 	if err := s.ensure(ctx); err != nil {
 		return Lease{}, false, err
 	}
-	err = dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		l, err = get(ctx, tx, namespace, name)
 		return err
@@ -287,7 +302,7 @@ func (s *Store) List(ctx context.Context, namespace string) ([]Lease, error) {
 		return nil, err
 	}
 	var out []Lease
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
 		rows, err := tx.QueryContext(ctx, `
 SELECT namespace, name, holder, start, expiry,
@@ -319,7 +334,7 @@ func (s *Store) ExpireLeases(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	var n int64
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM lease WHERE expiry < `+sqlNow)
 		if err != nil {
 			return err
@@ -336,7 +351,7 @@ func (s *Store) ExpireLeases(ctx context.Context) (int, error) {
 // Now returns the database's current time (the Dqlite leader's clock).
 func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	var text string
-	err := dbtx.Run(ctx, s.db, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `SELECT `+sqlNow).Scan(&text)
 	})
 	if err != nil {

@@ -2,9 +2,11 @@ package lease_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -340,5 +342,27 @@ func TestClaim_CreatesTheTableOnFirstUse(t *testing.T) {
 	s := lease.New(n.DB) // no EnsureSchema
 	if _, err := s.Claim(deadline(t), ns, "controller", "controller-0", time.Second); err != nil {
 		t.Fatalf("claim on a fresh database: %v", err)
+	}
+}
+
+func TestNewFrom_RecreatesTheTableWhenTheHandleMovesToANewCluster(t *testing.T) {
+	a, b := dqlitetest.Start(t), dqlitetest.Start(t)
+	var cur atomic.Pointer[sql.DB]
+	cur.Store(a.DB)
+	s := lease.NewFrom(func() (*sql.DB, error) { return cur.Load(), nil })
+	ctx := deadline(t)
+	if _, err := s.Claim(ctx, ns, "controller", "controller-0", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The node was wiped and bootstrapped a new cluster: no lease table.
+	cur.Store(b.DB)
+	var err error
+	for i := 0; i < 2; i++ {
+		if _, err = s.Claim(ctx, ns, "controller", "controller-0", time.Second); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("claim on the new cluster still fails: %v", err)
 	}
 }
