@@ -351,6 +351,51 @@ func (s *Store) Remove(ctx context.Context, controllerID string) error {
 	return nil
 }
 
+// RemoveExcept deletes the addresses of every controller not in keep (the
+// controllers of the current config) and returns the ids it removed. Run
+// it as single-instance work; a controller that has just joined may
+// publish before it is listed in everybody's config, so give new ids a
+// grace period before calling this with a keep list that lacks them.
+func (s *Store) RemoveExcept(ctx context.Context, keep []string) ([]string, error) {
+	if err := s.ensure(ctx); err != nil {
+		return nil, err
+	}
+	var removed []string
+	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		removed = nil
+		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT controller_id FROM controller_api_address ORDER BY controller_id`)
+		if err != nil {
+			return err
+		}
+		var gone []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			if !slices.Contains(keep, id) {
+				gone = append(gone, id)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, id := range gone {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, id); err != nil {
+				return err
+			}
+		}
+		removed = gone
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot remove API addresses of departed controllers: %w", err)
+	}
+	return removed, nil
+}
+
 // Controllers returns every controller's published addresses.
 func (s *Store) Controllers(ctx context.Context) ([]Controller, error) {
 	if err := s.ensure(ctx); err != nil {

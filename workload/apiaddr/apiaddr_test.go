@@ -209,6 +209,25 @@ func TestStore_PublishReplacesAndRemoveDeletesAControllersAddresses(t *testing.T
 	}
 }
 
+func TestStore_RemoveExceptDropsDepartedControllers(t *testing.T) {
+	n := dqlitetest.Start(t)
+	s := apiaddr.NewStore(n.DB)
+	ctx := deadline(t)
+	for _, id := range []string{"0", "1", "2"} {
+		if err := s.Publish(ctx, mustBuild(t, id, apiaddr.Input{Hosts: []string{"10.0.0.1" + id}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := s.RemoveExcept(ctx, []string{"0", "2"})
+	if err != nil || !reflect.DeepEqual(removed, []string{"1"}) {
+		t.Fatalf("RemoveExcept = %v, %v; want [1]", removed, err)
+	}
+	l, err := s.Lists(ctx)
+	if err != nil || !reflect.DeepEqual(l.Clients, []string{"10.0.0.10:17070", "10.0.0.12:17070"}) {
+		t.Fatalf("clients after removal %v, %v", l.Clients, err)
+	}
+}
+
 // switchSource serves whatever lists the test sets.
 type switchSource struct {
 	mu  sync.Mutex
