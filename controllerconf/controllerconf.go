@@ -17,8 +17,18 @@
 // every other new controller joins the listed peers. That is how exactly one
 // cluster is ever formed per application, whatever the hook interleaving.
 //
+// Two more keys describe this controller's own API addresses, which
+// controllerd publishes into the controller database for agents and clients:
+//
+//	api-hosts: [10.6.6.6, 203.0.113.5]      # every usable address of the unit (clients)
+//	api-agent-hosts: [10.6.6.6]             # the unit's addresses in the `api` binding's space (agents)
+//
+// An empty api-agent-hosts while api-hosts is not empty means the unit has no
+// address in the api binding's space: agents then get all of its addresses
+// (Juju 3.6's per-controller fallback for juju-mgmt-space).
+//
 // Juju reads the file with yaml.v2 into a struct that ignores unknown keys, so
-// the extra key does not disturb a Juju agent reading the same file.
+// the extra keys do not disturb a Juju agent reading the same file.
 package controllerconf
 
 import (
@@ -28,6 +38,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +65,11 @@ type Config struct {
 	// BootstrapAgentID is the agent id of the only controller allowed to
 	// bootstrap a new cluster; empty when the charm has not chosen one yet.
 	BootstrapAgentID string `yaml:"bootstrap-agent-id,omitempty"`
+	// APIHosts are all of this controller's usable addresses, for clients.
+	APIHosts []string `yaml:"api-hosts,omitempty"`
+	// APIAgentHosts are this controller's addresses in the space of its
+	// `api` endpoint binding, for agents.
+	APIAgentHosts []string `yaml:"api-agent-hosts,omitempty"`
 }
 
 // ValidateAgentID reports whether id is a controller agent id: a
@@ -115,6 +131,13 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("bootstrap-agent-id: %w", err)
 		}
 	}
+	for key, hosts := range map[string][]string{"api-hosts": c.APIHosts, "api-agent-hosts": c.APIAgentHosts} {
+		for _, h := range hosts {
+			if err := ValidateHost(h); err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+		}
+	}
 	return nil
 }
 
@@ -139,7 +162,8 @@ func lessAgentID(a, b string) bool {
 
 // Equal reports whether c and o hold the same configuration.
 func (c *Config) Equal(o *Config) bool {
-	if c.BootstrapAgentID != o.BootstrapAgentID || len(c.DBBindAddresses) != len(o.DBBindAddresses) {
+	if c.BootstrapAgentID != o.BootstrapAgentID || len(c.DBBindAddresses) != len(o.DBBindAddresses) ||
+		!slices.Equal(c.APIHosts, o.APIHosts) || !slices.Equal(c.APIAgentHosts, o.APIAgentHosts) {
 		return false
 	}
 	for id, host := range c.DBBindAddresses {
@@ -195,6 +219,19 @@ func Marshal(c *Config) ([]byte, error) {
 		root.Content = append(root.Content,
 			&yaml.Node{Kind: yaml.ScalarNode, Value: "bootstrap-agent-id"},
 			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: c.BootstrapAgentID, Style: yaml.SingleQuotedStyle})
+	}
+	for _, kv := range []struct {
+		key   string
+		hosts []string
+	}{{"api-hosts", c.APIHosts}, {"api-agent-hosts", c.APIAgentHosts}} {
+		if len(kv.hosts) == 0 {
+			continue
+		}
+		list := &yaml.Node{Kind: yaml.SequenceNode}
+		for _, h := range kv.hosts {
+			list.Content = append(list.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: h})
+		}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: kv.key}, list)
 	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)

@@ -59,6 +59,8 @@ func TestParse_RejectsMalformed(t *testing.T) {
 		{"unspecified", "db-bind-addresses:\n  '0': 0.0.0.0\n", "cannot be bound"},
 		{"non-canonical ipv6", "db-bind-addresses:\n  '0': 'FD00:0::1'\n", "canonical"},
 		{"bad bootstrap id", "db-bind-addresses: {}\nbootstrap-agent-id: x\n", "bootstrap-agent-id"},
+		{"bad api host", "db-bind-addresses: {}\napi-hosts: [10.0.0.1, 'x; rm']\n", "api-hosts"},
+		{"bad api agent host", "db-bind-addresses: {}\napi-agent-hosts: ['127.0.0.1:17070']\n", "api-agent-hosts"},
 		{"two documents", "db-bind-addresses: {}\n---\ndb-bind-addresses: {}\n", "more than one"},
 	}
 	for _, tc := range cases {
@@ -75,12 +77,15 @@ func TestMarshal_CanonicalAndRoundTrips(t *testing.T) {
 	c := &controllerconf.Config{
 		DBBindAddresses:  map[string]string{"10": "10.0.0.10", "2": "fd00::2", "0": "10.0.0.1"},
 		BootstrapAgentID: "0",
+		APIHosts:         []string{"10.0.0.1", "203.0.113.5"},
+		APIAgentHosts:    []string{"10.0.0.1"},
 	}
 	data, err := controllerconf.Marshal(c)
 	if err != nil {
 		t.Fatalf("Marshal: %v", err)
 	}
-	want := "db-bind-addresses:\n  '0': 10.0.0.1\n  '2': fd00::2\n  '10': 10.0.0.10\nbootstrap-agent-id: '0'\n"
+	want := "db-bind-addresses:\n  '0': 10.0.0.1\n  '2': fd00::2\n  '10': 10.0.0.10\nbootstrap-agent-id: '0'\n" +
+		"api-hosts:\n  - 10.0.0.1\n  - 203.0.113.5\napi-agent-hosts:\n  - 10.0.0.1\n"
 	if string(data) != want {
 		t.Fatalf("Marshal =\n%s\nwant\n%s", data, want)
 	}
@@ -211,6 +216,7 @@ func TestWriteFileAtomic_KilledWriterLeavesOldOrNewFile(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("db-bind-addresses:\n  '0': 10.6.6.6\n  '1': 10.6.6.7\n"))
 	f.Add([]byte("db-bind-addresses:\n  '0': fd00::1\nbootstrap-agent-id: '0'\n"))
+	f.Add([]byte("db-bind-addresses: {}\napi-hosts: [10.0.0.1]\napi-agent-hosts: []\n"))
 	f.Add([]byte(""))
 	f.Add([]byte("db-bind-addresses: [1, 2]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
