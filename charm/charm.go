@@ -220,6 +220,9 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	if cfg.SettleTime == 0 {
 		cfg.SettleTime = 5 * time.Second
 	}
+	if cfg.Runner == nil || cfg.LocalAddresses == nil {
+		return errors.New("cannot run the hook: no command runner or local address source configured")
+	}
 	agentID, err := unitNumber(env.UnitName)
 	if err != nil {
 		return fmt.Errorf("cannot derive the agent id: %w", err)

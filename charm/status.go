@@ -8,13 +8,20 @@ import (
 	"github.com/juju/dqlite-controller/charm/hooktools"
 )
 
-// statusPriority orders statuses as ops' collect-status does:
+// priority orders statuses as ops' collect-status does:
 // blocked > maintenance > waiting > active.
-var statusPriority = map[hooktools.Status]int{
-	hooktools.StatusBlocked:     4,
-	hooktools.StatusMaintenance: 3,
-	hooktools.StatusWaiting:     2,
-	hooktools.StatusActive:      1,
+func priority(s hooktools.Status) int {
+	switch s {
+	case hooktools.StatusBlocked:
+		return 4
+	case hooktools.StatusMaintenance:
+		return 3
+	case hooktools.StatusWaiting:
+		return 2
+	case hooktools.StatusActive:
+		return 1
+	}
+	return 0
 }
 
 // statusCollector gathers the statuses a hook finds and sets the most
@@ -25,7 +32,7 @@ type statusCollector struct {
 }
 
 func (c *statusCollector) add(s hooktools.Status, msg string) {
-	if statusPriority[s] > statusPriority[c.status] {
+	if priority(s) > priority(c.status) {
 		c.status, c.message = s, msg
 	}
 }

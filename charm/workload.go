@@ -180,15 +180,11 @@ func (h *hook) remove(ctx context.Context) error {
 	return nil
 }
 
-// versionHooks are the hooks that report the workload version.
-var versionHooks = map[string]bool{
-	hookInstall: true, hookStart: true, hookUpgradeCharm: true, hookConfigChanged: true, hookUpdateStatus: true,
-}
-
 // reportWorkload sets the workload version and adds controllerd's own view
 // to the status.
 func (h *hook) reportWorkload(ctx context.Context) error {
-	if versionHooks[h.env.Hook] {
+	switch h.env.Hook {
+	case hookInstall, hookStart, hookUpgradeCharm, hookConfigChanged, hookUpdateStatus:
 		if err := h.tools.ApplicationVersionSet(ctx, h.workloadVersion(ctx)); err != nil {
 			return err
 		}

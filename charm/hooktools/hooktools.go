@@ -216,8 +216,8 @@ func (c *Client) relationGet(ctx context.Context, relationID, owner string, app 
 
 // RelationSet runs `relation-set -r <relation-id> [--app] key=value...` with
 // the keys in sorted order. An empty value deletes the key, as in Juju.
-// Values must not contain "=" in their key part; Juju splits each argument
-// at the first "=", so values may.
+// Juju splits each argument at its first "=", so keys may not contain one
+// but values may.
 func (c *Client) RelationSet(ctx context.Context, relationID string, app bool, data map[string]string) error {
 	if len(data) == 0 {
 		return nil
