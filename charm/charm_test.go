@@ -635,6 +635,10 @@ func TestWorkloadStatus_Messages(t *testing.T) {
 			[2]string{"waiting", "controllerd: waiting for a peer to join"}},
 		{"bad config", `{"controller-id":"1","member":false,"state":"waiting","config-error":"controller 3: address \"x\" is not an IP literal"}`,
 			[2]string{"blocked", `controllerd rejects controller.conf: controller 3: address "x" is not an IP literal`}},
+		{"refused", `{"controller-id":"0","member":false,"state":"refused","message":"IPv6 bind address needs TLS, which this build does not configure"}`,
+			[2]string{"blocked", "controllerd: IPv6 bind address needs TLS, which this build does not configure"}},
+		{"member without quorum", `{"controller-id":"0","node-id":"1","role":"voter","member":true,"leader":null,"members":[{"node-id":"1","role":"voter"}],"state":"no-quorum","message":"no leader reachable for 5s"}`,
+			[2]string{"waiting", "controllerd: no leader reachable for 5s"}},
 		{"not answering", "", [2]string{"waiting", "workload not answering: Error: cannot reach controllerd: dial unix control.socket: connect: no such file or directory"}},
 		{"garbage", "not json", [2]string{"waiting", "workload not answering: cannot parse controllerd status: invalid character 'o' in literal null (expecting 'u')"}},
 	}

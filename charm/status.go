@@ -71,13 +71,19 @@ func describeWorkload(st *WorkloadStatus) (hooktools.Status, string) {
 	if st.ConfigError != "" {
 		return hooktools.StatusBlocked, "controllerd rejects controller.conf: " + st.ConfigError
 	}
-	if !st.Member || st.Role == "" {
+	if !st.Member || st.Role == "" || (st.State != "" && st.State != "running") {
 		msg := st.Message
 		if msg == "" {
 			msg = st.State
 		}
 		if msg == "" {
 			msg = "not a cluster member yet"
+		}
+		switch st.State {
+		case "refused", "address-mismatch", "error":
+			// The daemon will not go on by itself: an operator must act
+			// (e.g. an IPv6-only binding), so the message says how.
+			return hooktools.StatusBlocked, "controllerd: " + msg
 		}
 		return hooktools.StatusWaiting, "controllerd: " + msg
 	}
