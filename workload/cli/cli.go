@@ -1,4 +1,5 @@
-// Package cli is controllerd's command line: run, status, sql and version.
+// Package cli is controllerd's command line: run, status, sql, agent,
+// client and version.
 package cli
 
 import (
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -20,8 +22,12 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/juju/dqlite-controller/controllerconf"
+	"github.com/juju/dqlite-controller/workload/apiaddr"
+	"github.com/juju/dqlite-controller/workload/apiserver"
+	"github.com/juju/dqlite-controller/workload/backup"
 	"github.com/juju/dqlite-controller/workload/control"
 	"github.com/juju/dqlite-controller/workload/node"
+	"github.com/juju/dqlite-controller/workload/singular"
 	"github.com/juju/dqlite-controller/workload/watch"
 )
 
@@ -32,6 +38,8 @@ const Version = "0.1.0"
 const (
 	DefaultDataDir = "/var/lib/juju/dqlite"
 	DefaultPort    = 17666
+	// DefaultBackupDir is where each controller keeps the backups it takes.
+	DefaultBackupDir = "/var/lib/juju/backups"
 )
 
 // Execute runs the command line with args and returns the exit code.
@@ -56,7 +64,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(runCmd(stderr), statusCmd(stdout), sqlCmd(stdout), versionCmd(stdout))
+	root.AddCommand(runCmd(stderr), statusCmd(stdout), sqlCmd(stdout), agentCmd(stderr), clientCmd(stdout, stderr), versionCmd(stdout))
 	return root
 }
 
@@ -65,6 +73,7 @@ func runCmd(stderr io.Writer) *cobra.Command {
 		controllerID, configPath, dataDir string
 		port                              int
 		verbose                           bool
+		o                                 node.Options
 	)
 	cmd := &cobra.Command{
 		Use:   "run --controller-id N",
@@ -85,7 +94,11 @@ func runCmd(stderr io.Writer) *cobra.Command {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-			return run(log, controllerID, configPath, dataDir, port, verbose)
+			o.ControllerID, o.ConfigPath, o.DataDir, o.Port, o.Log, o.DqliteDebug = controllerID, configPath, dataDir, port, log, verbose
+			if err := o.Validate(); err != nil {
+				return fmt.Errorf("invalid options: %w", err)
+			}
+			return run(log, o)
 		},
 	}
 	cmd.Flags().StringVar(&controllerID, "controller-id", "", "this controller's agent id (required)")
@@ -93,39 +106,49 @@ func runCmd(stderr io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "data dir (Dqlite node and control socket)")
 	cmd.Flags().IntVar(&port, "port", DefaultPort, "Dqlite port")
 	cmd.Flags().BoolVar(&verbose, "verbose", false, "log debug messages, including go-dqlite's")
+	cmd.Flags().IntVar(&o.APIPort, "api-port", apiaddr.DefaultPort, "HTTP API port (listens on 0.0.0.0; published with the api-hosts of the config)")
+	cmd.Flags().StringVar(&o.BackupDir, "backup-dir", DefaultBackupDir, "where this controller keeps the backups it takes as singular-controller lease holder (\"\" disables backups)")
+	cmd.Flags().DurationVar(&o.BackupInterval, "backup-interval", backup.DefaultInterval, "interval between backups, cluster-wide (exactly one controller takes each)")
+	cmd.Flags().IntVar(&o.BackupKeep, "backup-keep", backup.DefaultKeep, "backups kept in --backup-dir")
+	cmd.Flags().DurationVar(&o.LeaseDuration, "lease-duration", singular.DefaultDuration, "singular-controller lease duration (a hard-killed holder is replaced within it)")
+	cmd.Flags().DurationVar(&o.LeaseExtendInterval, "lease-extend-interval", singular.DefaultExtendInterval, "how often the holder extends the lease (less than half of duration minus margin)")
+	cmd.Flags().DurationVar(&o.LeaseMargin, "lease-margin", singular.DefaultMargin, "how much before the lease's expiry the holder stops its single-instance workers (stop time plus clock skew)")
 	cmd.MarkFlagRequired("controller-id")
 	return cmd
 }
 
-func run(log *slog.Logger, controllerID, configPath, dataDir string, port int, verbose bool) error {
+func run(log *slog.Logger, o node.Options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("cannot create data dir: %w", err)
 	}
-	w, err := watch.New(ctx, configPath, log)
+	w, err := watch.New(ctx, o.ConfigPath, log)
 	if err != nil {
 		return err
 	}
-	d := node.New(node.Options{
-		ControllerID: controllerID,
-		ConfigPath:   configPath,
-		DataDir:      dataDir,
-		Port:         port,
-		Log:          log,
-		Changes:      w.Changes(),
-		DqliteDebug:  verbose,
-	})
+	o.Changes = w.Changes()
+	d := node.New(o)
 	srvCtx, srvStop := context.WithCancel(context.Background())
 	defer srvStop()
-	served, err := control.Serve(srvCtx, dataDir, d, log)
+	served, err := control.Serve(srvCtx, o.DataDir, d, log)
 	if err != nil {
 		return err
 	}
+	// The HTTP API serves until the node has stopped (health answers
+	// while it hands over).
+	apiDone := make(chan error, 1)
+	go func() {
+		apiDone <- apiserver.Serve(srvCtx, net.JoinHostPort("0.0.0.0", strconv.Itoa(o.APIPort)), d.APIHandler(),
+			log.With("component", "api"), d.SetAPIError)
+	}()
 	runErr := d.Run(ctx)
 	srvStop()
 	if err := <-served; err != nil && runErr == nil {
 		runErr = fmt.Errorf("control socket failed: %w", err)
+	}
+	if err := <-apiDone; err != nil && runErr == nil {
+		runErr = err
 	}
 	if runErr == nil {
 		log.Info("controllerd stopped")
@@ -197,6 +220,23 @@ func printStatusTable(w io.Writer, st control.Status) error {
 	if st.ConfigError != "" {
 		fmt.Fprintf(tw, "Config error:\t%s\n", st.ConfigError)
 	}
+	fmt.Fprintf(tw, "Lease:\t%s\n", leaseLine(st.Lease))
+	fmt.Fprintf(tw, "API port:\t%d\n", st.APIPort)
+	if st.APIError != "" {
+		fmt.Fprintf(tw, "API error:\t%s\n", st.APIError)
+	}
+	if a := st.APIAddresses; a != nil {
+		fmt.Fprintf(tw, "Agent addresses:\t%s\n", listOrNone(a.Agents))
+		fmt.Fprintf(tw, "Client addresses:\t%s\n", listOrNone(a.Clients))
+		if len(a.AgentFallback) > 0 {
+			fmt.Fprintf(tw, "Agent fallback:\tcontrollers %s have no address in the api binding's space: agents get all of their addresses\n", strings.Join(a.AgentFallback, ", "))
+		}
+	} else {
+		fmt.Fprintf(tw, "API addresses:\tnot known yet\n")
+	}
+	if st.APINote != "" {
+		fmt.Fprintf(tw, "API note:\t%s\n", st.APINote)
+	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "NODE\tADDRESS\tROLE\t")
 	for _, m := range st.Members {
@@ -207,6 +247,30 @@ func printStatusTable(w io.Writer, st control.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.NodeID, m.Address, m.Role, mark)
 	}
 	return tw.Flush()
+}
+
+func leaseLine(l *control.LeaseStatus) string {
+	switch {
+	case l == nil:
+		return "unknown (the singular worker runs only on a running member)"
+	case l.Holder == "":
+		return "vacant"
+	}
+	s := l.Holder
+	if l.Expiry != "" {
+		s += " until " + l.Expiry
+	}
+	if l.HeldByMe {
+		s += " (this controller)"
+	}
+	return s
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }
 
 func dash(s string) string {

@@ -60,6 +60,38 @@ type Status struct {
 	// ConfigPath and DataDir say where the daemon reads and keeps things.
 	ConfigPath string `json:"config-path" yaml:"config-path"`
 	DataDir    string `json:"data-dir" yaml:"data-dir"`
+	// Lease is the singular-controller lease as this node's singular
+	// worker last saw it; null while the worker does not run (the node is
+	// not a running member) or before it learnt anything.
+	Lease *LeaseStatus `json:"lease" yaml:"lease"`
+	// APIPort is the HTTP API's port; APIError says why it does not
+	// listen ("" when it does).
+	APIPort  int    `json:"api-port" yaml:"api-port"`
+	APIError string `json:"api-error" yaml:"api-error"`
+	// APIAddresses are the address lists served (null before the first
+	// read of the database; the last known ones while it cannot be read).
+	APIAddresses *APIAddresses `json:"api-addresses" yaml:"api-addresses"`
+	// APINote explains this controller's own published addresses when
+	// they need it: agent fallback (no address in the api binding's
+	// space), or no api-hosts from the charm.
+	APINote string `json:"api-note" yaml:"api-note"`
+}
+
+// LeaseStatus is who holds the singular-controller lease and until when
+// (database time, RFC 3339 UTC).
+type LeaseStatus struct {
+	Holder   string `json:"holder" yaml:"holder"`
+	Expiry   string `json:"expiry" yaml:"expiry"`
+	HeldByMe bool   `json:"held-by-me" yaml:"held-by-me"`
+}
+
+// APIAddresses are the API address lists: agents', clients', and the
+// controllers whose agent addresses fell back to all of their addresses.
+type APIAddresses struct {
+	Agents        []string `json:"agents" yaml:"agents"`
+	Clients       []string `json:"clients" yaml:"clients"`
+	AgentFallback []string `json:"agent-fallback" yaml:"agent-fallback"`
+	Version       string   `json:"version" yaml:"version"`
 }
 
 // SQLRequest is the body of POST /sql.

@@ -19,8 +19,10 @@ import (
 	"github.com/canonical/go-dqlite/client"
 
 	"github.com/juju/dqlite-controller/controllerconf"
+	"github.com/juju/dqlite-controller/workload/apiaddr"
 	"github.com/juju/dqlite-controller/workload/control"
 	"github.com/juju/dqlite-controller/workload/decide"
+	"github.com/juju/dqlite-controller/workload/lease"
 )
 
 // States reported in status.
@@ -77,9 +79,22 @@ type Daemon struct {
 	readyCh     chan *app.App
 	quit        chan struct{}
 
+	// Control plane (plane.go).
+	leases      *lease.Store
+	addrs       *apiaddr.Store
+	watcher     *apiaddr.Watcher
+	published   *apiaddr.Controller // last published own addresses; nil: publish
+	publishedAt time.Time
+	pruneDue    bool
+	prunedAt    time.Time
+	apiNote     string
+
 	mu     sync.RWMutex
 	db     *sql.DB
 	status control.Status
+	sing   *singularRun // written by the loop under mu
+	gate   memberGate
+	apiErr string
 }
 
 // New returns a daemon; Run starts it.
@@ -95,7 +110,11 @@ func New(o Options) *Daemon {
 		readyCh:    make(chan *app.App, 4),
 		quit:       make(chan struct{}),
 		state:      StateWaiting,
+		gate:       memberGate{changed: make(chan struct{})},
 	}
+	d.leases = lease.NewFrom(d.dbSource)
+	d.addrs = apiaddr.NewStoreFrom(d.dbSource)
+	d.watcher = apiaddr.NewWatcher(d.addrs, o.AddressPoll, o.Log.With("component", "api-addresses"))
 	d.publish()
 	return d
 }
@@ -115,10 +134,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"snapshot-threshold", d.o.Snapshot.Threshold, "snapshot-trailing", d.o.Snapshot.Trailing,
 		"roles-frequency", d.o.RolesFrequency)
 	d.readConfig()
+	// The served lists are re-read from the database for the whole life
+	// of the process; while it cannot be read the last known ones stay.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	go d.watcher.Run(wctx)
 	tick := time.NewTicker(d.o.Tick)
 	defer tick.Stop()
 	for {
 		d.reconcile(ctx)
+		if ctx.Err() == nil {
+			d.syncSingular()
+		}
 		d.publish()
 		select {
 		case <-ctx.Done():
@@ -155,6 +182,7 @@ func (d *Daemon) readConfig() {
 		return
 	}
 	d.cfg = c
+	d.pruneDue = true
 	for id := range c.DBBindAddresses {
 		d.everListed[id] = true
 	}
@@ -396,8 +424,10 @@ func (d *Daemon) onReady(a *app.App) {
 	d.log.Info("Dqlite node ready", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
 }
 
-// closeApp stops the node (no hand-over).
+// closeApp stops the node (no hand-over), after the singular worker.
 func (d *Daemon) closeApp() {
+	d.stopSingular(singularStopWait, "the Dqlite node is closing")
+	d.published = nil
 	d.mu.Lock()
 	db := d.db
 	d.db = nil
@@ -516,8 +546,13 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		}
 		return
 	}
+	d.publishAddresses(ctx)
 	if obs.leader.ID == selfID {
-		d.removeDeparted(ctx, obs)
+		// The member removals and the API address clean-up stay with
+		// the Dqlite leader: Raft makes it exclusive already.
+		if !d.removeDeparted(ctx, obs) {
+			d.pruneAddresses(ctx, obs)
+		}
 	}
 	d.decision("serve", "member of the cluster", "role", d.role, "leader", obs.leader.Address)
 	d.setState(StateRunning, d.runningMessage())
@@ -689,6 +724,9 @@ func (d *Daemon) markMember() error {
 func (d *Daemon) shutdown() {
 	d.setState(StateStopping, "shutting down")
 	d.publish()
+	// Stop the single-instance work and revoke the lease first, so that
+	// another controller takes over at once rather than after its expiry.
+	d.stopSingular(d.o.HandoverTimeout, "shutting down")
 	if d.app == nil {
 		d.log.Info("shutting down; no Dqlite node running")
 		return
@@ -722,6 +760,7 @@ func (d *Daemon) publish() {
 		Members:      []control.Member{},
 		ConfigPath:   d.o.ConfigPath,
 		DataDir:      d.o.DataDir,
+		APINote:      d.apiNote,
 	}
 	if d.app != nil {
 		st.NodeID = strconv.FormatUint(d.app.ID(), 10)
@@ -743,11 +782,14 @@ func (d *Daemon) publish() {
 	d.mu.Lock()
 	d.status = st
 	d.mu.Unlock()
+	d.setMember(d.member && d.app != nil)
 }
 
 // Status returns the last published status.
 func (d *Daemon) Status(context.Context) control.Status {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	return d.status
+	st := d.status
+	d.controlPlaneStatus(&st)
+	return st
 }

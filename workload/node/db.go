@@ -161,8 +161,9 @@ func probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []deci
 // removeDeparted runs on the leader: it removes at most one member per
 // pass, keeping quorum: first a member whose controller left the config
 // (decide.PickRemoval), otherwise one whose controller moved to another
-// address (decide.PickMove), which then rejoins there.
-func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
+// address (decide.PickMove), which then rejoins there. It reports whether
+// it removed a member (obs is stale then).
+func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
 	// Most passes find every member at a listed address: skip reading
 	// controller_node then.
 	listed := map[string]bool{}
@@ -177,12 +178,12 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 	}
 	if consistent {
 		clear(d.candidates)
-		return
+		return false
 	}
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
-		return
+		return false
 	}
 	unwanted := decide.Unwanted(in)
 	now := time.Now()
@@ -216,14 +217,14 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 		if dec.Reason != "" {
 			d.decision("keep-members", dec.Reason)
 		}
-		return
+		return false
 	}
 	d.decision(action, dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := obs.cli.Remove(rctx, dec.Victim.ID); err != nil {
 		d.log.Warn("cannot remove member; will retry", "node-id", strconv.FormatUint(dec.Victim.ID, 10), "err", err)
-		return
+		return false
 	}
 	d.log.Info("removed member from the Raft configuration", "node-id", strconv.FormatUint(dec.Victim.ID, 10),
 		"address", dec.Victim.Address, "controller-id", dec.Victim.ControllerID)
@@ -235,6 +236,8 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) {
 	}); err != nil {
 		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
 	}
+	d.pruneDue = true
+	return true
 }
 
 // stepAside runs on a leader whose own controller moved: once no other

@@ -5,10 +5,16 @@
 package node
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	dqlite "github.com/canonical/go-dqlite"
+
+	"github.com/juju/dqlite-controller/workload/apiaddr"
+	"github.com/juju/dqlite-controller/workload/backup"
+	"github.com/juju/dqlite-controller/workload/singular"
 )
 
 // Engine tuning. All nodes of a cluster must use the same values.
@@ -36,6 +42,25 @@ const (
 	// in the config may stay unlisted before the leader removes it: a node
 	// that just joined may be listed in its own config before ours.
 	DefaultRemovalGrace = 10 * time.Second
+	// DefaultLeaseExpiryInterval is how often the singular-controller
+	// holder deletes expired lease rows. Housekeeping only: an expired
+	// lease never blocks a claim (package lease).
+	DefaultLeaseExpiryInterval = 10 * time.Second
+	// DefaultRepublishInterval is how often a member re-publishes its API
+	// addresses although they did not change: it puts back rows that a
+	// leader which did not know this controller yet removed.
+	DefaultRepublishInterval = 30 * time.Second
+	// DefaultAddressPruneInterval is how often the leader removes the API
+	// addresses of controllers gone from its config when nothing else
+	// (a config change, a member removal) prompted it.
+	DefaultAddressPruneInterval = 30 * time.Second
+	// DefaultAddressPollInterval is how often the served address lists are
+	// re-read from the database (agents follow a change within about that).
+	DefaultAddressPollInterval = 500 * time.Millisecond
+	// singularStopWait bounds the wait for the singular worker to stop its
+	// workers and revoke the lease before the node closes (on removal,
+	// reconfiguration, rebind); on shutdown it is HandoverTimeout.
+	singularStopWait = 5 * time.Second
 	// DefaultHandoverTimeout bounds the hand-over on shutdown or leave
 	// (go-dqlite caps it at 1 min; systemd's default stop timeout is 90 s).
 	DefaultHandoverTimeout = 10 * time.Second
@@ -68,6 +93,38 @@ type Options struct {
 	Tick            time.Duration
 	RemovalGrace    time.Duration
 	HandoverTimeout time.Duration
+
+	// APIPort is the HTTP API's port (published with the addresses).
+	APIPort int
+	// BackupDir is where this controller keeps the backups it takes while
+	// it holds the singular-controller lease ("" disables backups).
+	BackupDir      string
+	BackupInterval time.Duration
+	BackupKeep     int
+	// Lease timing of the singular worker (package singular's defaults
+	// when zero).
+	LeaseDuration       time.Duration
+	LeaseExtendInterval time.Duration
+	LeaseMargin         time.Duration
+	LeaseExpiryInterval time.Duration
+	RepublishInterval   time.Duration
+	AddressPrune        time.Duration
+	AddressPoll         time.Duration
+}
+
+// Validate checks the options that can be wrong on the command line.
+func (o Options) Validate() error {
+	o.setDefaults()
+	if o.APIPort <= 0 || o.APIPort > 65535 {
+		return fmt.Errorf("invalid API port %d", o.APIPort)
+	}
+	if o.BackupInterval < 0 || o.BackupKeep < 0 {
+		return errors.New("backup interval and keep must not be negative")
+	}
+	if _, err := singular.New(nil, o.singularOptions(nil)); err != nil {
+		return err
+	}
+	return nil
 }
 
 func (o *Options) setDefaults() {
@@ -91,5 +148,26 @@ func (o *Options) setDefaults() {
 	}
 	if o.HandoverTimeout == 0 {
 		o.HandoverTimeout = DefaultHandoverTimeout
+	}
+	if o.APIPort == 0 {
+		o.APIPort = apiaddr.DefaultPort
+	}
+	if o.BackupInterval == 0 {
+		o.BackupInterval = backup.DefaultInterval
+	}
+	if o.BackupKeep == 0 {
+		o.BackupKeep = backup.DefaultKeep
+	}
+	if o.LeaseExpiryInterval == 0 {
+		o.LeaseExpiryInterval = DefaultLeaseExpiryInterval
+	}
+	if o.RepublishInterval == 0 {
+		o.RepublishInterval = DefaultRepublishInterval
+	}
+	if o.AddressPrune == 0 {
+		o.AddressPrune = DefaultAddressPruneInterval
+	}
+	if o.AddressPoll == 0 {
+		o.AddressPoll = DefaultAddressPollInterval
 	}
 }
