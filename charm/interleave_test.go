@@ -2,6 +2,7 @@ package charm_test
 
 import (
 	"fmt"
+	"bytes"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -33,6 +34,10 @@ type deploySim struct {
 	// listed is every agent id ever committed in db-bind-addresses.
 	listed map[string]bool
 	steps  int
+	// victim is the unit being removed (remove-unit phase), victimConf its
+	// controller.conf when it first learnt it was leaving.
+	victim     *unit
+	victimConf []byte
 }
 
 func newDeploySim(t *testing.T, seed uint64) *deploySim {
@@ -101,7 +106,7 @@ func (s *deploySim) step() bool {
 	case r == 0:
 		s.moveLeadership()
 	case r == 1:
-		s.enqueue(s.units[s.rng.IntN(3)], hookEnv{hook: "update-status"})
+		s.enqueue(s.units[s.rng.IntN(len(s.units))], hookEnv{hook: "update-status"})
 	case r == 2:
 		s.fixOneBinding()
 	}
@@ -123,6 +128,13 @@ func (s *deploySim) step() bool {
 	if h.hook == "db-cluster-relation-created" {
 		u.inScope = true
 	}
+	if h.hook == "db-cluster-relation-departed" {
+		// relation-list no longer shows the departed unit (§5.5).
+		u.members = slices.DeleteFunc(u.members, func(n string) bool { return n == h.remoteUnit })
+		if u == s.victim && s.victimConf == nil {
+			s.victimConf, _ = os.ReadFile(u.confPath())
+		}
+	}
 	res, err := s.m.run(u, h)
 	if err != nil {
 		// Leadership moved during the hook: relation-set --app refuses, or
@@ -143,6 +155,17 @@ func (s *deploySim) step() bool {
 				s.enqueue(u, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: o.name})
 			}
 		}
+	}
+	if u == s.victim && h.hook == "db-cluster-relation-departed" && len(u.members) == 0 {
+		u.inScope = false // it has left the relation
+	}
+	if u == s.victim && h.hook == "remove" {
+		s.units = slices.DeleteFunc(s.units, func(o *unit) bool { return o == u })
+		delete(s.queues, u.name)
+		if s.m.leader == u.name {
+			s.moveLeadership() // its lease expires
+		}
+		return true
 	}
 	if res.unitChanged {
 		for _, o := range s.units {
@@ -176,6 +199,22 @@ func (s *deploySim) fixOneBinding() bool {
 	return false
 }
 
+// removeUnit starts `juju remove-unit` of a random unit: every other unit
+// gets relation-departed for it; it gets relation-departed for every other
+// unit with itself as the departing unit, then stop and remove.
+func (s *deploySim) removeUnit() {
+	s.victim = s.units[s.rng.IntN(len(s.units))]
+	for _, o := range s.units {
+		if o == s.victim {
+			continue
+		}
+		s.enqueue(o, hookEnv{hook: "db-cluster-relation-departed", remoteUnit: s.victim.name, departing: s.victim.name})
+		s.enqueue(s.victim, hookEnv{hook: "db-cluster-relation-departed", remoteUnit: o.name, departing: s.victim.name})
+	}
+	s.enqueue(s.victim, hookEnv{hook: "stop"})
+	s.enqueue(s.victim, hookEnv{hook: "remove"})
+}
+
 // check asserts the invariants after every committed hook.
 func (s *deploySim) check() {
 	t := s.t
@@ -194,16 +233,25 @@ func (s *deploySim) check() {
 		if len(list) > 0 && s.bootstrap == "" {
 			t.Fatalf("db-bind-addresses %s committed without a bootstrap-agent-id", raw)
 		}
-		if s.bootstrap != "" && list[s.bootstrap] == "" {
+		gone := ""
+		if s.victim != nil {
+			gone = s.victim.agentID()
+		}
+		if s.bootstrap != "" && s.bootstrap != gone && list[s.bootstrap] == "" {
 			t.Fatalf("db-bind-addresses %s lacks the bootstrap node %s", raw, s.bootstrap)
 		}
 		for id := range s.listed {
-			if list[id] == "" {
+			if list[id] == "" && id != gone {
 				t.Fatalf("db-bind-addresses %s dropped live unit %s", raw, id)
 			}
 		}
 		for id := range list {
 			s.listed[id] = true
+		}
+	}
+	if s.victimConf != nil {
+		if data, _ := os.ReadFile(s.victim.confPath()); !bytes.Equal(data, s.victimConf) {
+			t.Fatalf("the leaving unit rewrote its controller.conf:\n%s\nwas:\n%s", data, s.victimConf)
 		}
 	}
 	for _, u := range s.units {
@@ -247,6 +295,40 @@ func TestDeployThree_AnyInterleavingYieldsOneBootstrapIDThatNeverChanges(t *test
 					if c.DBBindAddresses[id] != addr {
 						t.Fatalf("%s: settled controller.conf %v, want %v", u.name, c.DBBindAddresses, want)
 					}
+				}
+			}
+		})
+	}
+}
+
+func TestRemoveOneOfThree_AnyInterleavingDropsOnlyTheLeavingUnit(t *testing.T) {
+	seeds := 100
+	if testing.Short() {
+		seeds = 10
+	}
+	for seed := range uint64(seeds) {
+		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
+			s := newDeploySim(t, seed)
+			for s.step() {
+			}
+			s.removeUnit()
+			for s.step() {
+			}
+			gone := s.victim.agentID()
+			if _, err := os.Stat(s.victim.jujuDir() + "/dqlite"); !os.IsNotExist(err) {
+				t.Fatalf("the removed unit's data dir survived: %v", err)
+			}
+			list := mustJSON(t, s.m.appData["db-bind-addresses"])
+			if len(list) != 2 || list[gone] != "" {
+				t.Fatalf("db-bind-addresses %v after removing unit %s", list, gone)
+			}
+			if s.m.appData["bootstrap-agent-id"] != s.bootstrap {
+				t.Fatalf("bootstrap-agent-id changed to %q", s.m.appData["bootstrap-agent-id"])
+			}
+			for _, u := range s.units {
+				c := u.readConf(t)
+				if len(c.DBBindAddresses) != 2 || c.DBBindAddresses[gone] != "" || c.BootstrapAgentID != s.bootstrap {
+					t.Fatalf("%s: settled controller.conf %+v", u.name, c)
 				}
 			}
 		})
