@@ -1,8 +1,8 @@
 package charm_test
 
 import (
-	"fmt"
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"slices"
