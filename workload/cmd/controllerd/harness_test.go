@@ -3,13 +3,17 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,10 +67,12 @@ type line struct {
 
 // daemon is one controllerd process with its own data dir and config file.
 type daemon struct {
-	id   string
-	host string
-	conf string
-	data string
+	id      string
+	host    string
+	conf    string
+	data    string
+	apiPort int
+	backups string
 
 	mu     sync.Mutex
 	lines  []line
@@ -118,6 +124,8 @@ type cluster struct {
 	prefix string
 	dir    string
 	nodes  map[string]*daemon
+	// args are added to every `controllerd run` (e.g. backup timing).
+	args []string
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -152,10 +160,12 @@ func (c *cluster) node(id string) *daemon {
 		c.t.Fatalf("bad controller id %q", id)
 	}
 	d := &daemon{
-		id:   id,
-		host: c.prefix + strconv.Itoa(n+1),
-		conf: filepath.Join(c.dir, "agents", "controller-"+id, controllerconf.FileName),
-		data: filepath.Join(c.dir, "dqlite-"+id),
+		id:      id,
+		host:    c.prefix + strconv.Itoa(n+1),
+		conf:    filepath.Join(c.dir, "agents", "controller-"+id, controllerconf.FileName),
+		data:    filepath.Join(c.dir, "dqlite-"+id),
+		apiPort: freePort(c.t),
+		backups: filepath.Join(c.dir, "backups-"+id),
 	}
 	c.nodes[id] = d
 	return d
@@ -187,8 +197,12 @@ func (c *cluster) start(id string) *daemon {
 	if d.running() {
 		c.t.Fatalf("controller %s is already running", id)
 	}
-	cmd := exec.Command(binary, "run", "--controller-id", id, "--config", d.conf,
-		"--data-dir", d.data, "--port", strconv.Itoa(dqlitePort))
+	// Each daemon listens for its HTTP API on 0.0.0.0 with a port of its
+	// own (the default 17070 would be shared by all of them).
+	args := append([]string{"run", "--controller-id", id, "--config", d.conf,
+		"--data-dir", d.data, "--port", strconv.Itoa(dqlitePort),
+		"--api-port", strconv.Itoa(d.apiPort), "--backup-dir", d.backups}, c.args...)
+	cmd := exec.Command(binary, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		c.t.Fatal(err)
@@ -395,6 +409,84 @@ func (c *cluster) writeUntilOK(id, stmt string) {
 		}
 		return true, ""
 	})
+}
+
+// freePort returns a TCP port that was free on all addresses a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatalf("cannot find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// apiAddress is controller id's API address as it publishes it without
+// api-hosts in the config (its db bind host).
+func (c *cluster) apiAddress(id string) string {
+	d := c.node(id)
+	return net.JoinHostPort(d.host, strconv.Itoa(d.apiPort))
+}
+
+// apiGet GETs path from controller id's HTTP API and decodes the JSON body
+// into out (unless nil); it returns the response.
+func (c *cluster) apiGet(id, path string, out any) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.apiAddress(id)+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return resp, fmt.Errorf("GET %s on controller %s: %s: %s", path, id, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return resp, fmt.Errorf("cannot decode %s: %w", path, err)
+		}
+	}
+	return resp, nil
+}
+
+// holders returns the running controllers whose status says they hold the
+// singular-controller lease, and the holder each running controller sees.
+func (c *cluster) holders() (held []string, seen map[string]string) {
+	seen = map[string]string{}
+	for _, id := range sortedIDs(c.nodes) {
+		d := c.nodes[id]
+		if !d.running() {
+			continue
+		}
+		st, err := c.status(id)
+		if err != nil || st.Lease == nil {
+			seen[id] = ""
+			continue
+		}
+		seen[id] = st.Lease.Holder
+		if st.Lease.HeldByMe {
+			held = append(held, id)
+		}
+	}
+	return held, seen
+}
+
+func sortedIDs(m map[string]*daemon) []string {
+	out := make([]string, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func isExitCode(err error, code int) bool {
