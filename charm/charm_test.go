@@ -681,6 +681,35 @@ func TestConfigChange_StatusWaitsForTheDaemonToJoin(t *testing.T) {
 	}
 }
 
+func TestConfigChange_NoSettleWaitForARefusingDaemon(t *testing.T) {
+	m := newModel(t)
+	m.settle = 3 * time.Second
+	u, u1 := m.addUnit(0, "fd00::1"), m.addUnit(1, "fd00::2")
+	m.leader = u.name
+	u.workload = `{"controller-id":"0","member":false,"state":"refused","message":"IPv6 bind address needs TLS, which this build does not configure"}`
+	deploy(m, u)
+	// A peer arrives: the file changes after start.
+	m.settleScope(u, u1)
+	m.unitData[u1.name] = map[string]string{"db-bind-address": "fd00::2", "agent-id": "1"}
+	before := len(u.calls)
+	m.mustRunEnv(u, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name})
+	if c := u.readConf(t); len(c.DBBindAddresses) != 2 {
+		t.Fatalf("controller.conf = %+v", c)
+	}
+	polls := 0
+	for _, c := range u.calls[before:] {
+		if strings.HasPrefix(c, charmDir+"/controllerd status") {
+			polls++
+		}
+	}
+	if polls != 1 {
+		t.Fatalf("asked controllerd for its status %d times; a refusing daemon will not join by waiting", polls)
+	}
+	if u.status[0] != "blocked" {
+		t.Fatalf("status = %v", u.status)
+	}
+}
+
 func TestStoppedDaemon_WaitingWithAHint(t *testing.T) {
 	m := newModel(t)
 	u := m.addUnit(0, "10.0.0.1")

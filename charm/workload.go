@@ -239,6 +239,9 @@ func (h *hook) settledWorkloadStatus(ctx context.Context) (*WorkloadStatus, erro
 	}
 	deadline := time.After(h.cfg.SettleTime)
 	for err != nil || !st.Member || st.Role == "" {
+		if status, _ := describeWorkload(st); err == nil && status == hooktools.StatusBlocked {
+			return st, nil // it will not join by itself
+		}
 		select {
 		case <-ctx.Done():
 			return st, err
