@@ -100,7 +100,7 @@ func TestThreeUnits_LeaderAggregatesEveryUnit(t *testing.T) {
 	m.leader = u1.name
 	m.settleScope(u0, u1, u2)
 	m.unitData[u0.name] = map[string]string{"db-bind-address": "10.0.0.1", "agent-id": "0", "ingress-address": "10.0.0.1"}
-	m.unitData[u2.name] = map[string]string{"db-bind-address": "fd00::3", "agent-id": "2"}
+	m.published(u2)
 
 	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u2.name})
 
@@ -256,8 +256,7 @@ func TestDeparted_RemoteUnitDroppedByLeader(t *testing.T) {
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.leader = u0.name
 	m.settleScope(u0, u1, u2)
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
-	m.unitData[u2.name] = map[string]string{"db-bind-address": "10.0.0.3", "agent-id": "2"}
+	m.published(u1, u2)
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u2.name})
 	if got := m.appData["db-bind-addresses"]; got != `{"0":"10.0.0.1","1":"10.0.0.2","2":"10.0.0.3"}` {
 		t.Fatalf("db-bind-addresses = %s", got)
@@ -282,7 +281,7 @@ func TestDeparted_LeaderExcludesDepartingUnitEvenIfListed(t *testing.T) {
 	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
 	m.leader = u0.name
 	m.settleScope(u0, u1)
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
+	m.published(u1)
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-departed", remoteUnit: u1.name, departing: u1.name})
 	if got := m.appData["db-bind-addresses"]; got != `{"0":"10.0.0.1"}` {
 		t.Fatalf("db-bind-addresses = %s", got)
@@ -294,8 +293,7 @@ func TestDeparted_SelfLeavesRelationDataAndFileAlone(t *testing.T) {
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.leader = u1.name
 	m.settleScope(u0, u1, u2)
-	m.unitData[u0.name] = map[string]string{"db-bind-address": "10.0.0.1", "agent-id": "0"}
-	m.unitData[u2.name] = map[string]string{"db-bind-address": "10.0.0.3", "agent-id": "2"}
+	m.published(u0, u2)
 	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u2.name})
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed"})
 	before, sets := fileBytes(t, u0.confPath()), u0.relationSets
@@ -344,8 +342,7 @@ func TestDepartingLeader_DoesNotStripAppData(t *testing.T) {
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.leader = u0.name
 	m.settleScope(u0, u1, u2)
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
-	m.unitData[u2.name] = map[string]string{"db-bind-address": "10.0.0.3", "agent-id": "2"}
+	m.published(u1, u2)
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name})
 	full := m.appData["db-bind-addresses"]
 
@@ -371,9 +368,7 @@ func TestLeaderChange_NewLeaderReaggregatesAndKeepsBootstrapID(t *testing.T) {
 	m := newModel(t)
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.settleScope(u1, u2)
-	m.unitData[u0.name] = map[string]string{"db-bind-address": "10.0.0.1", "agent-id": "0"}
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
-	m.unitData[u2.name] = map[string]string{"db-bind-address": "10.0.0.3", "agent-id": "2"}
+	m.published(u0, u1, u2)
 	// The old leader (unit 0) recorded itself as bootstrap node before
 	// seeing unit 2, and was then removed; unit 1 saw it depart as a
 	// non-leader, and became leader when unit 0's lease expired.
@@ -405,8 +400,7 @@ func TestLeaderChange_NewLeaderKeepsUnitsItHasNotSeenJoin(t *testing.T) {
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.settleScope(u0, u1, u2)
 	u2.members = []string{u1.name} // has not run joined for unit 0 yet
-	m.unitData[u0.name] = map[string]string{"db-bind-address": "10.0.0.1", "agent-id": "0"}
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
+	m.published(u0, u1)
 	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1","1":"10.0.0.2"}`, "bootstrap-agent-id": "0"}
 	m.leader = u2.name // unit 0's agent died for a while
 
@@ -424,8 +418,7 @@ func TestLeaderWithoutAddress_ChoosesLowestPeerAsBootstrap(t *testing.T) {
 	u0, u1, u2 := m.addUnit(0, ""), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.leader = u0.name
 	m.settleScope(u0, u1, u2)
-	m.unitData[u2.name] = map[string]string{"db-bind-address": "10.0.0.3", "agent-id": "2"}
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
+	m.published(u2, u1)
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u2.name})
 	if got := m.appData["bootstrap-agent-id"]; got != "1" {
 		t.Fatalf("bootstrap-agent-id = %q, want 1", got)
@@ -494,7 +487,7 @@ func TestHostileAppData_ConfigKeepsOnlyValidEntries(t *testing.T) {
 	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
 	m.leader = u0.name
 	m.settleScope(u0, u1)
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
+	m.published(u1)
 	m.appData = map[string]string{
 		"db-bind-addresses":  `{"0":"10.0.0.1","1":"10.0.0.2","../x":"10.0.0.3","3":"; rm -rf /"}`,
 		"bootstrap-agent-id": "0",
@@ -523,7 +516,7 @@ func TestUnchangedContent_NotRewrittenNorReset(t *testing.T) {
 	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
 	m.leader = u0.name
 	m.settleScope(u0, u1)
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "10.0.0.2", "agent-id": "1"}
+	m.published(u1)
 	u0.workload = workloadJSON("0", "voter", "0:voter", "1:voter")
 	deploy(m, u0)
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name})
@@ -690,7 +683,7 @@ func TestConfigChange_NoSettleWaitForARefusingDaemon(t *testing.T) {
 	deploy(m, u)
 	// A peer arrives: the file changes after start.
 	m.settleScope(u, u1)
-	m.unitData[u1.name] = map[string]string{"db-bind-address": "fd00::2", "agent-id": "1"}
+	m.published(u1)
 	before := len(u.calls)
 	m.mustRunEnv(u, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name})
 	if c := u.readConf(t); len(c.DBBindAddresses) != 2 {

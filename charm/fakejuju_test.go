@@ -48,6 +48,7 @@ type model struct {
 
 type unit struct {
 	name    string
+	addr    string // the address addUnit gave it
 	root    string
 	network string // network-get JSON; "" means no addresses
 	netErr  string // network-get stderr, exit 1
@@ -89,7 +90,7 @@ func unitName(n int) string { return fmt.Sprintf("%s/%d", appName, n) }
 // addUnit adds unit n with one local-cloud address addr (which its machine
 // has); the relation scope is entered by the test or the scheduler.
 func (m *model) addUnit(n int, addr string) *unit {
-	u := &unit{name: unitName(n), root: m.t.TempDir()}
+	u := &unit{name: unitName(n), addr: addr, root: m.t.TempDir()}
 	u.setAddresses(addr)
 	m.units[u.name] = u
 	m.unitData[u.name] = map[string]string{}
@@ -383,7 +384,15 @@ func (r *hookRunner) systemctl(args []string) ([]byte, error) {
 	return nil, nil
 }
 
-// enterScope makes every unit in units a member of the relation, each
+// published gives units the unit data they publish for the address
+// addUnit gave them.
+func (m *model) published(units ...*unit) {
+	for _, u := range units {
+		m.unitData[u.name] = map[string]string{"db-bind-address": u.addr, "agent-id": u.agentID()}
+	}
+}
+
+// settleScope makes every unit in units a member of the relation, each
 // seeing all the others, without running hooks (a settled model).
 func (m *model) settleScope(units ...*unit) {
 	for _, u := range units {
