@@ -570,6 +570,22 @@ func TestPortChange_RerendersAndRestarts(t *testing.T) {
 	}
 }
 
+func TestPortChangeBeforeStart_DoesNotStartEarly(t *testing.T) {
+	m := newModel(t)
+	u := m.addUnit(0, "10.0.0.1")
+	m.leader = u.name
+	m.mustRun(u, "install")
+	m.config["db-port"] = 18000
+	m.mustRun(u, "config-changed")
+	if u.active || u.ranSystemctl("daemon-reload") != 2 {
+		t.Fatalf("systemctl %v", u.systemctl)
+	}
+	m.mustRun(u, "start")
+	if !u.active || !strings.Contains(string(fileBytes(t, u.unitFile())), "--port 18000\n") {
+		t.Fatalf("systemctl %v", u.systemctl)
+	}
+}
+
 func TestInvalidPort_BlockedAndUnitFileKept(t *testing.T) {
 	m := newModel(t)
 	u := m.addUnit(0, "10.0.0.1")

@@ -46,8 +46,8 @@ func (h *hook) port(ctx context.Context) (port int, ok bool, err error) {
 
 // reconcileService keeps the controllerd unit file in line with config and
 // drives systemctl as the hook requires: install only writes the file, start
-// enables and starts, and any later change of the file (db-port) restarts
-// the daemon. upgrade-charm also restarts a running daemon, because the new
+// enables and starts, and a change of the file (db-port) after start
+// restarts the daemon (before start, the start hook uses the new file). upgrade-charm also restarts a running daemon, because the new
 // charm brings a new controllerd binary that a running process would not
 // pick up.
 func (h *hook) reconcileService(ctx context.Context) error {
@@ -70,18 +70,24 @@ func (h *hook) reconcileService(ctx context.Context) error {
 			h.log.Info("wrote the controllerd unit file", "path", h.svc.Path(), "port", port)
 		}
 	}
+	if h.env.Hook == hookStart {
+		if err := h.markStarted(); err != nil {
+			return err
+		}
+	}
 	if _, err := os.Stat(h.svc.Path()); err != nil {
 		// Nothing to start until config allows rendering the unit; the
 		// blocked status above says why.
 		return nil
 	}
+	started, err := h.started()
+	if err != nil {
+		return err
+	}
 	switch {
 	case h.env.Hook == hookInstall:
 		return nil
 	case h.env.Hook == hookStart:
-		if err := h.markStarted(); err != nil {
-			return err
-		}
 		if err := h.svc.Enable(ctx); err != nil {
 			return h.serviceFailed(err)
 		}
@@ -93,7 +99,7 @@ func (h *hook) reconcileService(ctx context.Context) error {
 		if err != nil {
 			return h.serviceFailed(err)
 		}
-	case changed:
+	case changed && started:
 		if err := h.svc.Enable(ctx); err != nil {
 			return h.serviceFailed(err)
 		}
