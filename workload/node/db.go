@@ -273,7 +273,10 @@ func probe(ctx context.Context, address string) bool {
 }
 
 // SQL runs one statement on the controller database in an explicit
-// transaction.
+// transaction. A transaction refused with "database is locked" (Dqlite
+// does not wait for another writer, and the daemon's lease claims and
+// address publishing write every few hundred milliseconds) did not
+// commit, so it is tried again until the deadline.
 func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, error) {
 	d.mu.RLock()
 	db, state := d.db, d.status.State
@@ -283,6 +286,22 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	backoff := 10 * time.Millisecond
+	for {
+		res, err := runSQL(ctx, db, statement)
+		if !isBusy(err) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return res, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+func runSQL(ctx context.Context, db *sql.DB, statement string) (control.SQLResult, error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return control.SQLResult{}, fmt.Errorf("cannot begin transaction: %w", err)
