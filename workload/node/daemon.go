@@ -83,6 +83,8 @@ type Daemon struct {
 	leases      *lease.Store
 	addrs       *apiaddr.Store
 	watcher     *apiaddr.Watcher
+	watchCtx    context.Context     // ends with Run; the watcher starts at the first ready
+	watching    bool
 	published   *apiaddr.Controller // last published own addresses; nil: publish
 	publishedAt time.Time
 	pruneDue    bool
@@ -134,11 +136,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"snapshot-threshold", d.o.Snapshot.Threshold, "snapshot-trailing", d.o.Snapshot.Trailing,
 		"roles-frequency", d.o.RolesFrequency)
 	d.readConfig()
-	// The served lists are re-read from the database for the whole life
-	// of the process; while it cannot be read the last known ones stay.
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
-	go d.watcher.Run(wctx)
+	d.watchCtx = wctx
 	tick := time.NewTicker(d.o.Tick)
 	defer tick.Stop()
 	for {
@@ -421,6 +421,13 @@ func (d *Daemon) onReady(a *app.App) {
 	d.mu.Lock()
 	d.db = db
 	d.mu.Unlock()
+	if !d.watching {
+		// From now on the served lists are re-read from the database for
+		// the life of the process; while it cannot be read (the node
+		// restarts, is removed) the last known ones stay.
+		d.watching = true
+		go d.watcher.Run(d.watchCtx)
+	}
 	d.log.Info("Dqlite node ready", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
 }
 
