@@ -83,7 +83,7 @@ type Daemon struct {
 	leases      *lease.Store
 	addrs       *apiaddr.Store
 	watcher     *apiaddr.Watcher
-	watchCtx    context.Context     // ends with Run; the watcher starts at the first ready
+	watchCtx    context.Context // ends with Run; the watcher starts at the first ready
 	watching    bool
 	published   *apiaddr.Controller // last published own addresses; nil: publish
 	publishedAt time.Time
