@@ -19,6 +19,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/apiaddr"
 	"github.com/juju/dqlite-controller/workload/apiagent"
 	"github.com/juju/dqlite-controller/workload/backup"
+	"github.com/juju/dqlite-controller/workload/control"
 )
 
 // overlapMonitor polls the running controllers' statuses and records any
@@ -385,4 +386,53 @@ func TestAPIAddresses_AgentAndClientFollowControllerChanges(t *testing.T) {
 	if got, err := apiagent.ReadAddresses(agentConf); err != nil || !slices.Equal(sortedCopy(got), want) {
 		t.Fatalf("agent file after an empty answer = %v, %v; want %v kept", got, err, want)
 	}
+}
+
+func TestAPIAddresses_ApiBindingFiltersAgentsWithPerControllerFallback(t *testing.T) {
+	c := newCluster(t)
+	d := c.node("0")
+	port := fmt.Sprint(d.apiPort)
+	cfg := c.config("0")
+	// The unit has two addresses; only its db bind host is in the api
+	// binding's space.
+	cfg.APIHosts = []string{d.host, "10.77.0.5"}
+	cfg.APIAgentHosts = []string{d.host}
+	c.writeConfig(cfg, "0")
+	c.start("0")
+	c.waitState("0", "running")
+	wantClients := []string{"10.77.0.5:" + port, d.host + ":" + port}
+	var st control.Status
+	c.waitFor("agents limited to the api space", func() (bool, string) {
+		st = c.mustStatus("0")
+		a := st.APIAddresses
+		return a != nil && slices.Equal(a.Agents, []string{d.host + ":" + port}) &&
+			slices.Equal(sortedCopy(a.Clients), wantClients) && len(a.AgentFallback) == 0, fmt.Sprintf("%+v", a)
+	})
+	if st.APINote != "" {
+		t.Fatalf("api-note = %q, want none", st.APINote)
+	}
+
+	// No address in the api space: agents get all of them, and status says so.
+	cfg.APIAgentHosts = nil
+	c.writeConfig(cfg, "0")
+	c.waitFor("the per-controller agent fallback", func() (bool, string) {
+		st = c.mustStatus("0")
+		a := st.APIAddresses
+		return a != nil && slices.Equal(sortedCopy(a.Agents), wantClients) && slices.Equal(a.AgentFallback, []string{"0"}) &&
+			strings.Contains(st.APINote, "agents get all of its addresses"), fmt.Sprintf("%+v %q", a, st.APINote)
+	})
+	stdout, _, err := runCLI(t, "status", "--data-dir", d.data)
+	if err != nil || !strings.Contains(stdout, "Agent fallback:") || !strings.Contains(stdout, "Lease:") {
+		t.Fatalf("status table = %s (%v)", stdout, err)
+	}
+
+	// An older charm writes no api-hosts: the db bind address is published.
+	cfg.APIHosts = nil
+	c.writeConfig(cfg, "0")
+	c.waitFor("the db bind address as the only API address", func() (bool, string) {
+		st = c.mustStatus("0")
+		a := st.APIAddresses
+		return a != nil && slices.Equal(a.Clients, []string{d.host + ":" + port}) && strings.Contains(st.APINote, "no api-hosts"),
+			fmt.Sprintf("%+v %q", a, st.APINote)
+	})
 }
