@@ -16,6 +16,12 @@
 //  4. Every unit writes /var/lib/juju/agents/controller-<agent-id>/controller.conf
 //     from the application data, only when its content changes; controllerd
 //     watches that file.
+//  5. The same file carries this unit's own API addresses, which controllerd
+//     publishes for agents and clients: api-hosts, every usable address of
+//     the machine (netlink), and api-agent-hosts, those in the space of the
+//     extra binding `api` (network-get api). This is Juju's juju-mgmt-space
+//     as a binding; an empty api-agent-hosts makes controllerd give agents
+//     all of this unit's addresses (see apihosts.go).
 //
 // # Exactly one bootstrap
 //
@@ -109,6 +115,11 @@ const (
 	KeyBootstrapAgentID = "bootstrap-agent-id"
 	// DefaultPort is the db-port default, used when config-get omits it.
 	DefaultPort = 17666
+	// DefaultAPIPort is the api-port default (controllerd's HTTP API).
+	DefaultAPIPort = 17070
+	// BindingAPI is the extra binding whose space holds the addresses
+	// agents get (Juju's juju-mgmt-space, as a binding).
+	BindingAPI = "api"
 	// Version is reported with application-version-set when controllerd
 	// cannot tell its own version.
 	Version = "0.1.0"
@@ -199,9 +210,16 @@ type hook struct {
 	svc     *service.Manager
 	agentID string
 	status  statusCollector
-	// joinExpected is set when this hook changed controller.conf and the
-	// new file lists this unit: controllerd is about to (re)join.
+	// joinExpected is set when this hook changed the cluster part of
+	// controller.conf and the new file lists this unit: controllerd is
+	// about to (re)join.
 	joinExpected bool
+	// activeNotes are appended to an active status message.
+	activeNotes []string
+	// local caches this machine's addresses for the hook (localAddresses).
+	local     []netip.Addr
+	localErr  error
+	localDone bool
 }
 
 // Reconcile runs one hook. It returns an error only when the hook should
@@ -265,11 +283,17 @@ func (h *hook) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var cluster *controllerconf.Config
 	if relID == "" {
 		h.status.add(hooktools.StatusWaiting, "waiting for the db-cluster peer relation")
-	} else if err := h.reconcilePeers(ctx, relID); err != nil {
+	} else if cluster, err = h.reconcilePeers(ctx, relID); err != nil {
 		return err
 	}
+	api, err := h.resolveAPIHosts(ctx)
+	if err != nil {
+		return err
+	}
+	h.writeConfig(cluster, api)
 	return h.reportWorkload(ctx)
 }
 

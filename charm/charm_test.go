@@ -47,13 +47,15 @@ func TestSingleUnit_DeployBootstrapsItself(t *testing.T) {
 	m.leader = u.name
 
 	m.mustRun(u, "install")
-	if got := string(fileBytes(t, u.confPath())); got != "" {
-		t.Fatalf("install left controller.conf %q, want empty", got)
+	// No cluster list before the relation exists; this unit's own API
+	// addresses already (the api binding defaults to db-cluster's space).
+	if got, want := string(fileBytes(t, u.confPath())), "db-bind-addresses: {}\napi-hosts:\n  - 10.0.0.1\napi-agent-hosts:\n  - 10.0.0.1\n"; got != want {
+		t.Fatalf("install left controller.conf %q, want %q", got, want)
 	}
 	unitFile := string(fileBytes(t, u.unitFile()))
 	for _, want := range []string{
 		"Type=simple\n", "Restart=always\n", "RestartSec=1\n", "KillSignal=SIGTERM\n", "TimeoutStopSec=40\n",
-		"ExecStart=/charm/controllerd run --controller-id 0 --port 17666\n",
+		"ExecStart=/charm/controllerd run --controller-id 0 --port 17666 --api-port 17070\n",
 	} {
 		if !strings.Contains(unitFile, want) {
 			t.Errorf("unit file lacks %q:\n%s", want, unitFile)
@@ -79,7 +81,7 @@ func TestSingleUnit_DeployBootstrapsItself(t *testing.T) {
 	if got := m.appData; got["db-bind-addresses"] != `{"0":"10.0.0.1"}` || got["bootstrap-agent-id"] != "0" {
 		t.Fatalf("app data = %v", got)
 	}
-	want := "db-bind-addresses:\n  '0': 10.0.0.1\nbootstrap-agent-id: '0'\n"
+	want := "db-bind-addresses:\n  '0': 10.0.0.1\nbootstrap-agent-id: '0'\napi-hosts:\n  - 10.0.0.1\napi-agent-hosts:\n  - 10.0.0.1\n"
 	if got := string(fileBytes(t, u.confPath())); got != want {
 		t.Fatalf("controller.conf = %q, want %q", got, want)
 	}
@@ -562,7 +564,7 @@ func TestPortChange_RerendersAndRestarts(t *testing.T) {
 
 	m.config["db-port"] = 18000
 	m.mustRun(u, "config-changed")
-	if !strings.Contains(string(fileBytes(t, u.unitFile())), "--controller-id 0 --port 18000\n") {
+	if !strings.Contains(string(fileBytes(t, u.unitFile())), "--controller-id 0 --port 18000 --api-port 17070\n") {
 		t.Fatalf("unit file not re-rendered:\n%s", fileBytes(t, u.unitFile()))
 	}
 	if u.ranSystemctl("daemon-reload") != 2 || u.ranSystemctl("restart controllerd.service") != restarts+1 {
@@ -581,7 +583,7 @@ func TestPortChangeBeforeStart_DoesNotStartEarly(t *testing.T) {
 		t.Fatalf("systemctl %v", u.systemctl)
 	}
 	m.mustRun(u, "start")
-	if !u.active || !strings.Contains(string(fileBytes(t, u.unitFile())), "--port 18000\n") {
+	if !u.active || !strings.Contains(string(fileBytes(t, u.unitFile())), "--port 18000 --api-port 17070\n") {
 		t.Fatalf("systemctl %v", u.systemctl)
 	}
 }

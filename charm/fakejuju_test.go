@@ -50,9 +50,14 @@ type unit struct {
 	name    string
 	addr    string // the address addUnit gave it
 	root    string
-	network string // network-get JSON; "" means no addresses
-	netErr  string // network-get stderr, exit 1
-	local   []netip.Addr
+	network string // network-get db-cluster JSON
+	netErr  string // network-get db-cluster stderr, exit 1
+	// apiNetwork is network-get api's JSON; "" means the api binding is in
+	// db-cluster's space (both on the default space), so it answers as
+	// network-get db-cluster does. apiNetErr makes it fail instead.
+	apiNetwork string
+	apiNetErr  string
+	local      []netip.Addr
 	inScope bool
 	// members is what relation-list answers: the peers this unit has seen
 	// join and not depart.
@@ -77,7 +82,7 @@ type unit struct {
 func newModel(t *testing.T) *model {
 	return &model{
 		t:        t,
-		config:   map[string]any{"db-port": 17666},
+		config:   map[string]any{"db-port": 17666, "api-port": 17070},
 		unitData: map[string]map[string]string{},
 		appData:  map[string]string{},
 		units:    map[string]*unit{},
@@ -97,22 +102,48 @@ func (m *model) addUnit(n int, addr string) *unit {
 	return u
 }
 
-// setAddresses makes network-get report addrs as ingress addresses (one
-// device) and the machine have them.
+// setAddresses makes network-get db-cluster report addrs as ingress
+// addresses (one device) and the machine have them (besides loopback).
 func (u *unit) setAddresses(addrs ...string) {
 	u.netErr = ""
 	u.local = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}
 	if len(addrs) == 0 || addrs[0] == "" {
-		u.network = `{"bind-addresses":[{"mac-address":"00:16:3e:00:00:01","interface-name":"eth0","addresses":[]}]}`
+		u.network = networkJSON()
 		return
+	}
+	for _, a := range addrs {
+		u.local = append(u.local, netip.MustParseAddr(a))
+	}
+	u.network = networkJSON(addrs...)
+}
+
+// addLocal gives the machine more addresses (other NICs) without changing
+// what any binding reports.
+func (u *unit) addLocal(addrs ...string) {
+	for _, a := range addrs {
+		u.local = append(u.local, netip.MustParseAddr(a))
+	}
+}
+
+// bindAPI is `juju bind dqlite-controller api=<space>` as network-get api
+// then reports it: addrs are the unit's addresses in that space (none: the
+// machine has no address there).
+func (u *unit) bindAPI(addrs ...string) {
+	u.apiNetErr = ""
+	u.apiNetwork = networkJSON(addrs...)
+}
+
+// networkJSON is network-get's JSON for a binding with addrs on one device.
+func networkJSON(addrs ...string) string {
+	if len(addrs) == 0 {
+		return `{"bind-addresses":[{"mac-address":"00:16:3e:00:00:01","interface-name":"eth0","addresses":[]}]}`
 	}
 	var devAddrs []string
 	for _, a := range addrs {
-		u.local = append(u.local, netip.MustParseAddr(a))
 		devAddrs = append(devAddrs, fmt.Sprintf(`{"hostname":"","value":%q,"cidr":""}`, a))
 	}
 	ingress, _ := json.Marshal(addrs)
-	u.network = fmt.Sprintf(`{"bind-addresses":[{"mac-address":"00:16:3e:00:00:01","interface-name":"eth0","addresses":[%s]}],"egress-subnets":["%s/32"],"ingress-addresses":%s}`,
+	return fmt.Sprintf(`{"bind-addresses":[{"mac-address":"00:16:3e:00:00:01","interface-name":"eth0","addresses":[%s]}],"egress-subnets":["%s/32"],"ingress-addresses":%s}`,
 		strings.Join(devAddrs, ","), addrs[0], ingress)
 }
 
@@ -246,13 +277,27 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 	u.calls = append(u.calls, strings.Join(append([]string{name}, args...), " "))
 	switch name {
 	case "network-get":
-		if len(args) == 0 || args[0] != charm.Endpoint || args[len(args)-1] != "--format=json" {
+		if len(args) == 0 || args[len(args)-1] != "--format=json" {
 			m.t.Errorf("unexpected network-get %q", args)
 		}
-		if u.netErr != "" {
-			return nil, exitErr(name, 1, u.netErr, "")
+		switch {
+		case args[0] == charm.Endpoint:
+			if u.netErr != "" {
+				return nil, exitErr(name, 1, u.netErr, "")
+			}
+			return []byte(u.network + "\n"), nil
+		case args[0] == charm.BindingAPI && len(args) == 2:
+			// An extra binding: no relation, so no -r.
+			if u.apiNetErr != "" {
+				return nil, exitErr(name, 1, u.apiNetErr, "")
+			}
+			if u.apiNetwork == "" {
+				return []byte(u.network + "\n"), nil
+			}
+			return []byte(u.apiNetwork + "\n"), nil
 		}
-		return []byte(u.network + "\n"), nil
+		m.t.Errorf("unexpected network-get %q", args)
+		return nil, exitErr(name, 1, fmt.Sprintf("ERROR no network config found for binding %q", args[0]), "")
 	case "relation-ids":
 		if !u.inScope {
 			return []byte("[]\n"), nil

@@ -24,30 +24,31 @@ const (
 )
 
 // reconcilePeers publishes this unit's address, lets the leader aggregate
-// every unit's, and writes controller.conf from the application data.
-func (h *hook) reconcilePeers(ctx context.Context, relID string) error {
+// every unit's, and returns the cluster part of controller.conf as the
+// application data gives it (nil: keep the file's, see clusterConfig).
+func (h *hook) reconcilePeers(ctx context.Context, relID string) (*controllerconf.Config, error) {
 	own, err := h.publishAddress(ctx, relID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	app, err := h.tools.RelationGetApp(ctx, relID, h.env.AppName())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	leader, err := h.tools.IsLeader(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if leader {
 		if app, err = h.aggregate(ctx, relID, own, app); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	listed := h.writeConfig(app)
-	if own != "" && listed != own {
+	cluster := h.clusterConfig(app)
+	if own != "" && (cluster == nil || cluster.DBBindAddresses[h.agentID] != own) {
 		h.status.add(hooktools.StatusWaiting, msgNotListed)
 	}
-	return nil
+	return cluster, nil
 }
 
 // publishAddress resolves this unit's bind address and writes it with the
@@ -130,7 +131,7 @@ func (h *hook) resolveAddress(ctx context.Context, relID string) (string, error)
 }
 
 func (h *hook) isLocal(addr netip.Addr) (bool, error) {
-	addrs, err := h.cfg.LocalAddresses.Addresses()
+	addrs, err := h.localAddresses()
 	if err != nil {
 		return false, err
 	}
@@ -303,21 +304,21 @@ func sortedIDs(m map[string]string) []string {
 	return ids
 }
 
-// writeConfig writes controller.conf from the application data and returns
-// this unit's address as listed there ("" if not listed). Without
-// db-bind-addresses in the application data (no leader has aggregated yet)
-// the file is left as it is.
-func (h *hook) writeConfig(app map[string]string) string {
+// clusterConfig returns the cluster part of controller.conf
+// (db-bind-addresses, bootstrap-agent-id) from the application data. It
+// returns nil, meaning "keep what the file has", when the application data
+// has no db-bind-addresses (no leader has aggregated yet) or none usable.
+func (h *hook) clusterConfig(app map[string]string) *controllerconf.Config {
 	raw, ok := app[KeyBindAddresses]
 	if !ok {
-		return ""
+		return nil
 	}
 	addrs, err := decodeAddresses(raw)
 	if err != nil {
 		h.log.Warn("application data: " + err.Error())
 		if len(addrs) == 0 && strings.TrimSpace(raw) != "{}" {
-			h.log.Error("leaving controller.conf as it is: the application data has no usable db-bind-addresses")
-			return ""
+			h.log.Error("keeping the cluster list of controller.conf: the application data has no usable db-bind-addresses")
+			return nil
 		}
 	}
 	bootstrap := app[KeyBootstrapAgentID]
@@ -325,16 +326,5 @@ func (h *hook) writeConfig(app map[string]string) string {
 		h.log.Error(fmt.Sprintf("ignoring invalid bootstrap-agent-id %q in the application data", bootstrap))
 		bootstrap = ""
 	}
-	conf := &controllerconf.Config{DBBindAddresses: addrs, BootstrapAgentID: bootstrap}
-	path := h.cfg.ConfigPath(h.agentID)
-	changed, err := controllerconf.Write(path, conf)
-	if err != nil {
-		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot write %s: %v", path, err))
-		return addrs[h.agentID]
-	}
-	if changed {
-		h.joinExpected = addrs[h.agentID] != ""
-		h.log.Info("wrote controller.conf", "path", path, "db-bind-addresses", raw, "bootstrap-agent-id", bootstrap)
-	}
-	return addrs[h.agentID]
+	return &controllerconf.Config{DBBindAddresses: addrs, BootstrapAgentID: bootstrap}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/juju/dqlite-controller/charm/hooktools"
 )
@@ -56,6 +57,16 @@ type WorkloadStatus struct {
 	State        string         `json:"state"`
 	Message      string         `json:"message"`
 	ConfigError  string         `json:"config-error"`
+	// Lease is the singular-controller lease; absent from older daemons
+	// and null while the daemon's singular worker knows nothing.
+	Lease *WorkloadLease `json:"lease"`
+}
+
+// WorkloadLease is the singular-controller lease in WorkloadStatus.
+type WorkloadLease struct {
+	Holder   string `json:"holder"`
+	Expiry   string `json:"expiry"` // RFC 3339, the database's clock
+	HeldByMe bool   `json:"held-by-me"`
 }
 
 // WorkloadNode is one Dqlite node in WorkloadStatus.
@@ -66,7 +77,8 @@ type WorkloadNode struct {
 }
 
 // describeWorkload turns controllerd's status into the unit status, e.g.
-// "voter, leader; 3 members" or "spare; 2 members (1 voter: no redundancy)".
+// "voter, leader; 3 members; singular-controller lease: controller-1 until
+// 12:00:03Z" or "spare; 2 members (1 voter: no redundancy)".
 func describeWorkload(st *WorkloadStatus) (hooktools.Status, string) {
 	if st.ConfigError != "" {
 		return hooktools.StatusBlocked, "controllerd rejects controller.conf: " + st.ConfigError
@@ -110,5 +122,24 @@ func describeWorkload(st *WorkloadStatus) (hooktools.Status, string) {
 	case voters == 2:
 		b.WriteString(" (2 voters: no redundancy)")
 	}
+	if l := st.Lease; l != nil {
+		b.WriteString("; singular-controller lease: ")
+		if l.Holder == "" {
+			b.WriteString("not held")
+		} else {
+			fmt.Fprintf(&b, "%s until %s", l.Holder, shortTime(l.Expiry))
+		}
+	}
 	return hooktools.StatusActive, b.String()
+}
+
+// shortTime prints an RFC 3339 time as UTC time of day ("12:00:03Z"):
+// a lease lasts seconds, so the date would only lengthen the one-line
+// status. Anything else is printed as given.
+func shortTime(s string) string {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return s
+	}
+	return t.UTC().Format("15:04:05Z")
 }

@@ -16,16 +16,32 @@ import (
 	"github.com/juju/dqlite-controller/charm/service"
 )
 
-// port reads db-port. ok is false (with a blocked status) when the option
-// is not a valid port; the last rendered unit file then stays in place.
-func (h *hook) port(ctx context.Context) (port int, ok bool, err error) {
+// ports reads db-port and api-port. ok is false (with a blocked status)
+// when either is not a valid port or both are the same; the last rendered
+// unit file then stays in place.
+func (h *hook) ports(ctx context.Context) (db, api int, ok bool, err error) {
 	cfg, err := h.tools.ConfigGet(ctx)
 	if err != nil {
-		return 0, false, err
+		return 0, 0, false, err
 	}
-	raw, present := cfg["db-port"]
+	db, dbOK := h.portOption(cfg, "db-port", DefaultPort)
+	api, apiOK := h.portOption(cfg, "api-port", DefaultAPIPort)
+	if !dbOK || !apiOK {
+		return 0, 0, false, nil
+	}
+	if db == api {
+		// controllerd listens on both; one of them would fail to bind.
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("db-port and api-port are both %d; give them different values with juju config", db))
+		return 0, 0, false, nil
+	}
+	return db, api, true, nil
+}
+
+// portOption reads one port option, defaulting when config-get omits it.
+func (h *hook) portOption(cfg map[string]any, key string, def int) (int, bool) {
+	raw, present := cfg[key]
 	if !present || raw == nil {
-		return DefaultPort, true, nil
+		return def, true
 	}
 	var s string
 	switch v := raw.(type) {
@@ -36,38 +52,38 @@ func (h *hook) port(ctx context.Context) (port int, ok bool, err error) {
 	default:
 		s = fmt.Sprint(v)
 	}
-	p, perr := strconv.Atoi(s)
-	if perr != nil || p < 1 || p > 65535 {
-		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("invalid db-port %q: must be a whole number from 1 to 65535; fix it with juju config", s))
-		return 0, false, nil
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 1 || p > 65535 {
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("invalid %s %q: must be a whole number from 1 to 65535; fix it with juju config", key, s))
+		return 0, false
 	}
-	return p, true, nil
+	return p, true
 }
 
 // reconcileService keeps the controllerd unit file in line with config and
 // drives systemctl as the hook requires: install only writes the file, start
-// enables and starts, and a change of the file (db-port) after start
-// restarts the daemon (before start, the start hook uses the new file). upgrade-charm also restarts a running daemon, because the new
-// charm brings a new controllerd binary that a running process would not
-// pick up.
+// enables and starts, and a change of the file (db-port, api-port) after
+// start restarts the daemon (before start, the start hook uses the new
+// file). upgrade-charm also restarts a running daemon, because the new charm
+// brings a new controllerd binary that a running process would not pick up.
 func (h *hook) reconcileService(ctx context.Context) error {
 	if err := h.ensureConfigFile(); err != nil {
 		h.status.add(hooktools.StatusBlocked, err.Error())
 		return err
 	}
-	port, ok, err := h.port(ctx)
+	port, apiPort, ok, err := h.ports(ctx)
 	if err != nil {
 		return err
 	}
 	changed := false
 	if ok {
-		unit, rerr := service.Render(service.Spec{CharmDir: h.env.CharmDir, AgentID: h.agentID, Port: port})
+		unit, rerr := service.Render(service.Spec{CharmDir: h.env.CharmDir, AgentID: h.agentID, Port: port, APIPort: apiPort})
 		if rerr != nil {
 			h.status.add(hooktools.StatusBlocked, rerr.Error())
 		} else if changed, err = h.svc.Install(ctx, unit); err != nil {
 			return h.serviceFailed(err)
 		} else if changed {
-			h.log.Info("wrote the controllerd unit file", "path", h.svc.Path(), "port", port)
+			h.log.Info("wrote the controllerd unit file", "path", h.svc.Path(), "port", port, "api-port", apiPort)
 		}
 	}
 	if h.env.Hook == hookStart {
@@ -218,6 +234,11 @@ func (h *hook) reportWorkload(ctx context.Context) error {
 		return nil
 	}
 	status, msg := describeWorkload(st)
+	if status == hooktools.StatusActive {
+		for _, note := range h.activeNotes {
+			msg += "; " + note
+		}
+	}
 	h.status.add(status, msg)
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -161,4 +162,29 @@ func parse(s string) (netip.Addr, error) {
 		return p.Addr(), nil
 	}
 	return netip.ParseAddr(s)
+}
+
+// Usable returns the addresses of addrs that a remote peer could reach this
+// machine on, for the API address lists: everything but loopback,
+// link-local, multicast, unspecified, zoned and IPv4-mapped addresses,
+// without duplicates, sorted (IPv4 first, then numerically) so that the same
+// set always gives the same list. Unlike Select it keeps every scope: a
+// client may sit anywhere.
+func Usable(addrs []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if !a.IsValid() || a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsLoopback() ||
+			a.IsMulticast() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() {
+			continue
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// ParseAddress parses one address as network-get reports it: an IP literal,
+// optionally with a CIDR suffix, which is dropped.
+func ParseAddress(s string) (netip.Addr, error) {
+	return parse(s)
 }

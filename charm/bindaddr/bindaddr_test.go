@@ -115,3 +115,28 @@ func TestNetlink_ListsLoopback(t *testing.T) {
 		t.Fatalf("documentation address 192.0.2.77 reported as local: %v", addrs)
 	}
 }
+
+func TestUsable_DropsLocalOnlyAddressesAndSorts(t *testing.T) {
+	var in []netip.Addr
+	for _, s := range []string{
+		"fd00::5", "127.0.0.1", "::1", "192.168.1.5", "169.254.3.3", "fe80::1", "0.0.0.0", "::",
+		"224.0.0.1", "ff02::1", "::ffff:10.0.0.1", "203.0.113.9", "10.0.0.1", "192.168.1.5", "2001:db8::1", "252.1.2.3",
+	} {
+		in = append(in, netip.MustParseAddr(s))
+	}
+	in = append(in, netip.MustParseAddr("fe80::2%eth0"), netip.MustParseAddr("fd00::6%eth0"))
+	got := bindaddr.Usable(in)
+	var s []string
+	for _, a := range got {
+		s = append(s, a.String())
+	}
+	// Fan (240/4) addresses are kept: containers on a fan network reach
+	// the machine through them.
+	want := []string{"10.0.0.1", "192.168.1.5", "203.0.113.9", "252.1.2.3", "2001:db8::1", "fd00::5"}
+	if !slices.Equal(s, want) {
+		t.Fatalf("Usable = %v, want %v", s, want)
+	}
+	if bindaddr.Usable(nil) != nil {
+		t.Fatal("Usable(nil) is not empty")
+	}
+}

@@ -32,6 +32,8 @@ type Spec struct {
 	AgentID string
 	// Port is the Dqlite port.
 	Port int
+	// APIPort is controllerd's HTTP API port.
+	APIPort int
 }
 
 // Render returns the unit file for s. systemd sends SIGTERM on stop and
@@ -43,6 +45,9 @@ func Render(s Spec) ([]byte, error) {
 	}
 	if s.Port < 1 || s.Port > 65535 {
 		return nil, fmt.Errorf("cannot render %s: port %d out of range", Name, s.Port)
+	}
+	if s.APIPort < 1 || s.APIPort > 65535 {
+		return nil, fmt.Errorf("cannot render %s: API port %d out of range", Name, s.APIPort)
 	}
 	if err := checkPath(s.CharmDir); err != nil {
 		return nil, fmt.Errorf("cannot render %s: %w", Name, err)
@@ -56,7 +61,7 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-ExecStart=%[2]s run --controller-id %[1]s --port %[3]d
+ExecStart=%[2]s run --controller-id %[1]s --port %[3]d --api-port %[4]d
 Restart=always
 RestartSec=1
 KillSignal=SIGTERM
@@ -64,7 +69,7 @@ TimeoutStopSec=40
 
 [Install]
 WantedBy=multi-user.target
-`, s.AgentID, filepath.Join(s.CharmDir, "controllerd"), s.Port)
+`, s.AgentID, filepath.Join(s.CharmDir, "controllerd"), s.Port, s.APIPort)
 	return b.Bytes(), nil
 }
 

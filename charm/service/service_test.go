@@ -29,14 +29,14 @@ func (f *fakeSystemctl) Run(_ context.Context, name string, args ...string) ([]b
 }
 
 func TestRender_ContractExecStartAndStopSettings(t *testing.T) {
-	got, err := service.Render(service.Spec{CharmDir: "/var/lib/juju/agents/unit-dqlite-controller-2/charm", AgentID: "2", Port: 17666})
+	got, err := service.Render(service.Spec{CharmDir: "/var/lib/juju/agents/unit-dqlite-controller-2/charm", AgentID: "2", Port: 17666, APIPort: 17070})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range []string{
 		"[Service]",
 		"Type=simple",
-		"ExecStart=/var/lib/juju/agents/unit-dqlite-controller-2/charm/controllerd run --controller-id 2 --port 17666",
+		"ExecStart=/var/lib/juju/agents/unit-dqlite-controller-2/charm/controllerd run --controller-id 2 --port 17666 --api-port 17070",
 		"Restart=always",
 		"RestartSec=1",
 		"KillSignal=SIGTERM",
@@ -51,13 +51,15 @@ func TestRender_ContractExecStartAndStopSettings(t *testing.T) {
 
 func TestRender_RefusesWhatSystemdWouldInterpret(t *testing.T) {
 	for _, s := range []service.Spec{
-		{CharmDir: "/charm dir", AgentID: "0", Port: 1},
-		{CharmDir: "/charm/%h", AgentID: "0", Port: 1},
-		{CharmDir: "/charm/$X", AgentID: "0", Port: 1},
-		{CharmDir: "charm", AgentID: "0", Port: 1},
-		{CharmDir: "/charm", AgentID: "../0", Port: 1},
-		{CharmDir: "/charm", AgentID: "0", Port: 0},
-		{CharmDir: "/charm", AgentID: "0", Port: 65536},
+		{CharmDir: "/charm dir", AgentID: "0", Port: 1, APIPort: 17070},
+		{CharmDir: "/charm/%h", AgentID: "0", Port: 1, APIPort: 17070},
+		{CharmDir: "/charm/$X", AgentID: "0", Port: 1, APIPort: 17070},
+		{CharmDir: "charm", AgentID: "0", Port: 1, APIPort: 17070},
+		{CharmDir: "/charm", AgentID: "../0", Port: 1, APIPort: 17070},
+		{CharmDir: "/charm", AgentID: "0", Port: 0, APIPort: 17070},
+		{CharmDir: "/charm", AgentID: "0", Port: 65536, APIPort: 17070},
+		{CharmDir: "/charm", AgentID: "0", Port: 1, APIPort: 0},
+		{CharmDir: "/charm", AgentID: "0", Port: 1, APIPort: 65536},
 	} {
 		if _, err := service.Render(s); err == nil {
 			t.Errorf("Render(%+v) succeeded", s)
