@@ -140,7 +140,6 @@ func waitActive(t *testing.T, m *sim.Model) {
 	}
 }
 
-
 // waitCluster waits until the live units form one cluster with the expected
 // number of voters (Dqlite assigns up to three).
 func waitCluster(t *testing.T, m *sim.Model) probe.View {
