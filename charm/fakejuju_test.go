@@ -58,7 +58,8 @@ type unit struct {
 	apiNetwork string
 	apiNetErr  string
 	local      []netip.Addr
-	inScope bool
+	localErr   error // netlink failing
+	inScope    bool
 	// members is what relation-list answers: the peers this unit has seen
 	// join and not depart.
 	members []string
@@ -249,7 +250,12 @@ func apply(dst, pending map[string]string) bool {
 
 type fakeAddrs struct{ u *unit }
 
-func (f fakeAddrs) Addresses() ([]netip.Addr, error) { return slices.Clone(f.u.local), nil }
+func (f fakeAddrs) Addresses() ([]netip.Addr, error) {
+	if f.u.localErr != nil {
+		return nil, f.u.localErr
+	}
+	return slices.Clone(f.u.local), nil
+}
 
 type hookRunner struct {
 	m           *model
