@@ -127,10 +127,11 @@ type Model struct {
 	exe    string
 	uuid   string
 
-	listener net.Listener
-	stopSig  func()
-	closing  chan struct{}
-	wg       sync.WaitGroup
+	listener  net.Listener
+	stopSig   func()
+	closing   chan struct{}
+	closeDone chan struct{}
+	wg        sync.WaitGroup
 
 	mu          sync.Mutex
 	changed     chan struct{} // closed and replaced on every state change
@@ -194,16 +195,17 @@ func New(opts Options) (*Model, error) {
 		return nil, fmt.Errorf("cannot find the simulator executable: %w", err)
 	}
 	m := &Model{
-		opts:     opts,
-		log:      opts.Logger,
-		exe:      exe,
-		closing:  make(chan struct{}),
-		changed:  make(chan struct{}),
-		config:   map[string]any{},
-		bindings: map[string]string{},
-		machines: map[int]*machine{},
-		units:    map[string]*unit{},
-		contexts: map[string]*hookContext{},
+		opts:      opts,
+		log:       opts.Logger,
+		exe:       exe,
+		closing:   make(chan struct{}),
+		closeDone: make(chan struct{}),
+		changed:   make(chan struct{}),
+		config:    map[string]any{},
+		bindings:  map[string]string{},
+		machines:  map[int]*machine{},
+		units:     map[string]*unit{},
+		contexts:  map[string]*hookContext{},
 	}
 	if err := m.loadCharm(); err != nil {
 		return nil, err
@@ -356,13 +358,17 @@ func (m *Model) App() string { return m.app }
 
 // Close stops every hook and service, deletes every namespace of the run
 // and removes the run directory unless KeepRunDir is set. It is safe to call
-// more than once.
+// more than once and from several goroutines: every call returns only once
+// the teardown is complete (a signal handler and the main goroutine may race
+// to it, and the process must not exit half-way).
 func (m *Model) Close() error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
+		<-m.closeDone
 		return nil
 	}
+	defer close(m.closeDone)
 	m.closed = true
 	close(m.closing)
 	machines := make([]*machine, 0, len(m.machines))
@@ -639,7 +645,9 @@ func (m *Model) finishUnitLocked(u *unit) {
 		m.leader = ""
 		m.scheduleElectionLocked()
 	}
+	m.wg.Add(1)
 	go func() {
+		defer m.wg.Done()
 		mc.sd.shutdown(true)
 		if err := killNetns(mc.netns); err != nil {
 			m.log.Warn("cannot remove machine namespace", "machine", mc.id, "err", err)

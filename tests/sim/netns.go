@@ -96,7 +96,16 @@ func registerRun(id string, subnets []string) error {
 		PID     int      `json:"pid"`
 		Subnets []string `json:"subnets"`
 	}{os.Getpid(), subnets})
-	return os.WriteFile(filepath.Join(registryDir, id), data, 0o644)
+	// Written to a temporary name and renamed: a sweep by another run must
+	// never read a half-written record and take this live run for dead.
+	tmp := filepath.Join(registryDir, "."+id+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("cannot register run: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(registryDir, id)); err != nil {
+		return fmt.Errorf("cannot register run: %w", err)
+	}
+	return nil
 }
 
 type runRecord struct {
@@ -152,6 +161,9 @@ func sweepStale(tmpRoot string) []string {
 	}
 	regs, _ := os.ReadDir(registryDir)
 	for _, e := range regs {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
 		if isDead(e.Name()) {
 			_ = os.Remove(filepath.Join(registryDir, e.Name()))
 		}
