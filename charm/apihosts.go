@@ -73,7 +73,8 @@ func (h *hook) resolveAPIHosts(ctx context.Context) (*apiHosts, error) {
 		h.log.Warn("this machine has no usable address for the API (only loopback, link-local or none)")
 		h.activeNotes = append(h.activeNotes, noteNoAPIAddress)
 	case len(api.agent) == 0:
-		h.log.Info("no address of this machine is in the api binding's space; agents get all of its addresses", "addresses", strings.Join(api.all, ", "))
+		// Logged when the file changes (writeConfig); the status says it
+		// on every hook.
 		h.activeNotes = append(h.activeNotes, noteAgentFallback)
 	}
 	return api, nil
@@ -88,7 +89,9 @@ func (h *hook) apiBindingAddresses(ctx context.Context) (map[netip.Addr]bool, er
 	if err != nil {
 		var exitErr *hooktools.ExitError
 		if errors.As(err, &exitErr) {
-			h.log.Warn("cannot get the api binding's addresses; agents get all of this unit's addresses", "err", strings.TrimPrefix(exitErr.Stderr, "ERROR "))
+			// Every hook asks again; the fallback is logged when it
+			// changes controller.conf and shown in the status.
+			h.log.Debug("cannot get the api binding's addresses", "err", strings.TrimPrefix(exitErr.Stderr, "ERROR "))
 			return nil, nil
 		}
 		return nil, err
@@ -155,6 +158,9 @@ func (h *hook) writeConfig(cluster *controllerconf.Config, api *apiHosts) {
 	}
 	h.log.Info("wrote controller.conf", "path", path,
 		"db-bind-addresses", fmt.Sprint(want.DBBindAddresses), "bootstrap-agent-id", want.BootstrapAgentID,
-		"api-hosts", strings.Join(want.APIHosts, " "), "api-agent-hosts", strings.Join(want.APIAgentHosts, " "),
-		"api-changed", !slices.Equal(old.APIHosts, want.APIHosts) || !slices.Equal(old.APIAgentHosts, want.APIAgentHosts))
+		"api-hosts", strings.Join(want.APIHosts, " "), "api-agent-hosts", strings.Join(want.APIAgentHosts, " "))
+	apiChanged := !slices.Equal(old.APIHosts, want.APIHosts) || !slices.Equal(old.APIAgentHosts, want.APIAgentHosts)
+	if apiChanged && len(want.APIHosts) > 0 && len(want.APIAgentHosts) == 0 {
+		h.log.Warn("no address of this machine is in the api binding's space (or network-get api failed): agents get all of its addresses")
+	}
 }

@@ -85,6 +85,9 @@ func TestAPIBindingWithoutAddress_AgentsFallBackAndStatusSaysSo(t *testing.T) {
 			deploy(m, u) // every hook succeeds
 
 			assertAPIHosts(t, u, []string{"10.0.0.1", "203.0.113.7"}, nil)
+			if !u.logged("agents get all of its addresses") {
+				t.Fatalf("the fallback was not logged: %q", u.logs)
+			}
 			if u.status != [2]string{"active", "voter, leader; 1 member (1 voter: no redundancy); no address in the api binding's space, agents use all addresses"} {
 				t.Fatalf("status = %v", u.status)
 			}
