@@ -108,6 +108,8 @@ type charmMeta struct {
 	// Requires and Provides are read only to know valid endpoint names.
 	Requires map[string]map[string]any `yaml:"requires"`
 	Provides map[string]map[string]any `yaml:"provides"`
+	// ExtraBindings are endpoints with no relation, bindable to a space.
+	ExtraBindings map[string]any `yaml:"extra-bindings"`
 }
 
 type configOption struct {
@@ -721,7 +723,8 @@ func (m *Model) validEndpoint(ep string) bool {
 	_, p := m.meta.Peers[ep]
 	_, r := m.meta.Requires[ep]
 	_, q := m.meta.Provides[ep]
-	return p || r || q
+	_, x := m.meta.ExtraBindings[ep]
+	return p || r || q || x
 }
 
 // SetConfig sets application config (juju config app k=v). Values are

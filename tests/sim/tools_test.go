@@ -135,6 +135,8 @@ func TestNetworkGet_ShapesAndScopeTiers(t *testing.T) {
 		`{"mac-address":%q,"interface-name":"eth1","addresses":[{"hostname":%q,"value":%q,"cidr":%q}]}],"egress-subnets":[%q],"ingress-addresses":[%q]}`+"\n",
 		v4.mac, host4, host4, v4.subnet.prefix.String(), v6.mac, v6.addr.String(), v6.addr.String(), v6.subnet.prefix.String(), host4+"/32", host4)
 	expectOut(t, "network-get db-cluster --format=json", r, 0, want, "")
+	// An extra binding follows its own space (metadata extra-bindings).
+	expectOut(t, "network-get api (default space)", call(t, m, "toy/0", h, "network-get", "api", "--ingress-address"), 0, host4+"\n", "")
 	expectOut(t, "network-get --ingress-address", call(t, m, "toy/0", h, "network-get", "db-cluster", "--ingress-address"), 0, host4+"\n", "")
 	expectOut(t, "network-get --bind-address", call(t, m, "toy/0", h, "network-get", "db-cluster", "--bind-address"), 0, host4+"\n", "")
 	expectOut(t, "network-get --egress-subnets", call(t, m, "toy/0", h, "network-get", "db-cluster", "--egress-subnets"), 0, host4+"/32\n", "")
@@ -156,6 +158,7 @@ func TestNetworkGet_ShapesAndScopeTiers(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectOut(t, "network-get after bind", call(t, m, "toy/0", h, "network-get", "db-cluster", "--ingress-address"), 0, b4.addr.String()+"\n", "")
+	expectOut(t, "network-get api after binding db-cluster", call(t, m, "toy/0", h, "network-get", "api", "--ingress-address"), 0, host4+"\n", "")
 	waitIdle(t, m)
 	if got := m.RelationData("db-cluster")["toy/0"]["ingress-address"]; got != b4.addr.String() {
 		t.Errorf("ingress-address in relation data after bind+config-changed = %q, want %q (§1.6)", got, b4.addr)
