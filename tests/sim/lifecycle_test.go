@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -288,5 +289,87 @@ func TestClose_LeavesNothingAndSweepsDeadRuns(t *testing.T) {
 	}
 	if _, err := os.Stat(m.RunDir()); err == nil {
 		t.Errorf("run directory %s left after Close", m.RunDir())
+	}
+}
+
+// §5.1: status-set applies at once, while the hook still runs, and is not
+// rolled back.
+func TestStatusSet_AppliesAtOnce(t *testing.T) {
+	m := newToyModel(t, Options{})
+	if _, err := m.Deploy(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	r := call(t, m, "toy/0", &hookInfo{name: "update-status"}, "status-set", "blocked", "waiting for a human")
+	if r.Code != 0 {
+		t.Fatalf("status-set: %d %s", r.Code, r.Stderr)
+	}
+	u, _ := m.Status().Unit("toy/0")
+	if u.Workload != "blocked" || u.Message != "waiting for a human" {
+		t.Fatalf("status after status-set = %s %q", u.Workload, u.Message)
+	}
+}
+
+// §5.5: removing the leader unit moves leadership; the new leader runs
+// leader-elected, and the departing leader's own hooks end with stop, remove.
+func TestRemoveUnit_LeaderLossElectsNewLeader(t *testing.T) {
+	m := newToyModel(t, Options{})
+	if _, err := m.Deploy(2); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if err := m.RemoveUnit("toy/0", false); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if l := m.Status().Leader; l != "toy/1" {
+		t.Fatalf("leader = %q, want toy/1", l)
+	}
+	if countHook(m.History("toy/1"), "leader-elected") != 1 {
+		t.Fatalf("toy/1 did not run leader-elected: %v", hookNames(m.History("toy/1")))
+	}
+	h := hookNames(m.History("toy/0"))
+	if len(h) < 2 || h[len(h)-2] != "stop" || h[len(h)-1] != "remove" {
+		t.Fatalf("removed leader's last hooks = %v", h)
+	}
+}
+
+// Partition cuts a machine off the subnet and restores it; its addresses
+// stay.
+func TestPartition_CutsAndRestoresTheNetwork(t *testing.T) {
+	m := newToyModel(t, Options{})
+	if _, err := m.Deploy(2); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	peer := m.Status().Machines[1].Addresses[0]
+	// A TCP connect to a closed port: refused at once when the peer is
+	// reachable, no answer (timeout exits 124) when it is cut off.
+	ping := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, errOut, err := m.Exec(ctx, "toy/0", "timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/"+peer+"/9")
+		if strings.Contains(string(errOut), "refused") {
+			return nil
+		}
+		return fmt.Errorf("no answer from %s: %v %s", peer, err, errOut)
+	}
+	if err := ping(); err != nil {
+		t.Fatalf("ping before the partition: %v", err)
+	}
+	if err := m.Partition("toy/1", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err == nil {
+		t.Fatalf("ping across the partition succeeded")
+	}
+	if st := m.Status(); !st.Machines[1].Partitioned || st.Machines[1].Addresses[0] != peer {
+		t.Fatalf("partitioned machine status %+v", st.Machines[1])
+	}
+	if err := m.Partition("toy/1", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err != nil {
+		t.Fatalf("ping after healing: %v", err)
 	}
 }
