@@ -436,3 +436,56 @@ func TestAPIAddresses_ApiBindingFiltersAgentsWithPerControllerFallback(t *testin
 			fmt.Sprintf("%+v %q", a, st.APINote)
 	})
 }
+
+func TestLease_HolderCutOffFromQuorumStopsAndRemovedHolderHandsOver(t *testing.T) {
+	c := newCluster(t)
+	c.form(3)
+	holder := c.waitOneHolder("")
+
+	// Freeze the two others: the holder has no quorum, cannot extend and
+	// must drop its flag (stop its single-instance work) by itself.
+	var others []string
+	for _, id := range ids(3) {
+		if id != holder {
+			others = append(others, id)
+			c.node(id).cmd.Process.Signal(syscall.SIGSTOP)
+		}
+	}
+	frozen := time.Now()
+	c.waitFor("the cut-off holder to drop its flag", func() (bool, string) {
+		st, err := c.status(holder)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Lease == nil || !st.Lease.HeldByMe, fmt.Sprintf("%s %+v", st.State, st.Lease)
+	})
+	if _, ok := c.node(holder).lineAfter(frozen, "local deadline passed without a successful extension"); !ok {
+		t.Fatalf("the cut-off holder did not say why it stopped")
+	}
+	for _, id := range others {
+		c.node(id).cmd.Process.Signal(syscall.SIGCONT)
+	}
+	holder = c.waitOneHolder("")
+
+	// remove-unit of the holder's controller: it stops its workers and
+	// revokes while leaving; another controller takes over.
+	var keep []string
+	for _, id := range ids(3) {
+		if id != holder {
+			keep = append(keep, id)
+		}
+	}
+	removedAt := time.Now()
+	c.writeConfig(c.config(keep...), ids(3)...)
+	c.waitFor("a remaining controller to hold the lease", func() (bool, string) {
+		held, seen := c.holders()
+		return len(held) == 1 && held[0] != holder, fmt.Sprintf("held by %v, seen %v", held, seen)
+	})
+	if _, ok := c.node(holder).lineAfter(removedAt, `msg="singular worker stopped"`); !ok {
+		t.Fatalf("the removed holder's singular worker did not stop")
+	}
+	c.waitState(holder, "removed")
+	if st := c.mustStatus(holder); st.Lease != nil {
+		t.Fatalf("a removed node reports a lease: %+v", st.Lease)
+	}
+}
