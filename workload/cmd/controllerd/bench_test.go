@@ -16,6 +16,8 @@ import (
 
 	"github.com/canonical/go-dqlite/client"
 	"github.com/canonical/go-dqlite/driver"
+
+	"github.com/juju/dqlite-controller/workload/dbtx"
 )
 
 // Benchmarks run with -benchtime 1x: each measures several repetitions
@@ -240,15 +242,13 @@ func insertTx(b *testing.B, db *sql.DB, table string, from, to int) {
 	payload := strings.Repeat("x", 100)
 	for i := from; i < to; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		tx, err := db.BeginTx(ctx, nil)
-		if err == nil {
-			_, err = tx.ExecContext(ctx, "INSERT INTO "+table+" (id, v) VALUES (?, ?) ON CONFLICT DO NOTHING", i, payload)
-			if err == nil {
-				err = tx.Commit()
-			} else {
-				tx.Rollback()
-			}
-		}
+		// The daemons' own writers (lease claims every few hundred ms)
+		// share the database, and Dqlite answers a second writer with
+		// "database is locked" at once: retry, as any client must.
+		err := dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, "INSERT INTO "+table+" (id, v) VALUES (?, ?) ON CONFLICT DO NOTHING", i, payload)
+			return err
+		})
 		cancel()
 		if err != nil {
 			b.Fatalf("insert %d: %v", i, err)
