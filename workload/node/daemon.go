@@ -433,7 +433,13 @@ func (d *Daemon) onReady(a *app.App) {
 
 // closeApp stops the node (no hand-over), after the singular worker.
 func (d *Daemon) closeApp() {
-	d.stopSingular(singularStopWait, "the Dqlite node is closing")
+	wait := singularStopWait
+	if !d.noLeader.IsZero() {
+		// Without a leader the revoke cannot succeed: do not delay a
+		// recovery for it (the flag drops at once either way).
+		wait = 0
+	}
+	d.stopSingular(wait, "the Dqlite node is closing")
 	d.published = nil
 	d.mu.Lock()
 	db := d.db

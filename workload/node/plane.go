@@ -140,6 +140,10 @@ func (d *Daemon) stopSingular(wait time.Duration, why string) {
 	d.sing = nil
 	d.mu.Unlock()
 	run.cancel()
+	if wait <= 0 {
+		d.log.Info("singular worker stopping in the background", "reason", why)
+		return
+	}
 	select {
 	case <-run.done:
 		d.log.Info("singular worker stopped", "reason", why)
