@@ -27,7 +27,7 @@ type Config struct {
 	KeepRunDir bool
 	// NoSignalHandler leaves SIGINT/SIGTERM to the caller (tests).
 	NoSignalHandler bool
-	// StepTimeout bounds each wait; default 3 minutes.
+	// StepTimeout bounds each wait; default 5 minutes.
 	StepTimeout time.Duration
 }
 
@@ -54,7 +54,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if cfg.StepTimeout == 0 {
-		cfg.StepTimeout = 3 * time.Minute
+		cfg.StepTimeout = 5 * time.Minute
 	}
 	m, err := sim.New(sim.Options{
 		CharmDir:             cfg.CharmDir,

@@ -146,7 +146,9 @@ func waitCluster(t *testing.T, m *sim.Model) probe.View {
 	t.Helper()
 	var v probe.View
 	us := units(m)
-	err := probe.Eventually(ctxFor(t, 3*time.Minute), time.Second, func() error {
+	// Generous: after a machine vanishes, survivors may need minutes
+	// before connections to its address fail fast (kernel ARP/TCP timers).
+	err := probe.Eventually(ctxFor(t, 5*time.Minute), time.Second, func() error {
 		v = probe.Look(context.Background(), m)
 		lo, hi := probe.VoterRange(len(us))
 		return v.OneCluster(us, lo, hi)

@@ -19,7 +19,7 @@ func TestDemo_NarratedSession(t *testing.T) {
 	requireRoot(t)
 	var out bytes.Buffer
 	start := time.Now()
-	err := demo.Run(context.Background(), demo.Config{CharmDir: charmDir(t), Out: &out, NoSignalHandler: true, StepTimeout: 3 * time.Minute})
+	err := demo.Run(context.Background(), demo.Config{CharmDir: charmDir(t), Out: &out, NoSignalHandler: true, StepTimeout: 5 * time.Minute})
 	t.Logf("demo output:\n%s", out.String())
 	t.Logf("scenario took %s", time.Since(start).Round(time.Second))
 	if err != nil {
