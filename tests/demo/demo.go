@@ -100,7 +100,10 @@ func (r *runner) say(format string, args ...any) { fmt.Fprintf(r.out, format, ar
 
 func (r *runner) header(cmd, what string) {
 	r.step++
-	r.say("\n[%s] Step %d: %s\n$ %s\n", time.Since(r.start).Round(time.Second), r.step, what, cmd)
+	r.say("\n[%s] Step %d: %s\n", time.Since(r.start).Round(time.Second), r.step, what)
+	if cmd != "" {
+		r.say("$ %s\n", cmd)
+	}
 }
 
 func (r *runner) stepCtx(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -230,7 +233,7 @@ func (r *runner) checkRows(ctx context.Context, unit string) error {
 
 func (r *runner) writeAndRead(ctx context.Context) error {
 	us := r.m.Status().UnitNames()
-	r.header("juju exec ... controllerd sql", fmt.Sprintf("write rows through %s, read them on %s", us[1], us[2]))
+	r.header("", fmt.Sprintf("write rows through %s, read them on %s", us[1], us[2]))
 	if _, err := r.sql(ctx, us[1], "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, note TEXT NOT NULL)"); err != nil {
 		return err
 	}
