@@ -288,7 +288,9 @@ func (m *Model) setUp() error {
 	m.tools = filepath.Join(m.runDir, "tools")
 	m.sock = filepath.Join(m.runDir, "agent.sock")
 	for _, name := range append(append([]string{}, hookToolNames...), toolSystemctl) {
-		script := fmt.Sprintf("#!/bin/sh\n%s=%s %s=%s exec %s \"$@\"\n", envTool, name, envSocket,
+		// GORACE: a race-enabled simulator binary would otherwise sleep a
+		// second at every tool's exit.
+		script := fmt.Sprintf("#!/bin/sh\nGORACE=atexit_sleep_ms=0 %s=%s %s=%s exec %s \"$@\"\n", envTool, name, envSocket,
 			shellQuote(m.sock), shellQuote(m.exe))
 		if err := os.WriteFile(filepath.Join(m.tools, name), []byte(script), 0o755); err != nil {
 			return fmt.Errorf("cannot write hook tool %s: %w", name, err)
