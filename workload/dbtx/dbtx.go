@@ -9,6 +9,17 @@
 // in an explicit transaction whose body must be idempotent, and the whole
 // transaction is re-run on those errors: re-running an idempotent body is
 // how an unknown outcome is resolved (it re-reads and re-applies).
+//
+// A retry alone is not enough: go-dqlite v1.11.5 reports a connection
+// whose server went away as "receive: header: EOF", which it does not map
+// to driver.ErrBadConn, and its Conn implements neither
+// driver.SessionResetter nor driver.Validator. database/sql therefore puts
+// such a connection back into its pool and hands it out again. When the
+// peer's machine is gone for good (its address no longer answers, so no
+// TCP reset ever comes back) every later request on it fails with EOF
+// until the kernel gives up on the socket, ~15 minutes later. So a
+// connection error also flushes the pool's idle connections (Flush)
+// before the retry, and the retry dials the current leader afresh.
 package dbtx
 
 import (
@@ -36,6 +47,9 @@ const (
 	// with 20 ms network latency takes ~0.64 s (dqlite.md §2b), so a few
 	// capped waits cover it.
 	MaxBackoff = 250 * time.Millisecond
+	// IdleConns is how many idle connections a handle keeps between
+	// flushes (database/sql's default).
+	IdleConns = 2
 )
 
 // Source returns the current database handle, or an error when there is
@@ -83,8 +97,11 @@ func Run(ctx context.Context, db *sql.DB, body func(ctx context.Context, tx *sql
 	var err error
 	for attempt := 1; ; attempt++ {
 		err = once(ctx, db, body)
+		if StaleConn(err) {
+			Flush(db)
+		}
 		if err == nil || !Transient(err) || attempt >= MaxAttempts {
-			return err
+			return plain(err)
 		}
 		select {
 		case <-ctx.Done():
@@ -93,6 +110,54 @@ func Run(ctx context.Context, db *sql.DB, body func(ctx context.Context, tx *sql
 		}
 		backoff = min(2*backoff, MaxBackoff)
 	}
+}
+
+// plain hides the stack trace go-dqlite's errors carry (github.com/pkg/errors):
+// log/slog formats error values with %+v, which prints it line by line.
+func plain(err error) error {
+	if _, ok := err.(fmt.Formatter); ok {
+		return fmt.Errorf("%w", err)
+	}
+	return err
+}
+
+// Flush closes the idle connections of db, so that the next transaction
+// dials the current leader. Connections in use are not affected; one that
+// comes back broken is flushed by its own user's error.
+func Flush(db *sql.DB) {
+	db.SetMaxIdleConns(0)
+	db.SetMaxIdleConns(IdleConns)
+}
+
+// StaleConn reports whether err says that the connection itself is
+// unusable (its server closed it or went away) or reaches a node that does
+// not lead any more: the pool may hold more connections like it.
+func StaleConn(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var de dqdriver.Error
+	if errors.As(err, &de) {
+		// SQLite answered: the connection works.
+		return false
+	}
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{
+		"bad connection",
+		"EOF",
+		"not leader",
+		"leadership lost",
+		"connection reset",
+		"broken pipe",
+	} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func once(ctx context.Context, db *sql.DB, body func(context.Context, *sql.Tx) error) error {

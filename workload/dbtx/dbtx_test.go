@@ -93,3 +93,22 @@ func TestRun_RefusesAContextWithoutDeadlineAndStopsOnOtherErrors(t *testing.T) {
 		t.Fatalf("Run = %v after %d calls, want boom after 1", err, calls)
 	}
 }
+
+func TestStaleConn_ClassifiesConnectionErrors(t *testing.T) {
+	for err, want := range map[error]bool{
+		fmt.Errorf("call exec-sql: receive: header: %w", io.EOF):               true,
+		fmt.Errorf("commit: %w", driver.ErrBadConn):                            true,
+		errors.New("write tcp 10.0.0.1:1->10.0.0.9:17666: write: broken pipe"): true,
+		errors.New("not leader"):                                               true,
+		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "database is locked"}:  false,
+		dqdriver.Error{Code: 1, Message: `near "EOF": syntax error`}:           false,
+		errors.New("no available dqlite leader server found"):                  false,
+		context.DeadlineExceeded:                                               false,
+		sql.ErrNoRows:                                                          false,
+		nil:                                                                    false,
+	} {
+		if got := dbtx.StaleConn(err); got != want {
+			t.Errorf("StaleConn(%v) = %v, want %v", err, got, want)
+		}
+	}
+}

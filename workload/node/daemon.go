@@ -21,6 +21,7 @@ import (
 	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/apiaddr"
 	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/dbtx"
 	"github.com/juju/dqlite-controller/workload/decide"
 	"github.com/juju/dqlite-controller/workload/lease"
 )
@@ -417,6 +418,7 @@ func (d *Daemon) onReady(a *app.App) {
 		d.log.Error("cannot open the controller database", "err", err)
 		return
 	}
+	db.SetMaxIdleConns(dbtx.IdleConns) // what dbtx.Flush restores
 	d.ready = true
 	d.mu.Lock()
 	d.db = db

@@ -13,6 +13,7 @@ import (
 	"github.com/canonical/go-dqlite/driver"
 
 	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/dbtx"
 	"github.com/juju/dqlite-controller/workload/decide"
 )
 
@@ -22,10 +23,13 @@ const schema = `CREATE TABLE IF NOT EXISTS controller_node (
     dqlite_bind_address TEXT UNIQUE
 )`
 
-// inTx runs f in an explicit transaction with a deadline, retrying when
-// another writer holds the database lock (Dqlite answers "database is
-// locked" at once instead of waiting). f must be idempotent: a commit that
-// fails with a lost leadership may still have been applied.
+// inTx runs f in an explicit transaction with a deadline (dbtx.Run):
+// retried when another writer holds the database lock (Dqlite answers
+// "database is locked" at once instead of waiting) and when the connection
+// broke or reaches a former leader, after flushing the pool's idle
+// connections (a pooled connection to a removed leader otherwise fails
+// with EOF on every use). f must be idempotent: a commit that fails with a
+// lost leadership may still have been applied.
 func (d *Daemon) inTx(ctx context.Context, timeout time.Duration, f func(context.Context, *sql.Tx) error) error {
 	d.mu.RLock()
 	db := d.db
@@ -35,29 +39,7 @@ func (d *Daemon) inTx(ctx context.Context, timeout time.Duration, f func(context
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		err = func() error {
-			tx, err := db.BeginTx(ctx, nil)
-			if err != nil {
-				return err
-			}
-			if err := f(ctx, tx); err != nil {
-				tx.Rollback()
-				return err
-			}
-			return tx.Commit()
-		}()
-		if !isBusy(err) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(time.Duration(50*(attempt+1)) * time.Millisecond):
-		}
-	}
-	return err
+	return dbtx.Run(ctx, db, f)
 }
 
 func isBusy(err error) bool {
@@ -276,7 +258,11 @@ func probe(ctx context.Context, address string) bool {
 // transaction. A transaction refused with "database is locked" (Dqlite
 // does not wait for another writer, and the daemon's lease claims and
 // address publishing write every few hundred milliseconds) did not
-// commit, so it is tried again until the deadline.
+// commit, so it is tried again until the deadline. So is one whose
+// connection broke or reached a former leader before its COMMIT was sent
+// (the pool's idle connections are flushed first: they may point at the
+// same dead leader); a failed COMMIT is reported as of unknown outcome,
+// never re-run (the statement need not be idempotent).
 func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, error) {
 	d.mu.RLock()
 	db, state := d.db, d.status.State
@@ -288,8 +274,12 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 	defer cancel()
 	backoff := 10 * time.Millisecond
 	for {
-		res, err := runSQL(ctx, db, statement)
-		if !isBusy(err) {
+		res, committing, err := runSQL(ctx, db, statement)
+		stale := dbtx.StaleConn(err)
+		if stale {
+			dbtx.Flush(db)
+		}
+		if !isBusy(err) && (!stale || committing) {
 			return res, err
 		}
 		select {
@@ -301,23 +291,37 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 	}
 }
 
-func runSQL(ctx context.Context, db *sql.DB, statement string) (control.SQLResult, error) {
+// runSQL runs statement in a transaction; committing says whether the
+// error came from the COMMIT (whose outcome is then unknown).
+func runSQL(ctx context.Context, db *sql.DB, statement string) (res control.SQLResult, committing bool, err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return control.SQLResult{}, fmt.Errorf("cannot begin transaction: %w", err)
+		return control.SQLResult{}, false, fmt.Errorf("cannot begin transaction: %w", err)
 	}
 	defer tx.Rollback()
 	if !isQuery(statement) {
-		res, err := tx.ExecContext(ctx, statement)
+		r, err := tx.ExecContext(ctx, statement)
 		if err != nil {
-			return control.SQLResult{}, err
+			return control.SQLResult{}, false, fmt.Errorf("%w", err)
 		}
-		n, _ := res.RowsAffected()
+		n, _ := r.RowsAffected()
 		if err := tx.Commit(); err != nil {
-			return control.SQLResult{}, fmt.Errorf("cannot commit (the outcome is unknown): %w", err)
+			return control.SQLResult{}, true, fmt.Errorf("cannot commit (the outcome is unknown): %w", err)
 		}
-		return control.SQLResult{RowsAffected: &n}, nil
+		return control.SQLResult{RowsAffected: &n}, false, nil
 	}
+	res, err = readRows(ctx, tx, statement)
+	if err != nil {
+		return control.SQLResult{}, false, fmt.Errorf("%w", err)
+	}
+	// Nothing was written: the COMMIT only ends the read.
+	if err := tx.Commit(); err != nil {
+		return control.SQLResult{}, false, fmt.Errorf("%w", err)
+	}
+	return res, false, nil
+}
+
+func readRows(ctx context.Context, tx *sql.Tx, statement string) (control.SQLResult, error) {
 	rows, err := tx.QueryContext(ctx, statement)
 	if err != nil {
 		return control.SQLResult{}, err
@@ -345,9 +349,6 @@ func runSQL(ctx context.Context, db *sql.DB, statement string) (control.SQLResul
 		res.Rows = append(res.Rows, vals)
 	}
 	if err := rows.Err(); err != nil {
-		return control.SQLResult{}, err
-	}
-	if err := tx.Commit(); err != nil {
 		return control.SQLResult{}, err
 	}
 	return res, nil

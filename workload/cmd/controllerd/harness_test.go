@@ -73,6 +73,9 @@ type daemon struct {
 	data    string
 	apiPort int
 	backups string
+	// netns, when set, is the network namespace the daemon runs in
+	// (ip netns exec), e.g. to make its machine vanish from the network.
+	netns string
 
 	mu     sync.Mutex
 	lines  []line
@@ -203,6 +206,9 @@ func (c *cluster) start(id string) *daemon {
 		"--data-dir", d.data, "--port", strconv.Itoa(dqlitePort),
 		"--api-port", strconv.Itoa(d.apiPort), "--backup-dir", d.backups}, c.args...)
 	cmd := exec.Command(binary, args...)
+	if d.netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", d.netns, binary}, args...)...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		c.t.Fatal(err)
