@@ -262,3 +262,33 @@ func TestIPv6Only_ClusterOrClearStatus(t *testing.T) {
 	}
 	t.Logf("IPv6-only outcome:\n%s", m.StatusTable())
 }
+
+// A unit's machine dies (every process SIGKILLed): the survivors keep
+// serving with quorum; juju remove-unit --force then drops it from the
+// cluster, rows intact.
+func TestKillMachine_SurvivorsServeThenForceRemoveShrinks(t *testing.T) {
+	m := newModel(t, sim.Options{})
+	if _, err := m.Deploy(3); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	createTable(t, m, "dqlite-controller/0")
+	insertRows(t, m, "dqlite-controller/0", 0, 10)
+	if err := m.KillMachine("dqlite-controller/2"); err != nil {
+		t.Fatal(err)
+	}
+	insertRows(t, m, "dqlite-controller/1", 10, 10)
+	for _, u := range []string{"dqlite-controller/0", "dqlite-controller/1"} {
+		if got := countRows(t, m, u); got != 20 {
+			t.Fatalf("%s reads %d rows with one machine dead, want 20", u, got)
+		}
+	}
+	if err := m.RemoveUnit("dqlite-controller/2", true); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	checkRowsEverywhere(t, m, 20)
+	waitActive(t, m)
+}
