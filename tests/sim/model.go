@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -48,6 +49,10 @@ type Options struct {
 	// space in ingress-addresses, as Juju 3.6 does, instead of Juju 4's
 	// best scope tier only (juju-ha.md §1.6).
 	Juju36Ingress bool
+	// RandomInitialLeader gives leadership on deploy to a random unit of
+	// the batch, as in Juju, where whichever agent claims first wins;
+	// by default the first unit leads (deterministic hook-order tests).
+	RandomInitialLeader bool
 	// LeaseExpiry is how long leadership stays with a unit whose agent is
 	// gone before another unit is elected; Juju takes up to ~60 s (§5.5).
 	LeaseExpiry time.Duration
@@ -565,12 +570,16 @@ func (m *Model) addUnits(n int, specs []MachineSpec) ([]string, error) {
 			return names, fmt.Errorf("cannot add machine: %w", err)
 		}
 		u := m.newUnitLocked(mc)
-		if m.leader == "" && !m.electing {
-			m.leader = u.name
-			u.leaderElectedPending = true
-		}
 		names = append(names, u.name)
 		created = append(created, u)
+	}
+	if m.leader == "" && !m.electing && len(created) > 0 {
+		u := created[0]
+		if m.opts.RandomInitialLeader {
+			u = created[mathrand.IntN(len(created))]
+		}
+		m.leader = u.name
+		u.leaderElectedPending = true
 	}
 	m.notifyLocked()
 	m.mu.Unlock()
