@@ -25,7 +25,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"github.com/juju/dqlite-controller/workload/dbtx"
 )
@@ -266,8 +265,7 @@ const schema = `CREATE TABLE IF NOT EXISTS controller_api_address (
 
 // Store keeps the published addresses in the controller database.
 type Store struct {
-	db     dbtx.Source
-	schema atomic.Bool // the table is known to exist
+	t *dbtx.Table
 }
 
 // NewStore returns a store on db (the controller database). The table is
@@ -275,37 +273,12 @@ type Store struct {
 func NewStore(db *sql.DB) *Store { return NewStoreFrom(dbtx.Fixed(db)) }
 
 // NewStoreFrom returns a store on whatever handle src gives at each call.
-func NewStoreFrom(src dbtx.Source) *Store { return &Store{db: src} }
-
-// run runs body in a transaction, and forgets that the table exists when
-// it is missing (a new cluster behind the same handle source).
-func (s *Store) run(ctx context.Context, body func(context.Context, *sql.Tx) error) error {
-	err := dbtx.RunFrom(ctx, s.db, body)
-	if dbtx.MissingTable(err) {
-		s.schema.Store(false)
-	}
-	return err
-}
-
-func (s *Store) ensure(ctx context.Context) error {
-	if s.schema.Load() {
-		return nil
-	}
-	return s.EnsureSchema(ctx)
+func NewStoreFrom(src dbtx.Source) *Store {
+	return &Store{t: dbtx.NewTable(src, "controller_api_address", schema)}
 }
 
 // EnsureSchema creates the table if it is missing.
-func (s *Store) EnsureSchema(ctx context.Context) error {
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, schema)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("cannot create controller_api_address: %w", err)
-	}
-	s.schema.Store(true)
-	return nil
-}
+func (s *Store) EnsureSchema(ctx context.Context) error { return s.t.Ensure(ctx) }
 
 // Publish replaces controller c.ID's addresses with c's, in one
 // transaction (re-running it is harmless).
@@ -313,10 +286,10 @@ func (s *Store) Publish(ctx context.Context, c Controller) error {
 	if c.ID == "" {
 		return errors.New("cannot publish API addresses: empty controller id")
 	}
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return err
 	}
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, c.ID); err != nil {
 			return err
 		}
@@ -338,10 +311,10 @@ ON CONFLICT (controller_id, address) DO NOTHING`,
 
 // Remove deletes a controller's addresses (the controller was removed).
 func (s *Store) Remove(ctx context.Context, controllerID string) error {
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return err
 	}
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, controllerID)
 		return err
 	})
@@ -357,11 +330,11 @@ func (s *Store) Remove(ctx context.Context, controllerID string) error {
 // publish before it is listed in everybody's config, so give new ids a
 // grace period before calling this with a keep list that lacks them.
 func (s *Store) RemoveExcept(ctx context.Context, keep []string) ([]string, error) {
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return nil, err
 	}
 	var removed []string
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		removed = nil
 		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT controller_id FROM controller_api_address ORDER BY controller_id`)
 		if err != nil {
@@ -398,11 +371,11 @@ func (s *Store) RemoveExcept(ctx context.Context, keep []string) ([]string, erro
 
 // Controllers returns every controller's published addresses.
 func (s *Store) Controllers(ctx context.Context) ([]Controller, error) {
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return nil, err
 	}
 	var out []Controller
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		out = nil
 		rows, err := tx.QueryContext(ctx, `SELECT controller_id, address, is_agent, scope, agent_fallback
 FROM controller_api_address ORDER BY controller_id, position, address`)

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	dqdriver "github.com/canonical/go-dqlite/driver"
@@ -81,6 +82,49 @@ func RunFrom(ctx context.Context, src Source, body func(ctx context.Context, tx 
 // remembered creating its schema should create it again.
 func MissingTable(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "no such table")
+}
+
+// Table runs transactions for a store that keeps its rows in tables created
+// by one DDL script. The script runs on first use and again whenever a
+// transaction finds a table missing: the source may then point at a freshly
+// bootstrapped cluster that has never seen it.
+type Table struct {
+	src     Source
+	name    string
+	ddl     string
+	created atomic.Bool
+}
+
+// NewTable returns a Table whose tables, called name in errors, are
+// created by the idempotent script ddl (CREATE ... IF NOT EXISTS).
+func NewTable(src Source, name, ddl string) *Table {
+	return &Table{src: src, name: name, ddl: ddl}
+}
+
+// Ensure creates the tables unless this Table knows they exist.
+func (t *Table) Ensure(ctx context.Context) error {
+	if t.created.Load() {
+		return nil
+	}
+	err := t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, t.ddl)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("cannot create %s: %w", t.name, err)
+	}
+	t.created.Store(true)
+	return nil
+}
+
+// Run is RunFrom on the Table's source; a missing table makes the next
+// Ensure create the tables again.
+func (t *Table) Run(ctx context.Context, body func(ctx context.Context, tx *sql.Tx) error) error {
+	err := RunFrom(ctx, t.src, body)
+	if MissingTable(err) {
+		t.created.Store(false)
+	}
+	return err
 }
 
 // Run runs body in an explicit transaction and commits it, retrying the

@@ -24,7 +24,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/juju/dqlite-controller/workload/dbtx"
@@ -96,8 +95,7 @@ func (l Lease) SafeUntil(sentAt time.Time, margin time.Duration) time.Time {
 
 // Store is the lease store. It is safe for concurrent use.
 type Store struct {
-	db     dbtx.Source
-	schema atomic.Bool // the table is known to exist
+	t *dbtx.Table
 }
 
 // New returns a store on db (the controller database). The table is
@@ -108,39 +106,11 @@ func New(db *sql.DB) *Store {
 
 // NewFrom returns a store on whatever handle src gives at each call.
 func NewFrom(src dbtx.Source) *Store {
-	return &Store{db: src}
+	return &Store{t: dbtx.NewTable(src, "lease table", schema)}
 }
 
 // EnsureSchema creates the lease table and its index if they are missing.
-func (s *Store) EnsureSchema(ctx context.Context) error {
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, schema)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("cannot create lease table: %w", err)
-	}
-	s.schema.Store(true)
-	return nil
-}
-
-// run runs body in a transaction, and forgets that the table exists when
-// it is missing (a new cluster behind the same handle source).
-func (s *Store) run(ctx context.Context, body func(context.Context, *sql.Tx) error) error {
-	err := dbtx.RunFrom(ctx, s.db, body)
-	if dbtx.MissingTable(err) {
-		s.schema.Store(false)
-	}
-	return err
-}
-
-// ensure creates the schema once per Store.
-func (s *Store) ensure(ctx context.Context) error {
-	if s.schema.Load() {
-		return nil
-	}
-	return s.EnsureSchema(ctx)
-}
+func (s *Store) EnsureSchema(ctx context.Context) error { return s.t.Ensure(ctx) }
 
 func validate(namespace, name, holder string, d time.Duration, needDuration bool) error {
 	switch {
@@ -170,11 +140,11 @@ func (s *Store) Claim(ctx context.Context, namespace, name, holder string, d tim
 	if err := validate(namespace, name, holder, d, true); err != nil {
 		return Lease{}, fmt.Errorf("cannot claim lease: %w", err)
 	}
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return Lease{}, err
 	}
 	var l Lease
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		// One statement decides, with one "now": insert, or take over an
 		// expired row, or extend our own row; a live row of another
 		// holder is left alone. The start of an unexpired tenure of the
@@ -212,12 +182,12 @@ func (s *Store) Extend(ctx context.Context, namespace, name, holder string, d ti
 	if err := validate(namespace, name, holder, d, true); err != nil {
 		return Lease{}, fmt.Errorf("cannot extend lease: %w", err)
 	}
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return Lease{}, err
 	}
 	var l Lease
 	var found bool
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `
 UPDATE lease SET
     start  = CASE WHEN expiry >= `+sqlNow+` THEN start ELSE `+sqlNow+` END,
@@ -251,10 +221,10 @@ func (s *Store) Revoke(ctx context.Context, namespace, name, holder string) erro
 	if err := validate(namespace, name, holder, 0, false); err != nil {
 		return fmt.Errorf("cannot revoke lease: %w", err)
 	}
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return err
 	}
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM lease WHERE namespace = ? AND name = ? AND holder = ?`,
 			namespace, name, holder)
 		return err
@@ -268,10 +238,10 @@ func (s *Store) Revoke(ctx context.Context, namespace, name, holder string) erro
 // Get returns the lease row, expired or not; ok is false when there is
 // none. Check Expired (or Remaining) before treating Holder as the holder.
 func (s *Store) Get(ctx context.Context, namespace, name string) (l Lease, ok bool, err error) {
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return Lease{}, false, err
 	}
-	err = s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		l, err = get(ctx, tx, namespace, name)
 		return err
@@ -298,11 +268,11 @@ func (s *Store) Holder(ctx context.Context, namespace, name string) (string, err
 // List returns every lease row of namespace ("" for all namespaces),
 // expired ones included, ordered by namespace and name.
 func (s *Store) List(ctx context.Context, namespace string) ([]Lease, error) {
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return nil, err
 	}
 	var out []Lease
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		out = out[:0]
 		rows, err := tx.QueryContext(ctx, `
 SELECT namespace, name, holder, start, expiry,
@@ -330,11 +300,11 @@ FROM lease WHERE ? = '' OR namespace = ? ORDER BY namespace, name`, namespace, n
 // ExpireLeases deletes expired rows and returns how many it deleted. It is
 // housekeeping only: claims never wait for it. Any controller may run it.
 func (s *Store) ExpireLeases(ctx context.Context) (int, error) {
-	if err := s.ensure(ctx); err != nil {
+	if err := s.t.Ensure(ctx); err != nil {
 		return 0, err
 	}
 	var n int64
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM lease WHERE expiry < `+sqlNow)
 		if err != nil {
 			return err
@@ -351,7 +321,7 @@ func (s *Store) ExpireLeases(ctx context.Context) (int, error) {
 // Now returns the database's current time (the Dqlite leader's clock).
 func (s *Store) Now(ctx context.Context) (time.Time, error) {
 	var text string
-	err := s.run(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		return tx.QueryRowContext(ctx, `SELECT `+sqlNow).Scan(&text)
 	})
 	if err != nil {
