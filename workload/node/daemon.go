@@ -57,7 +57,8 @@ type Daemon struct {
 	configErr   string
 	everListed  map[string]bool
 	app         *app.App
-	fresh       bool // started by bootstrap/join in this process, never member
+	peers       *peerStore // how the daemon reaches the running node's cluster
+	fresh       bool       // started by bootstrap/join in this process, never member
 	ready       bool
 	member      bool
 	role        string
@@ -331,7 +332,7 @@ func (d *Daemon) removedWhileAway(ctx context.Context, info client.NodeInfo, sto
 	probe.Set(ctx, nodes)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	cli, err := client.FindLeader(ctx, probe)
+	cli, err := d.findLeader(ctx, probe)
 	if err != nil {
 		return "", false
 	}
@@ -390,6 +391,7 @@ func (d *Daemon) start(fresh bool, opts ...app.Option) {
 		return
 	}
 	d.app, d.fresh, d.ready, d.member, d.handedOver = a, fresh, false, false, false
+	d.peers = newPeerStore(a.Address(), d.nodeDir)
 	d.noLeader, d.leaderSeen = time.Time{}, time.Now()
 	d.log.Info("Dqlite node started", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
 	go func() {
@@ -413,7 +415,7 @@ func (d *Daemon) onReady(a *app.App) {
 	if a != d.app || d.ready {
 		return
 	}
-	db, err := sql.Open(a.Driver(), databaseName)
+	db, err := d.openDB(d.peers)
 	if err != nil {
 		d.log.Error("cannot open the controller database", "err", err)
 		return
@@ -431,6 +433,17 @@ func (d *Daemon) onReady(a *app.App) {
 		go d.watcher.Run(d.watchCtx)
 	}
 	d.log.Info("Dqlite node ready", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
+}
+
+// flushDB closes the database pool's idle connections, so that the next
+// transaction dials the current leader.
+func (d *Daemon) flushDB() {
+	d.mu.RLock()
+	db := d.db
+	d.mu.RUnlock()
+	if db != nil {
+		dbtx.Flush(db)
+	}
 }
 
 // closeApp stops the node (no hand-over), after the singular worker.
@@ -455,7 +468,7 @@ func (d *Daemon) closeApp() {
 			d.log.Warn("cannot close Dqlite node cleanly", "err", err)
 		}
 	}
-	d.app, d.ready, d.member, d.leader, d.members, d.role, d.registered = nil, false, false, nil, nil, "", ""
+	d.app, d.peers, d.ready, d.member, d.leader, d.members, d.role, d.registered = nil, nil, false, false, nil, nil, "", ""
 }
 
 // observation is what the leader says about the cluster.
@@ -468,7 +481,7 @@ type observation struct {
 func (d *Daemon) observe(ctx context.Context) (*observation, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cli, err := d.app.Leader(ctx)
+	cli, err := d.leaderClient(ctx, d.peers)
 	if err != nil {
 		return nil, err
 	}
@@ -482,6 +495,7 @@ func (d *Daemon) observe(ctx context.Context) (*observation, error) {
 		cli.Close()
 		return nil, fmt.Errorf("cannot list cluster members: %w", err)
 	}
+	d.peers.setMembers(members)
 	return &observation{cli: cli, leader: leader, members: members}, nil
 }
 
@@ -493,6 +507,12 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		return
 	}
 	defer obs.cli.Close()
+	if d.leader == nil || d.leader.ID != obs.leader.ID {
+		// Pooled connections reach a former leader (or nobody): one whose
+		// machine vanished never sends a FIN, and each use would wait for
+		// its caller's whole deadline before the pool dropped it.
+		d.flushDB()
+	}
 	d.noLeader, d.leaderSeen = time.Time{}, time.Now()
 	d.leader, d.members = obs.leader, obs.members
 	selfID := d.app.ID()

@@ -246,7 +246,7 @@ func (d *Daemon) stepAside(ctx context.Context, obs *observation) {
 func probe(ctx context.Context, address string) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cli, err := client.New(ctx, address)
+	cli, err := client.New(ctx, address, client.WithDialFunc(dialNode))
 	if err != nil {
 		return false
 	}

@@ -74,7 +74,7 @@ func (d *Daemon) syncSingular() {
 }
 
 func (d *Daemon) startSingular() {
-	a := d.app
+	peers := d.peers
 	log := d.log.With("component", "singular")
 	workers := map[string]singular.Worker{
 		"lease-expiry": singular.Periodic{
@@ -92,9 +92,9 @@ func (d *Daemon) startSingular() {
 		},
 	}
 	if d.o.BackupDir != "" {
-		// Dump from the leader: the most up-to-date copy. The app is the
-		// one of this run; the singular stops before it closes.
-		dumper := backup.LeaderDumper(func(ctx context.Context) (*client.Client, error) { return a.Leader(ctx) })
+		// Dump from the leader: the most up-to-date copy. The peers are
+		// those of this run's node; the singular stops before it closes.
+		dumper := backup.LeaderDumper(func(ctx context.Context) (*client.Client, error) { return d.leaderClient(ctx, peers) })
 		bw, err := backup.NewFrom(dumper, d.dbSource, backup.Options{
 			Dir:          d.o.BackupDir,
 			ControllerID: d.o.ControllerID,
