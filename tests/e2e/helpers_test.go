@@ -58,6 +58,8 @@ func newModel(t *testing.T, opts sim.Options) *sim.Model {
 	opts.CharmDir = charmDir(t)
 	opts.Logger = slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	opts.NoSignalHandler = true
+	// DQC_KEEP_RUN=1 keeps the machines' files and logs for a post-mortem.
+	opts.KeepRunDir = os.Getenv("DQC_KEEP_RUN") != ""
 	if opts.LeaseExpiry == 0 {
 		opts.LeaseExpiry = 2 * time.Second
 	}
@@ -77,6 +79,9 @@ func newModel(t *testing.T, opts sim.Options) *sim.Model {
 		}
 		if err := m.Close(); err != nil {
 			t.Errorf("cannot tear down model: %v", err)
+		}
+		if opts.KeepRunDir {
+			t.Logf("run directory kept: %s", m.RunDir())
 		}
 		t.Logf("scenario took %s", time.Since(start).Round(time.Second))
 	})

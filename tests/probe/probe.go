@@ -37,7 +37,31 @@ type NodeStatus struct {
 	State       string   `json:"state"`
 	Message     string   `json:"message"`
 	ConfigError string   `json:"config-error"`
+	// The control plane's part of the status.
+	Lease        *LeaseStatus `json:"lease"`
+	APIAddresses *APILists    `json:"api-addresses"`
+	APINote      string       `json:"api-note"`
+	APIError     string       `json:"api-error"`
 }
+
+// LeaseStatus is the singular-controller lease as a node sees it; null
+// while the node's singular worker does not run.
+type LeaseStatus struct {
+	Holder   string `json:"holder"`
+	Expiry   string `json:"expiry"`
+	HeldByMe bool   `json:"held-by-me"`
+}
+
+// APILists are the API address lists a node serves.
+type APILists struct {
+	Agents        []string `json:"agents"`
+	Clients       []string `json:"clients"`
+	AgentFallback []string `json:"agent-fallback"`
+	Version       string   `json:"version"`
+}
+
+// HeldByMe says whether the node's singular worker holds the lease now.
+func (s NodeStatus) HeldByMe() bool { return s.Lease != nil && s.Lease.HeldByMe }
 
 // LeaderAddress is the address of the Dqlite leader this node knows, or "".
 func (s NodeStatus) LeaderAddress() string {

@@ -103,6 +103,7 @@ type machine struct {
 	nics        []*nic
 	dead        bool
 	partitioned bool
+	agent       bool // an agent machine: no unit, runs controllerd agent
 	units       []*unit
 	sd          *systemd
 }
@@ -842,7 +843,24 @@ func (m *Model) Partition(unitName string, cut bool) error {
 		return fmt.Errorf("cannot partition: unit %q not found", unitName)
 	}
 	mc := u.machine
+	m.mu.Unlock()
+	return m.partition(mc, cut)
+}
+
+// PartitionMachine is Partition for any machine by id (an agent machine,
+// say).
+func (m *Model) PartitionMachine(id int, cut bool) error {
+	mc, err := m.machineByID(id)
+	if err != nil {
+		return fmt.Errorf("cannot partition: %w", err)
+	}
+	return m.partition(mc, cut)
+}
+
+func (m *Model) partition(mc *machine, cut bool) error {
+	m.mu.Lock()
 	mc.partitioned = cut
+	m.notifyLocked()
 	m.mu.Unlock()
 	state := "up"
 	if cut {
@@ -881,24 +899,7 @@ func (m *Model) Exec(ctx context.Context, unitName string, argv ...string) (stdo
 	if u == nil {
 		return nil, nil, fmt.Errorf("cannot exec: unit %q not found", unitName)
 	}
-	var so, se strings.Builder
-	cmd := m.machineCommand(u.machine, argv, []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}, "/")
-	cmd.Stdout, cmd.Stderr = &so, &se
-	if err := cmd.Start(); err != nil {
-		return nil, nil, fmt.Errorf("cannot exec on machine %d: %w", u.machine.id, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err = <-done
-		if err == nil {
-			err = ctx.Err()
-		}
-	}
-	return []byte(so.String()), []byte(se.String()), err
+	return m.execOn(ctx, u.machine, argv)
 }
 
 // CharmDirOnMachine is JUJU_CHARM_DIR of a unit, as seen on its machine.

@@ -32,6 +32,9 @@ type MachineStatus struct {
 	Addresses   []string
 	Down        bool
 	Partitioned bool
+	// Agent marks an agent machine (AddAgentMachine): no unit of the
+	// application, `controllerd agent` keeping its agent.conf current.
+	Agent bool
 }
 
 // Status is a snapshot of the model.
@@ -91,7 +94,7 @@ func (m *Model) Status() Status {
 	sort.Ints(ids)
 	for _, id := range ids {
 		mc := m.machines[id]
-		st.Machines = append(st.Machines, MachineStatus{ID: id, NetNS: mc.netns, Addresses: mc.addresses(), Down: mc.dead, Partitioned: mc.partitioned})
+		st.Machines = append(st.Machines, MachineStatus{ID: id, NetNS: mc.netns, Addresses: mc.addresses(), Down: mc.dead, Partitioned: mc.partitioned, Agent: mc.agent})
 	}
 	return st
 }
@@ -266,15 +269,19 @@ func WriteStatusTable(w io.Writer, st Status, extra func(unit string) []string, 
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s%s\n", name, u.Workload, agent, u.Machine, u.Address, joinCols(cols), msg)
 	}
-	fmt.Fprintf(tw, "\nMachine\tState\tAddresses\tNetwork namespace\n")
+	fmt.Fprintf(tw, "\nMachine\tState\tAddresses\tNetwork namespace\tRuns\n")
 	for _, mc := range st.Machines {
+		runs := "unit"
+		if mc.Agent {
+			runs = "controllerd agent"
+		}
 		state := "started"
 		if mc.Down {
 			state = "down"
 		} else if mc.Partitioned {
 			state = "partitioned"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", strconv.Itoa(mc.ID), state, strings.Join(mc.Addresses, ","), mc.NetNS)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", strconv.Itoa(mc.ID), state, strings.Join(mc.Addresses, ","), mc.NetNS, runs)
 	}
 	tw.Flush()
 }
