@@ -46,12 +46,22 @@ func deployControllers(t *testing.T, m *sim.Model, n int) {
 }
 
 // addAgents adds n agent machines on the mgmt subnet running controllerd
-// agent.
+// agent, their agent.conf seeded with one address only (the first
+// controller's mgmt address), so that the full list reaching them shows the
+// agent at work.
 func addAgents(t *testing.T, m *sim.Model, n int) []int {
 	t.Helper()
+	st := m.Status()
+	u, _ := st.Unit(st.Units[0].Name)
+	var seed string
+	for _, mc := range st.Machines {
+		if mc.ID == u.Machine {
+			seed = mc.Addresses[1] + ":17070" // NICs in subnet order: data, mgmt
+		}
+	}
 	var ids []int
 	for i := 0; i < n; i++ {
-		id, err := m.AddAgentMachine(sim.AgentMachineSpec{Subnets: []string{"mgmt"}})
+		id, err := m.AddAgentMachine(sim.AgentMachineSpec{Subnets: []string{"mgmt"}, APIAddresses: []string{seed}})
 		if err != nil {
 			t.Fatal(err)
 		}

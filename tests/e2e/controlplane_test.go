@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -248,18 +249,26 @@ func TestAgents_MgmtOnlyKeepConnectingAfterBindAPI(t *testing.T) {
 	}
 	f = waitAgentsFollow(t, m, agents, app+"/0", mgmt, start)
 	t.Logf("bind api=mgmt: %s", f)
+	// Every controller's watcher catches up with the database in its own
+	// time (a poll every 0.5 s).
 	for _, u := range units(m) {
-		s, err := probe.Status(context.Background(), m, u)
+		err := probe.Eventually(ctxFor(t, time.Minute), 300*time.Millisecond, func() error {
+			s, err := probe.Status(context.Background(), m, u)
+			if err != nil {
+				return err
+			}
+			switch {
+			case s.APIAddresses == nil || !slices.Equal(sortedCopy(s.APIAddresses.Agents), sortedCopy(mgmt)):
+				return fmt.Errorf("%s serves agents %+v, want only the mgmt addresses %v", u, s.APIAddresses, mgmt)
+			case len(s.APIAddresses.AgentFallback) != 0:
+				return fmt.Errorf("%s still reports agent-fallback %v after the bind", u, s.APIAddresses.AgentFallback)
+			case len(s.APIAddresses.Clients) != 6:
+				return fmt.Errorf("%s: the client list must stay unfiltered (6 addresses), got %v", u, s.APIAddresses.Clients)
+			}
+			return nil
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		if s.APIAddresses == nil || !slices.Equal(sortedCopy(s.APIAddresses.Agents), sortedCopy(mgmt)) {
-			t.Errorf("%s serves agents %+v, want only the mgmt addresses %v", u, s.APIAddresses, mgmt)
-		} else if len(s.APIAddresses.AgentFallback) != 0 {
-			t.Errorf("%s still reports agent-fallback %v after the bind", u, s.APIAddresses.AgentFallback)
-		}
-		if s.APIAddresses != nil && len(s.APIAddresses.Clients) != 6 {
-			t.Errorf("%s: the client list must stay unfiltered (6 addresses), got %v", u, s.APIAddresses.Clients)
+			t.Error(err)
 		}
 	}
 
@@ -335,6 +344,7 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	if seed == "" {
 		t.Fatalf("no mgmt address for %s", victim)
 	}
+	waitClientList(t, m, app+"/0", 6)
 	first := runClient(t, m, machine, "--addresses", seed)
 	if first.Connected != seed || first.LastGood != seed {
 		t.Fatalf("first connection: %+v, want %s", first, seed)
@@ -349,6 +359,7 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	waitIdle(t, m)
 	waitCluster(t, m)
 
+	waitClientList(t, m, app+"/0", 4)
 	second := runClient(t, m, machine)
 	if second.TriedFirst != seed {
 		t.Errorf("tried %s first, want the last good %s", second.TriedFirst, seed)
@@ -365,6 +376,24 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	third := runClient(t, m, machine)
 	if third.TriedFirst != second.Connected || third.Connected != second.Connected {
 		t.Errorf("third connection: %+v, want %s tried first and used", third, second.Connected)
+	}
+}
+
+// waitClientList waits until a controller serves n client addresses.
+func waitClientList(t *testing.T, m *sim.Model, unit string, n int) {
+	t.Helper()
+	err := probe.Eventually(ctxFor(t, time.Minute), 300*time.Millisecond, func() error {
+		s, err := probe.Status(context.Background(), m, unit)
+		if err != nil {
+			return err
+		}
+		if s.APIAddresses == nil || len(s.APIAddresses.Clients) != n {
+			return fmt.Errorf("%s serves clients %+v, want %d addresses", unit, s.APIAddresses, n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
