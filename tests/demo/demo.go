@@ -46,6 +46,7 @@ type runner struct {
 	out   io.Writer
 	start time.Time
 	step  int
+	agent int // the agent machine's id, -1 before it exists
 }
 
 // Run runs the whole session and tears the model down, whatever happens.
@@ -69,7 +70,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	r := &runner{cfg: cfg, m: m, out: cfg.Out, start: time.Now()}
+	r := &runner{cfg: cfg, m: m, out: cfg.Out, start: time.Now(), agent: -1}
 	defer func() {
 		if err != nil {
 			r.say("\nThe demo failed: %v\n", err)
@@ -86,7 +87,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}()
 	r.say("A simulated Juju model (run %s): machines are network namespaces; subnets net0, net1 in space alpha, net2 in space db.\n", m.RunID())
 	for _, step := range []func(context.Context) error{
-		r.deployOne, r.addTwo, r.writeAndRead, r.removeDqliteLeader, r.removeOneMore, r.multiAddressThenBind,
+		r.deployOne, r.addTwo, r.addAgentMachine, r.writeAndRead, r.removeDqliteLeader, r.removeOneMore, r.multiAddressThenBind,
 	} {
 		if err := step(ctx); err != nil {
 			return err
@@ -133,6 +134,31 @@ func (r *runner) table(ctx context.Context) {
 		}
 		return []string{role}
 	}, "Dqlite")
+	r.leaseLine(v)
+}
+
+// leaseHolder is the unit whose controllerd holds the lease, or "".
+func (r *runner) leaseHolder(ctx context.Context) string {
+	v := probe.Look(ctx, r.m)
+	for u, s := range v.Nodes {
+		if s.HeldByMe() {
+			return u
+		}
+	}
+	return ""
+}
+
+// leaseLine says which controller holds the singular-controller lease (and
+// so runs the single-instance workers, e.g. backups) and until when.
+func (r *runner) leaseLine(v probe.View) {
+	for _, u := range r.m.Status().UnitNames() {
+		s, ok := v.Nodes[u]
+		if ok && s.HeldByMe() {
+			r.say("singular-controller lease: held by %s (%s) until %s (database time); it runs the single-instance work (backups)\n", s.Lease.Holder, u, s.Lease.Expiry)
+			return
+		}
+	}
+	r.say("singular-controller lease: no holder right now\n")
 }
 
 // settle waits until the hooks have run, the units form one cluster of the
@@ -185,6 +211,64 @@ func (r *runner) addTwo(ctx context.Context) error {
 		return err
 	}
 	r.table(ctx)
+	return nil
+}
+
+// addAgentMachine adds a machine with no controller, on subnet net0 only,
+// whose agent.conf starts with a single controller address: controllerd
+// agent fills in the whole list from the controllers' watch.
+func (r *runner) addAgentMachine(ctx context.Context) error {
+	r.header("juju add-machine   # a workload machine: controllerd agent keeps its agent.conf apiaddresses current",
+		"an agent machine follows the controllers' API addresses")
+	all := r.m.ControllerAgentAddresses()
+	id, err := r.m.AddAgentMachine(sim.AgentMachineSpec{Subnets: []string{"net0"}, APIAddresses: all[:1]})
+	if err != nil {
+		return err
+	}
+	r.agent = id
+	r.say("machine %d starts knowing one controller: %s\n", id, all[0])
+	took, err := r.waitAgentFollows(ctx, time.Now())
+	if err != nil {
+		return err
+	}
+	r.say("after %.1f s it knows them all:\n", took.Seconds())
+	return r.showAgentConf()
+}
+
+// waitAgentFollows waits until the agent machine's apiaddresses are the
+// controllers' current agent addresses.
+func (r *runner) waitAgentFollows(ctx context.Context, since time.Time) (time.Duration, error) {
+	if r.agent < 0 {
+		return 0, nil
+	}
+	ctx, cancel := r.stepCtx(ctx)
+	defer cancel()
+	want := r.m.ControllerAgentAddresses()
+	sort.Strings(want)
+	err := probe.Eventually(ctx, 50*time.Millisecond, func() error {
+		got, err := r.m.AgentAPIAddresses(r.agent)
+		if err != nil {
+			return err
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			return fmt.Errorf("machine %d's agent.conf lists %v, want %v", r.agent, got, want)
+		}
+		return nil
+	})
+	return time.Since(since), err
+}
+
+func (r *runner) showAgentConf() error {
+	r.say("$ juju ssh %d -- grep -A9 apiaddresses %s\n", r.agent, sim.AgentConfigPathOnMachine(r.agent))
+	addrs, err := r.m.AgentAPIAddresses(r.agent)
+	if err != nil {
+		return err
+	}
+	r.say("apiaddresses:\n")
+	for _, a := range addrs {
+		r.say("- %s\n", a)
+	}
 	return nil
 }
 
@@ -260,14 +344,27 @@ func (r *runner) removeDqliteLeader(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.header("juju remove-unit "+leader, "remove the unit whose daemon is the Dqlite leader")
+	r.header("juju remove-unit "+leader, "remove the unit whose daemon is the Dqlite leader; the agent machine follows")
+	before := r.leaseHolder(ctx)
+	removed := time.Now()
 	if err := r.m.RemoveUnit(leader, false); err != nil {
+		return err
+	}
+	took, err := r.waitAgentFollows(ctx, removed)
+	if err != nil {
 		return err
 	}
 	if err := r.settle(ctx, 2); err != nil {
 		return err
 	}
 	r.table(ctx)
+	if after := r.leaseHolder(ctx); before != "" && after != before {
+		r.say("the lease moved from %s to %s: the leaving controller stopped its workers and revoked it\n", before, after)
+	}
+	r.say("machine %d's agent.conf dropped %s's address %.1f s after remove-unit:\n", r.agent, leader, took.Seconds())
+	if err := r.showAgentConf(); err != nil {
+		return err
+	}
 	for _, u := range r.m.Status().UnitNames() {
 		if err := r.checkRows(ctx, u); err != nil {
 			return err
