@@ -79,12 +79,16 @@ func (m *Model) AddAgentMachine(spec AgentMachineSpec) (int, error) {
 	if err := os.MkdirAll(toolsDir, 0o755); err != nil {
 		return mc.id, fmt.Errorf("cannot create tools dir of machine %d: %w", mc.id, err)
 	}
+	// A machine without the agent may come from a charm without
+	// controllerd (the simulator's toy charm).
 	bin, err := os.ReadFile(filepath.Join(m.opts.CharmDir, "controllerd"))
-	if err != nil {
+	switch {
+	case err == nil:
+		if err := os.WriteFile(filepath.Join(toolsDir, "controllerd"), bin, 0o755); err != nil {
+			return mc.id, fmt.Errorf("cannot install controllerd on machine %d: %w", mc.id, err)
+		}
+	case !spec.NoAgent || !errors.Is(err, os.ErrNotExist):
 		return mc.id, fmt.Errorf("cannot read controllerd from the charm: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(toolsDir, "controllerd"), bin, 0o755); err != nil {
-		return mc.id, fmt.Errorf("cannot install controllerd on machine %d: %w", mc.id, err)
 	}
 	conf := m.hostAgentConfigPath(mc.id)
 	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
