@@ -285,6 +285,22 @@ func (lm *leaseMonitor) firstOther(old string) (leaseRow, time.Time, bool) {
 	return leaseRow{}, time.Time{}, false
 }
 
+// waitOther waits until the monitor has seen a holder other than old (the
+// survivors may agree on the new holder before the monitor's next read).
+func (lm *leaseMonitor) waitOther(t *testing.T, old string) (leaseRow, time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if r, seen, ok := lm.firstOther(old); ok {
+			return r, seen
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lease monitor never saw a holder other than %s", old)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // checkNoOverlap checks every change of holder the monitor saw: the new
 // tenure starts no earlier than the last expiry seen for the previous
 // holder (database time).
