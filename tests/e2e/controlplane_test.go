@@ -338,7 +338,10 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	if seed == "" {
 		t.Fatalf("no mgmt address for %s", victim)
 	}
-	waitClientList(t, m, app+"/0", 6)
+	for _, u := range units(m) {
+		// The list comes from whichever controller answers.
+		waitClientList(t, m, u, 6)
+	}
 	first := runClient(t, m, machine, "--addresses", seed)
 	if first.Connected != seed || first.LastGood != seed {
 		t.Fatalf("first connection: %+v, want %s", first, seed)
@@ -353,7 +356,9 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	waitIdle(t, m)
 	waitCluster(t, m)
 
-	waitClientList(t, m, app+"/0", 4)
+	for _, u := range units(m) {
+		waitClientList(t, m, u, 4)
+	}
 	second := runClient(t, m, machine)
 	if second.TriedFirst != seed {
 		t.Errorf("tried %s first, want the last good %s", second.TriedFirst, seed)
