@@ -180,9 +180,13 @@ func (r *runner) settle(ctx context.Context, wantUnits int) error {
 	if err != nil {
 		return fmt.Errorf("cannot see one cluster of %d: %w", wantUnits, err)
 	}
-	return r.m.WaitFor(ctx, "every unit active", func(st sim.Status) bool {
+	// The charm's message is a snapshot taken when its last hook ran; wait
+	// for update-status to refresh it, so the table does not show a member
+	// count the cluster has already left behind.
+	count := fmt.Sprintf("; %d member", wantUnits)
+	return r.m.WaitFor(ctx, "every unit active with the cluster's size", func(st sim.Status) bool {
 		for _, u := range st.Units {
-			if u.Workload != "active" {
+			if u.Workload != "active" || !strings.Contains(u.Message, count) {
 				return false
 			}
 		}
