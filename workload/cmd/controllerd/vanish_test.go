@@ -122,6 +122,25 @@ func (m *machine) drop(t *testing.T, match ...string) {
 	}
 }
 
+// waitMachineRemoved waits until every survivor sees a two-member cluster
+// that no longer holds the vanished machine's node.
+func (c *cluster) waitMachineRemoved(m *machine, survivors ...string) {
+	for _, id := range survivors {
+		c.waitFor("controller "+id+" to see the vanished member removed", func() (bool, string) {
+			st, err := c.status(id)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, mem := range st.Members {
+				if strings.HasPrefix(mem.Address, m.host+":") {
+					return false, fmt.Sprintf("%s: %d members, %s still one", st.State, len(st.Members), mem.Address)
+				}
+			}
+			return len(st.Members) == len(survivors), fmt.Sprintf("%s: %d members", st.State, len(st.Members))
+		})
+	}
+}
+
 // vanish cuts the machine off for good.
 func (m *machine) vanish(t *testing.T) {
 	t.Helper()
@@ -157,20 +176,7 @@ func TestShrink_VanishedLeaderMachineIsRemovedBySurvivors(t *testing.T) {
 	removedAt := time.Now()
 	c.writeConfig(c.config("1", "2"), "1", "2")
 
-	for _, id := range []string{"1", "2"} {
-		c.waitFor("controller "+id+" to see the vanished member removed", func() (bool, string) {
-			st, err := c.status(id)
-			if err != nil {
-				return false, err.Error()
-			}
-			for _, mem := range st.Members {
-				if strings.HasPrefix(mem.Address, m.host+":") {
-					return false, fmt.Sprintf("%s: %d members, %s still one", st.State, len(st.Members), mem.Address)
-				}
-			}
-			return len(st.Members) == 2, fmt.Sprintf("%s: %d members", st.State, len(st.Members))
-		})
-	}
+	c.waitMachineRemoved(m, "1", "2")
 	t.Logf("vanished member removed %s after its controller left the config", time.Since(removedAt).Round(100*time.Millisecond))
 	c.writeUntilOK("1", "INSERT INTO v VALUES (2) ON CONFLICT DO NOTHING")
 	c.writeUntilOK("2", "INSERT INTO v VALUES (3) ON CONFLICT DO NOTHING")
@@ -275,20 +281,7 @@ func TestFailover_BlackholedLeaderMachineCostsNoDialStalls(t *testing.T) {
 
 			dropped := time.Now()
 			c.writeConfig(c.config("1", "2"), "1", "2")
-			for _, id := range []string{"1", "2"} {
-				c.waitFor("controller "+id+" to see the vanished member removed", func() (bool, string) {
-					st, err := c.status(id)
-					if err != nil {
-						return false, err.Error()
-					}
-					for _, mem := range st.Members {
-						if strings.HasPrefix(mem.Address, m.host+":") {
-							return false, fmt.Sprintf("%s: %d members, %s still one", st.State, len(st.Members), mem.Address)
-						}
-					}
-					return len(st.Members) == 2, fmt.Sprintf("%s: %d members", st.State, len(st.Members))
-				})
-			}
+			c.waitMachineRemoved(m, "1", "2")
 			t.Logf("vanished member removed %s after its controller left the config", time.Since(dropped).Round(100*time.Millisecond))
 			c.writeUntilOK("1", "INSERT INTO v VALUES (5) ON CONFLICT DO NOTHING")
 			c.writeUntilOK("2", "INSERT INTO v VALUES (6) ON CONFLICT DO NOTHING")
