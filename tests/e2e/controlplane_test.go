@@ -76,25 +76,33 @@ func TestAgents_FollowControllerAddAndRemove(t *testing.T) {
 	waitCluster(t, m)
 }
 
-// kill -9 of the lease holder's machine: exactly one survivor takes the
-// lease over, its tenure starts after the dead holder's last expiry, and
-// the backup the dead holder took is not taken again.
-func TestLease_HolderKilledExactlyOneSuccessor(t *testing.T) {
-	m := newModel(t, sim.Options{})
+// leaseFailoverSetup deploys three controllers and waits for one lease
+// holder and its first backup; it returns the model, every controller's
+// machine, the holder's unit, the other units, the lease row as the
+// database has it, and a monitor of the lease through the survivors.
+func leaseFailoverSetup(t *testing.T) (m *sim.Model, machines []int, holder string, survivors []string, row leaseRow, lm *leaseMonitor) {
+	t.Helper()
+	m = newModel(t, sim.Options{})
 	deployControllers(t, m, 3)
 	us := units(m)
-	var machines []int
 	for _, u := range us {
 		machines = append(machines, machineOfUnit(t, m, u))
 	}
-	holder := waitOneHolder(t, m, us)
+	holder = waitOneHolder(t, m, us)
 	waitFirstBackup(t, m, holder)
-	survivors := others(us, holder)
+	survivors = others(us, holder)
 	row, err := readLease(context.Background(), m, survivors[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	lm := monitorLease(m, survivors)
+	return m, machines, holder, survivors, row, monitorLease(m, survivors)
+}
+
+// kill -9 of the lease holder's machine: exactly one survivor takes the
+// lease over, its tenure starts after the dead holder's last expiry, and
+// the backup the dead holder took is not taken again.
+func TestLease_HolderKilledExactlyOneSuccessor(t *testing.T) {
+	m, machines, holder, survivors, row, lm := leaseFailoverSetup(t)
 	defer lm.stop()
 
 	v := waitCluster(t, m)
@@ -121,21 +129,7 @@ func TestLease_HolderKilledExactlyOneSuccessor(t *testing.T) {
 // survivor takes over, and when the partition heals it does not claim
 // back.
 func TestLease_HolderPartitionedExactlyOneSuccessor(t *testing.T) {
-	m := newModel(t, sim.Options{})
-	deployControllers(t, m, 3)
-	us := units(m)
-	var machines []int
-	for _, u := range us {
-		machines = append(machines, machineOfUnit(t, m, u))
-	}
-	holder := waitOneHolder(t, m, us)
-	waitFirstBackup(t, m, holder)
-	survivors := others(us, holder)
-	row, err := readLease(context.Background(), m, survivors[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	lm := monitorLease(m, survivors)
+	m, machines, holder, survivors, row, lm := leaseFailoverSetup(t)
 	defer lm.stop()
 
 	// Watch the cut-off holder's own flag (its control socket is local,
@@ -205,7 +199,7 @@ func TestLease_HolderPartitionedExactlyOneSuccessor(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCluster(t, m)
-	stableHolder(t, m, us, next, 8)
+	stableHolder(t, m, units(m), next, 8)
 	lm.stop()
 	lm.checkNoOverlap(t)
 	checkOneBackup(t, m, next, machines)
