@@ -128,46 +128,26 @@ func (o Options) Validate() error {
 }
 
 func (o *Options) setDefaults() {
-	if o.NetworkLatency == 0 {
-		o.NetworkLatency = DefaultNetworkLatency
-	}
-	if o.Snapshot == (dqlite.SnapshotParams{}) {
-		o.Snapshot = DefaultSnapshotParams
-	}
-	if o.RolesFrequency == 0 {
-		o.RolesFrequency = DefaultRolesFrequency
-	}
-	if o.RecoverConfirm == 0 {
-		o.RecoverConfirm = DefaultRecoverConfirm
-	}
-	if o.Tick == 0 {
-		o.Tick = DefaultTick
-	}
-	if o.RemovalGrace == 0 {
-		o.RemovalGrace = DefaultRemovalGrace
-	}
-	if o.HandoverTimeout == 0 {
-		o.HandoverTimeout = DefaultHandoverTimeout
-	}
-	if o.APIPort == 0 {
-		o.APIPort = apiaddr.DefaultPort
-	}
-	if o.BackupInterval == 0 {
-		o.BackupInterval = backup.DefaultInterval
-	}
-	if o.BackupKeep == 0 {
-		o.BackupKeep = backup.DefaultKeep
-	}
-	if o.LeaseExpiryInterval == 0 {
-		o.LeaseExpiryInterval = DefaultLeaseExpiryInterval
-	}
-	if o.RepublishInterval == 0 {
-		o.RepublishInterval = DefaultRepublishInterval
-	}
-	if o.AddressPrune == 0 {
-		o.AddressPrune = DefaultAddressPruneInterval
-	}
-	if o.AddressPoll == 0 {
-		o.AddressPoll = DefaultAddressPollInterval
+	orDefault(&o.NetworkLatency, DefaultNetworkLatency)
+	orDefault(&o.Snapshot, DefaultSnapshotParams)
+	orDefault(&o.RolesFrequency, DefaultRolesFrequency)
+	orDefault(&o.RecoverConfirm, DefaultRecoverConfirm)
+	orDefault(&o.Tick, DefaultTick)
+	orDefault(&o.RemovalGrace, DefaultRemovalGrace)
+	orDefault(&o.HandoverTimeout, DefaultHandoverTimeout)
+	orDefault(&o.APIPort, apiaddr.DefaultPort)
+	orDefault(&o.BackupInterval, backup.DefaultInterval)
+	orDefault(&o.BackupKeep, backup.DefaultKeep)
+	orDefault(&o.LeaseExpiryInterval, DefaultLeaseExpiryInterval)
+	orDefault(&o.RepublishInterval, DefaultRepublishInterval)
+	orDefault(&o.AddressPrune, DefaultAddressPruneInterval)
+	orDefault(&o.AddressPoll, DefaultAddressPollInterval)
+}
+
+// orDefault sets *v to def when it holds its type's zero value.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
 	}
 }
