@@ -17,10 +17,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/juju/dqlite-controller/workload/apiagent"
-	"github.com/juju/dqlite-controller/workload/apiclient"
-	"github.com/juju/dqlite-controller/workload/apidial"
-	"github.com/juju/dqlite-controller/workload/apihttp"
+	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
+	"github.com/juju/dqlite-controller/workload/consumer/apiclient"
+	"github.com/juju/dqlite-controller/workload/consumer/apidial"
+	"github.com/juju/dqlite-controller/workload/consumer/apihttp"
 )
 
 // HTTP timeouts of the agent and client commands.

@@ -22,13 +22,13 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/juju/dqlite-controller/controllerconf"
-	"github.com/juju/dqlite-controller/workload/apiaddr"
-	"github.com/juju/dqlite-controller/workload/apiserver"
-	"github.com/juju/dqlite-controller/workload/backup"
-	"github.com/juju/dqlite-controller/workload/control"
-	"github.com/juju/dqlite-controller/workload/node"
-	"github.com/juju/dqlite-controller/workload/singular"
-	"github.com/juju/dqlite-controller/workload/watch"
+	"github.com/juju/dqlite-controller/workload/controlplane/apiaddr"
+	"github.com/juju/dqlite-controller/workload/controlplane/apiserver"
+	"github.com/juju/dqlite-controller/workload/controlplane/backup"
+	"github.com/juju/dqlite-controller/workload/controlplane/singular"
+	"github.com/juju/dqlite-controller/workload/daemon/control"
+	"github.com/juju/dqlite-controller/workload/daemon/node"
+	"github.com/juju/dqlite-controller/workload/daemon/watch"
 )
 
 // Version is controllerd's version.

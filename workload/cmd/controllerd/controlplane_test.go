@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/juju/dqlite-controller/workload/apiaddr"
-	"github.com/juju/dqlite-controller/workload/apiagent"
-	"github.com/juju/dqlite-controller/workload/backup"
-	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/apiwire"
+	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
+	"github.com/juju/dqlite-controller/workload/controlplane/backup"
+	"github.com/juju/dqlite-controller/workload/daemon/control"
 )
 
 // overlapMonitor polls the running controllers' statuses and records any
@@ -307,7 +307,7 @@ func TestAPIAddresses_AgentAndClientFollowControllerChanges(t *testing.T) {
 	// Every controller serves the three controllers' addresses, and every
 	// response carries the client list.
 	for _, id := range ids(3) {
-		var l apiaddr.Lists
+		var l apiwire.Lists
 		c.waitFor("3 controllers' addresses on controller "+id, func() (bool, string) {
 			_, err := c.apiGet(id, "/v1/api-addresses", &l)
 			return err == nil && slices.Equal(sortedCopy(l.Clients), all) && slices.Equal(sortedCopy(l.Agents), all), fmt.Sprint(l, err)
@@ -366,7 +366,7 @@ func TestAPIAddresses_AgentAndClientFollowControllerChanges(t *testing.T) {
 	want := []string{c.apiAddress("0"), c.apiAddress("1")}
 	sort.Strings(want)
 	for _, id := range []string{"0", "1"} {
-		var l apiaddr.Lists
+		var l apiwire.Lists
 		c.waitFor("2 controllers' addresses on controller "+id, func() (bool, string) {
 			_, err := c.apiGet(id, "/v1/api-addresses", &l)
 			return err == nil && slices.Equal(sortedCopy(l.Clients), want), fmt.Sprint(l, err)

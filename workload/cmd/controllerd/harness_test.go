@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/juju/dqlite-controller/controllerconf"
-	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/daemon/control"
 )
 
 // binary is the controllerd built by TestMain; every scenario runs it as

@@ -15,7 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/juju/dqlite-controller/controllerconf"
-	"github.com/juju/dqlite-controller/workload/control"
+	"github.com/juju/dqlite-controller/workload/daemon/control"
 )
 
 const bootstrapNodeID = "3297041220608546238"

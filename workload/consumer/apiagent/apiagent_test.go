@@ -1,0 +1,226 @@
+package apiagent_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
+)
+
+const agentConf = `# written by the machine agent
+tag: machine-3
+datadir: /var/lib/juju
+apiaddresses:
+- 10.0.0.1:17070
+- 10.0.0.2:17070
+controller: controller-deadbeef
+`
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func TestWriteAddresses_KeepsOtherKeysAndWritesOnlyOnChange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.conf")
+	if err := os.WriteFile(path, []byte(agentConf), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	before := inode(t, path)
+	changed, err := apiagent.WriteAddresses(path, []string{"10.0.0.1:17070", "10.0.0.2:17070"})
+	if err != nil || changed {
+		t.Fatalf("same list: changed=%v err=%v, want no write", changed, err)
+	}
+	if inode(t, path) != before {
+		t.Fatal("file replaced although the list did not change")
+	}
+	changed, err = apiagent.WriteAddresses(path, []string{"10.0.0.3:17070"})
+	if err != nil || !changed {
+		t.Fatalf("new list: changed=%v err=%v", changed, err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"tag": "machine-3", "datadir": "/var/lib/juju", "controller": "controller-deadbeef",
+		"apiaddresses": []any{"10.0.0.3:17070"},
+	}
+	if !reflect.DeepEqual(m, want) {
+		t.Fatalf("file now %v, want %v", m, want)
+	}
+	if !strings.HasPrefix(string(data), "# written by the machine agent\n") {
+		t.Fatalf("comment lost:\n%s", data)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("mode %v, want 0640 kept", fi.Mode().Perm())
+	}
+	got, err := apiagent.ReadAddresses(path)
+	if err != nil || !slices.Equal(got, []string{"10.0.0.3:17070"}) {
+		t.Fatalf("ReadAddresses = %v, %v", got, err)
+	}
+}
+
+func TestWriteAddresses_CreatesAMissingFileAndRefusesABrokenOne(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.conf")
+	if changed, err := apiagent.WriteAddresses(path, []string{"10.0.0.1:17070"}); err != nil || !changed {
+		t.Fatalf("new file: changed=%v err=%v", changed, err)
+	}
+	if got, _ := apiagent.ReadAddresses(path); !slices.Equal(got, []string{"10.0.0.1:17070"}) {
+		t.Fatalf("new file holds %v", got)
+	}
+	broken := filepath.Join(dir, "broken.conf")
+	for _, content := range []string{"- a list\n- not a mapping\n", "key: [unclosed\n"} {
+		if err := os.WriteFile(broken, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := apiagent.WriteAddresses(broken, []string{"10.0.0.1:17070"}); err == nil {
+			t.Fatalf("broken file %q accepted", content)
+		}
+		if data, _ := os.ReadFile(broken); string(data) != content {
+			t.Fatalf("broken file was modified: %q", data)
+		}
+	}
+	if _, err := apiagent.WriteAddresses(path, nil); err == nil {
+		t.Fatal("empty list accepted")
+	}
+}
+
+type step struct {
+	addrs   []string
+	version string
+	err     error
+}
+
+// scriptedSource hands out steps one Watch call at a time; the test's send
+// of step k+1 completes only when the updater asks again, i.e. after it
+// has handled step k.
+type scriptedSource struct {
+	steps chan step
+	mu    sync.Mutex
+	asked []string
+}
+
+func (s *scriptedSource) Watch(ctx context.Context, last string) ([]string, string, error) {
+	s.mu.Lock()
+	s.asked = append(s.asked, last)
+	s.mu.Unlock()
+	select {
+	case st := <-s.steps:
+		return st.addrs, st.version, st.err
+	case <-ctx.Done():
+		return nil, "", ctx.Err()
+	}
+}
+
+func TestUpdater_FollowsTheWatchAndKeepsTheLastListWhenGivenAnEmptyOne(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.conf")
+	if err := os.WriteFile(path, []byte(agentConf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := &scriptedSource{steps: make(chan step)}
+	u := apiagent.NewUpdater(path, src, nil)
+	u.SetRetryDelay(time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- u.Run(ctx) }()
+
+	send := func(s step) { src.steps <- s }
+	// handled waits until the updater came back for the next step.
+	handled := func() { send(step{err: errors.New("long poll timed out")}) }
+
+	send(step{addrs: []string{"10.0.0.5:17070", "10.0.0.6:17070"}, version: "v1"})
+	handled()
+	if got, _ := apiagent.ReadAddresses(path); !slices.Equal(got, []string{"10.0.0.5:17070", "10.0.0.6:17070"}) {
+		t.Fatalf("after v1: %v", got)
+	}
+	ino := inode(t, path)
+	send(step{addrs: []string{}, version: "v2"}) // controllers answer with nothing
+	handled()
+	if got, _ := apiagent.ReadAddresses(path); !slices.Equal(got, []string{"10.0.0.5:17070", "10.0.0.6:17070"}) {
+		t.Fatalf("empty list replaced the last known one: %v", got)
+	}
+	send(step{addrs: []string{"10.0.0.5:17070", "10.0.0.6:17070"}, version: "v3"}) // same list, new version
+	handled()
+	if inode(t, path) != ino {
+		t.Fatal("file rewritten without a change")
+	}
+	send(step{addrs: []string{"10.0.0.7:17070"}, version: "v4"})
+	handled()
+	if got, _ := apiagent.ReadAddresses(path); !slices.Equal(got, []string{"10.0.0.7:17070"}) {
+		t.Fatalf("after v4: %v", got)
+	}
+	cancel()
+	<-done
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	// The updater passes back the version it last saw (retrying after an
+	// error with the same one).
+	want := []string{"", "v1", "v1", "v2", "v2", "v3", "v3", "v4"}
+	if len(src.asked) < len(want) || !slices.Equal(src.asked[:len(want)], want) {
+		t.Fatalf("versions asked %v, want prefix %v", src.asked, want)
+	}
+}
+
+func TestDial_TriesAddressesInShuffledOrder(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	dial := func(ctx context.Context, addr string) (string, error) {
+		mu.Lock()
+		order = append(order, addr)
+		mu.Unlock()
+		if addr == "a" {
+			return "conn-a", nil
+		}
+		return "", errors.New("refused")
+	}
+	reverse := func(a []string) { slices.Reverse(a) }
+	addrs := []string{"a", "b", "c"}
+	conn, addr, err := apiagent.Dial(context.Background(), addrs, dial, nil, apiagent.DialOptions{Shuffle: reverse})
+	if err != nil || addr != "a" || conn != "conn-a" {
+		t.Fatalf("Dial = %q %q %v", conn, addr, err)
+	}
+	// Failures start the next attempt at once, so the order is exactly
+	// the shuffled one.
+	if !slices.Equal(order, []string{"c", "b", "a"}) {
+		t.Fatalf("dial order %v, want the shuffled order c b a", order)
+	}
+	if !slices.Equal(addrs, []string{"a", "b", "c"}) {
+		t.Fatalf("caller's slice reordered: %v", addrs)
+	}
+	// The default shuffle is random: over many dials every address comes first.
+	first := map[string]bool{}
+	for i := 0; i < 200 && len(first) < 3; i++ {
+		_, _, _ = apiagent.Dial(context.Background(), addrs, func(ctx context.Context, a string) (string, error) {
+			mu.Lock()
+			if len(first) < 3 {
+				first[a] = true
+			}
+			mu.Unlock()
+			return a, nil
+		}, nil, apiagent.DialOptions{})
+	}
+	if len(first) != 3 {
+		t.Fatalf("only %v ever dialled first", first)
+	}
+}

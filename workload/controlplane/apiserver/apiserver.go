@@ -1,0 +1,223 @@
+// Package apiserver is controllerd's HTTP API (plain HTTP for now: no TLS
+// material is shared between units yet):
+//
+//	GET /v1/health                                 node state, member, role (200 while a
+//	                                               running member, 503 otherwise)
+//	GET /v1/api-addresses                          the address lists (package apiwire)
+//	GET /v1/api-addresses/watch?version=&timeout=  long poll of the lists
+//	GET /v1/lease                                  the singular-controller lease, read
+//	                                               from the database
+//
+// Every response carries the current client address list in header
+// Dqc-Api-Addresses (the last known one while the node cannot read the
+// database). The address routes answer 503 while the node is not a member
+// of the cluster, so that an agent moves on to a controller that is; the
+// health route answers always.
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/juju/dqlite-controller/workload/apiwire"
+)
+
+// Routes.
+const (
+	PathHealth = "/v1/health"
+	PathLease  = "/v1/lease"
+)
+
+// Server timeouts. WriteTimeout must outlast the longest long poll.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 10 * time.Second
+	WriteTimeout      = apiwire.MaxWatchTimeout + 30*time.Second
+	IdleTimeout       = 2 * time.Minute
+	MaxHeaderBytes    = 64 << 10
+	// RetryListen is the wait before trying to listen again when the
+	// port is taken.
+	RetryListen = 5 * time.Second
+	// ShutdownTimeout bounds the graceful part of the shutdown; long
+	// polls still open after it are closed.
+	ShutdownTimeout = 2 * time.Second
+)
+
+// Health is the body of GET /v1/health.
+type Health struct {
+	ControllerID string `json:"controller-id"`
+	State        string `json:"state"`
+	Member       bool   `json:"member"`
+	Role         string `json:"role"`
+	Message      string `json:"message"`
+	// Leader is the Dqlite leader's address, "" when unknown.
+	Leader string `json:"leader"`
+	// LeaseHolder is the singular-controller holder as this node last saw it.
+	LeaseHolder string `json:"lease-holder"`
+}
+
+// Healthy reports whether the node is a running member.
+func (h Health) Healthy() bool { return h.Member && h.State == "running" }
+
+// Lease is the body of GET /v1/lease. Holder is "" and the times are
+// null when there is no lease row; Expired tells whether the row is still
+// valid by the database's clock.
+type Lease struct {
+	Namespace   string     `json:"namespace"`
+	Name        string     `json:"name"`
+	Holder      string     `json:"holder"`
+	Start       *time.Time `json:"start"`
+	Expiry      *time.Time `json:"expiry"`
+	Expired     bool       `json:"expired"`
+	RemainingMS int64      `json:"remaining-ms"`
+}
+
+// Backend is what the server asks the daemon.
+type Backend interface {
+	Health(ctx context.Context) Health
+	Lease(ctx context.Context) (Lease, error)
+	// Member reports whether the node is a member of the cluster now and
+	// returns a channel closed at the next change.
+	Member() (member bool, changed <-chan struct{})
+}
+
+// ErrNotMember is returned by the gated lister while the node is not a
+// member.
+var ErrNotMember = errors.New("this controller is not a member of the cluster")
+
+// Handler returns the API's handler.
+func Handler(b Backend, l Lister) http.Handler {
+	mux := http.NewServeMux()
+	addrs := http.NewServeMux()
+	RegisterAddresses(addrs, gated{b: b, l: l})
+	memberOnly := func(w http.ResponseWriter, r *http.Request) {
+		if m, _ := b.Member(); !m {
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: ErrNotMember.Error() + "; ask another controller"})
+			return
+		}
+		addrs.ServeHTTP(w, r)
+	}
+	mux.HandleFunc("GET "+apiwire.PathAddresses, memberOnly)
+	mux.HandleFunc("GET "+apiwire.PathWatch, memberOnly)
+	mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, r *http.Request) {
+		h := b.Health(r.Context())
+		code := http.StatusOK
+		if !h.Healthy() {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, h)
+	})
+	mux.HandleFunc("GET "+PathLease, func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		l, err := b.Lease(ctx)
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, l)
+	})
+	return WithClientAddresses(mux, l)
+}
+
+// gated serves the lists only while the node is a member; a long poll
+// returns (503) when the node stops being one.
+type gated struct {
+	b Backend
+	l Lister
+}
+
+func (g gated) Current() (apiwire.Lists, bool) {
+	if m, _ := g.b.Member(); !m {
+		return apiwire.Lists{}, false
+	}
+	return g.l.Current()
+}
+
+func (g gated) Wait(ctx context.Context, version string) (apiwire.Lists, error) {
+	for {
+		m, changed := g.b.Member()
+		if !m {
+			return apiwire.Lists{}, ErrNotMember
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-changed:
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
+		cur, err := g.l.Wait(wctx, version)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return cur, err
+		}
+		// Membership changed: check it again.
+	}
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Serve serves h on addr until ctx is done. When addr cannot be listened
+// on (e.g. the port is taken) it reports the error through setErr and
+// tries again every RetryListen, so the Dqlite node is never held hostage
+// by its API port; setErr("") reports that it listens.
+func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, setErr func(string)) error {
+	var l net.Listener
+	for {
+		var err error
+		var lc net.ListenConfig
+		l, err = lc.Listen(ctx, "tcp", addr)
+		if err == nil {
+			break
+		}
+		msg := fmt.Sprintf("cannot listen on %s for the HTTP API: %v", addr, err)
+		log.Error("cannot serve the HTTP API; retrying", "address", addr, "err", err, "retry", RetryListen)
+		setErr(msg)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(RetryListen):
+		}
+	}
+	setErr("")
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(l) }()
+	log.Info("serving the HTTP API (plain HTTP)", "address", l.Addr().String())
+	select {
+	case err := <-done:
+		return fmt.Errorf("cannot serve the HTTP API: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-done
+	return nil
+}

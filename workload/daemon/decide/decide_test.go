@@ -1,0 +1,352 @@
+package decide_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/juju/dqlite-controller/controllerconf"
+	"github.com/juju/dqlite-controller/workload/daemon/decide"
+)
+
+func conf(bootstrap string, pairs ...string) *controllerconf.Config {
+	c := &controllerconf.Config{DBBindAddresses: map[string]string{}, BootstrapAgentID: bootstrap}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		c.DBBindAddresses[pairs[i]] = pairs[i+1]
+	}
+	return c
+}
+
+func TestStart(t *testing.T) {
+	tests := []struct {
+		summary string
+		in      decide.StartInput
+		action  decide.Action
+		address string
+		peers   []string
+		reason  string
+	}{{
+		summary: "new node, empty config: wait for own address",
+		in:      decide.StartInput{ControllerID: "1", Config: conf(""), Port: 17666},
+		action:  decide.Wait,
+		reason:  "not found",
+	}, {
+		summary: "new node, own id missing: wait",
+		in:      decide.StartInput{ControllerID: "1", Config: conf("0", "0", "10.0.0.1", "2", "10.0.0.3"), Port: 17666},
+		action:  decide.Wait,
+		reason:  "not found",
+	}, {
+		summary: "new bootstrap node bootstraps even with peers listed",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Port: 17666},
+		action:  decide.Bootstrap,
+		address: "10.0.0.1:17666",
+	}, {
+		summary: "new bootstrap node alone bootstraps",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1"), Port: 17666},
+		action:  decide.Bootstrap,
+		address: "10.0.0.1:17666",
+	}, {
+		summary: "bootstrap agent whose data dir once was a member never bootstraps again",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1"), Port: 17666, WasMember: true},
+		action:  decide.Wait,
+		reason:  "rejoin",
+	}, {
+		summary: "bootstrap agent once a member rejoins the listed peers",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Port: 17666, WasMember: true},
+		action:  decide.Join,
+		address: "10.0.0.1:17666",
+		peers:   []string{"10.0.0.2:17666"},
+	}, {
+		summary: "non-bootstrap node alone waits",
+		in:      decide.StartInput{ControllerID: "1", Config: conf("0", "1", "10.0.0.2"), Port: 17666},
+		action:  decide.Wait,
+		reason:  "no peer",
+	}, {
+		summary: "no bootstrap agent: a lone node never bootstraps",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("", "0", "10.0.0.1"), Port: 17666},
+		action:  decide.Wait,
+		reason:  "no peer",
+	}, {
+		summary: "non-bootstrap node joins every other listed peer",
+		in:      decide.StartInput{ControllerID: "2", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), Port: 9000},
+		action:  decide.Join,
+		address: "10.0.0.3:9000",
+		peers:   []string{"10.0.0.1:9000", "10.0.0.2:9000"},
+	}, {
+		summary: "new node with an IPv6 address is refused",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "fd00::1"), Port: 17666},
+		action:  decide.Refuse,
+		reason:  "IPv6",
+	}, {
+		summary: "existing node starts from its data dir",
+		in:      decide.StartInput{ControllerID: "1", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Port: 17666, HasData: true, StoredAddress: "10.0.0.2:17666"},
+		action:  decide.StartExisting,
+		address: "10.0.0.2:17666",
+	}, {
+		summary: "existing node starts even when the config does not list it",
+		in:      decide.StartInput{ControllerID: "1", Config: conf(""), Port: 17666, HasData: true, StoredAddress: "10.0.0.2:17666"},
+		action:  decide.StartExisting,
+		address: "10.0.0.2:17666",
+	}, {
+		summary: "sole member whose address changed rebinds",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.1.0.1"), Port: 17666, HasData: true, StoredAddress: "10.0.0.1:17666", SoleMember: true},
+		action:  decide.Rebind,
+		address: "10.1.0.1:17666",
+	}, {
+		summary: "sole member whose port changed rebinds",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1"), Port: 17667, HasData: true, StoredAddress: "10.0.0.1:17666", SoleMember: true},
+		action:  decide.Rebind,
+		address: "10.0.0.1:17667",
+	}, {
+		summary: "member of a multi-node cluster whose address changed starts where it is, to be moved",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "10.1.0.1", "1", "10.0.0.2"), Port: 17666, HasData: true, StoredAddress: "10.0.0.1:17666"},
+		action:  decide.StartExisting,
+		address: "10.0.0.1:17666",
+		reason:  "until the leader removes it",
+	}, {
+		summary: "sole member moved to IPv6 stays, saying why",
+		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "fd00::1"), Port: 17666, HasData: true, StoredAddress: "10.0.0.1:17666", SoleMember: true},
+		action:  decide.StartExisting,
+		address: "10.0.0.1:17666",
+		reason:  "IPv6",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.summary, func(t *testing.T) {
+			got := decide.Start(tt.in)
+			if got.Action != tt.action {
+				t.Fatalf("action = %s (%s), want %s", got.Action, got.Reason, tt.action)
+			}
+			if got.Address != tt.address {
+				t.Errorf("address = %q, want %q", got.Address, tt.address)
+			}
+			if strings.Join(got.Peers, ",") != strings.Join(tt.peers, ",") {
+				t.Errorf("peers = %v, want %v", got.Peers, tt.peers)
+			}
+			if got.Reason == "" || !strings.Contains(got.Reason, tt.reason) {
+				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)
+			}
+		})
+	}
+}
+
+func member(id uint64, addr string, role decide.Role, cid string, online bool) decide.Member {
+	return decide.Member{ID: id, Address: addr, Role: role, ControllerID: cid, Online: online}
+}
+
+func TestRemoval(t *testing.T) {
+	three := []decide.Member{
+		member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+		member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+		member(3, "10.0.0.3:17666", decide.Voter, "2", true),
+	}
+	ever := map[string]bool{"0": true, "1": true, "2": true}
+	tests := []struct {
+		summary string
+		in      decide.RemovalInput
+		remove  bool
+		victim  uint64
+		reason  string
+	}{{
+		summary: "everyone listed: nothing to do",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), SelfID: 1, Members: three, EverListed: ever},
+		reason:  "listed",
+	}, {
+		summary: "departed online voter is removed when the others keep a majority",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), SelfID: 1, Members: three, EverListed: ever},
+		remove:  true,
+		victim:  3,
+	}, {
+		summary: "empty config removes nobody",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf(""), SelfID: 1, Members: three, EverListed: ever},
+		reason:  "listed",
+	}, {
+		summary: "config without this controller removes nobody",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "1", "10.0.0.2"), SelfID: 1, Members: three, EverListed: ever},
+		reason:  "listed",
+	}, {
+		summary: "removing a voter that would leave no online majority is refused",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "2", "10.0.0.3"), SelfID: 1, EverListed: ever, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+			member(3, "10.0.0.3:17666", decide.Voter, "2", false),
+			member(4, "10.0.0.4:17666", decide.Voter, "3", false),
+			member(5, "10.0.0.5:17666", decide.Voter, "4", false),
+		}},
+		// 1 and 3 are listed; departed: 2 (online), 4, 5 (offline). Offline
+		// voters go first: removing 4 leaves voters {1,2,3,5}, online {1,2}:
+		// no majority.
+		reason: "no majority",
+	}, {
+		summary: "offline departed voter goes before an online one",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), SelfID: 1, EverListed: map[string]bool{"0": true, "1": true, "2": true, "3": true}, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+			member(3, "10.0.0.3:17666", decide.Voter, "2", true),
+			member(4, "10.0.0.4:17666", decide.StandBy, "3", false),
+		}},
+		remove: true,
+		victim: 4,
+	}, {
+		summary: "departed dead voter of three is removed (2 of 2 remaining online)",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), SelfID: 1, EverListed: ever, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+			member(3, "10.0.0.3:17666", decide.Voter, "2", false),
+		}},
+		remove: true,
+		victim: 3,
+	}, {
+		summary: "unregistered node at a listed address is kept",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), SelfID: 1, EverListed: ever, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(2, "10.0.0.2:17666", decide.Spare, "", true),
+		}},
+		reason: "listed",
+	}, {
+		summary: "never-listed controller waits out the grace period",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1"), SelfID: 1, EverListed: map[string]bool{"0": true}, Grace: 10 * time.Second,
+			CandidateFor: map[uint64]time.Duration{2: time.Second}, Members: []decide.Member{
+				member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+				member(2, "10.0.0.2:17666", decide.Spare, "5", true),
+			}},
+		reason: "grace",
+	}, {
+		summary: "never-listed controller is removed after the grace period",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1"), SelfID: 1, EverListed: map[string]bool{"0": true}, Grace: 10 * time.Second,
+			CandidateFor: map[uint64]time.Duration{2: 11 * time.Second}, Members: []decide.Member{
+				member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+				member(2, "10.0.0.2:17666", decide.Spare, "5", true),
+			}},
+		remove: true,
+		victim: 2,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.summary, func(t *testing.T) {
+			unwanted := decide.Unwanted(tt.in)
+			got := decide.PickRemoval(tt.in, unwanted)
+			if got.Remove != tt.remove {
+				t.Fatalf("remove = %v (%s), want %v", got.Remove, got.Reason, tt.remove)
+			}
+			if tt.remove && got.Victim.ID != tt.victim {
+				t.Fatalf("victim = %d, want %d", got.Victim.ID, tt.victim)
+			}
+			if !strings.Contains(got.Reason, tt.reason) {
+				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)
+			}
+			if got.Remove && got.Victim.ID == tt.in.SelfID {
+				t.Errorf("a node never removes itself")
+			}
+		})
+	}
+}
+
+func TestRecover(t *testing.T) {
+	only0 := conf("0", "0", "10.0.0.1")
+	tests := []struct {
+		summary string
+		in      decide.RecoverInput
+		recover bool
+		reason  string
+	}{{
+		summary: "config lists only self, no leader for long enough: recover",
+		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: 4 * time.Second, Confirm: 3 * time.Second, KnownMembers: 3},
+		recover: true,
+	}, {
+		summary: "still confirming",
+		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: time.Second, Confirm: 3 * time.Second, KnownMembers: 3},
+		reason:  "confirming",
+	}, {
+		summary: "config lists others: wait for quorum",
+		in:      decide.RecoverInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 3},
+		reason:  "waiting for quorum",
+	}, {
+		summary: "config lists another controller alone: wait",
+		in:      decide.RecoverInput{ControllerID: "0", Config: conf("1", "1", "10.0.0.2"), HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 3},
+		reason:  "waiting for quorum",
+	}, {
+		summary: "a spare holds no replicated data: refuse",
+		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, LastRole: decide.Spare, KnownMembers: 2},
+		reason:  "spare",
+	}, {
+		summary: "a fresh joiner has nothing to recover",
+		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, Fresh: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 2},
+		reason:  "nothing to recover",
+	}, {
+		summary: "already the only member: nothing to reconfigure",
+		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 1},
+		reason:  "only member",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.summary, func(t *testing.T) {
+			got := decide.Recover(tt.in)
+			if got.Recover != tt.recover {
+				t.Fatalf("recover = %v (%s), want %v", got.Recover, got.Reason, tt.recover)
+			}
+			if !strings.Contains(got.Reason, tt.reason) {
+				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)
+			}
+		})
+	}
+}
+
+func TestMove(t *testing.T) {
+	moved := conf("0", "0", "10.0.0.1", "1", "10.1.0.2", "2", "10.0.0.3")
+	three := []decide.Member{
+		member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+		member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+		member(3, "10.0.0.3:17666", decide.Voter, "2", true),
+	}
+	tests := []struct {
+		summary string
+		in      decide.RemovalInput
+		remove  bool
+		victim  uint64
+		reason  string
+	}{{
+		summary: "a member listed at a new address is removed to rejoin there",
+		in:      decide.RemovalInput{ControllerID: "0", Config: moved, SelfID: 1, Members: three, Port: 17666},
+		remove:  true,
+		victim:  2,
+	}, {
+		summary: "nobody moved",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17666},
+		reason:  "no member has moved",
+	}, {
+		summary: "a port change is a move",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17667},
+		remove:  true,
+	}, {
+		summary: "a move waits until the previous mover is back",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.1.0.2", "2", "10.1.0.3"), SelfID: 1, Port: 17666, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(3, "10.0.0.3:17666", decide.Voter, "2", true),
+		}},
+		reason: "waiting",
+	}, {
+		summary: "a move waits until voters are assigned",
+		in: decide.RemovalInput{ControllerID: "0", Config: moved, SelfID: 1, Port: 17666, Members: []decide.Member{
+			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
+			member(2, "10.0.0.2:17666", decide.Voter, "1", true),
+			member(3, "10.0.0.3:17666", decide.Spare, "2", true),
+		}},
+		reason: "waiting",
+	}, {
+		summary: "a move to IPv6 is not attempted",
+		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "fd00::2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17666},
+		reason:  "no member has moved",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.summary, func(t *testing.T) {
+			got := decide.PickMove(tt.in, decide.Moved(tt.in))
+			if got.Remove != tt.remove {
+				t.Fatalf("remove = %v (%s), want %v", got.Remove, got.Reason, tt.remove)
+			}
+			if tt.victim != 0 && got.Victim.ID != tt.victim {
+				t.Fatalf("victim = %d, want %d", got.Victim.ID, tt.victim)
+			}
+			if !strings.Contains(got.Reason, tt.reason) {
+				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)
+			}
+		})
+	}
+}
