@@ -1,7 +1,10 @@
 // Package charm is the dqlite-controller charm's logic. Every hook runs the
 // same idempotent Reconcile: read the inputs (hook environment, config, the
 // db-cluster peer relation, this machine's addresses, the systemd unit),
-// compute the desired state, and apply only what differs.
+// compute the desired state, and apply only what differs. The rules
+// themselves are pure functions of their inputs, in package bindaddr (the
+// bind address) and package peers (the relation data); the hook only makes
+// the tool calls around them.
 //
 // # Data flow
 //
@@ -97,6 +100,7 @@ import (
 	"time"
 
 	"github.com/juju/dqlite-controller/charm/hooktools"
+	"github.com/juju/dqlite-controller/charm/peers"
 	"github.com/juju/dqlite-controller/charm/service"
 	"github.com/juju/dqlite-controller/controllerconf"
 )
@@ -106,13 +110,13 @@ const (
 	// Endpoint is the peer relation endpoint.
 	Endpoint = "db-cluster"
 	// KeyBindAddress is the unit data key holding the unit's bind address.
-	KeyBindAddress = "db-bind-address"
+	KeyBindAddress = peers.KeyBindAddress
 	// KeyAgentID is the unit data key holding the unit's agent id.
-	KeyAgentID = "agent-id"
+	KeyAgentID = peers.KeyAgentID
 	// KeyBindAddresses is the application data key holding the cluster list.
-	KeyBindAddresses = "db-bind-addresses"
+	KeyBindAddresses = peers.KeyBindAddresses
 	// KeyBootstrapAgentID is the application data key naming the bootstrap node.
-	KeyBootstrapAgentID = "bootstrap-agent-id"
+	KeyBootstrapAgentID = peers.KeyBootstrapAgentID
 	// DefaultPort is the db-port default, used when config-get omits it.
 	DefaultPort = 17666
 	// DefaultAPIPort is the api-port default (controllerd's HTTP API).
@@ -241,7 +245,7 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	if cfg.Runner == nil || cfg.LocalAddresses == nil {
 		return errors.New("cannot run the hook: no command runner or local address source configured")
 	}
-	agentID, err := unitNumber(env.UnitName)
+	agentID, err := peers.UnitAgentID(env.UnitName)
 	if err != nil {
 		return fmt.Errorf("cannot derive the agent id: %w", err)
 	}
@@ -309,7 +313,7 @@ func (h *hook) departing() (bool, error) {
 		return true, nil
 	}
 	if h.env.Hook == hookRelationDeparts && h.env.DepartingUnit != "" {
-		if id, err := unitNumber(h.env.DepartingUnit); err == nil {
+		if id, err := peers.UnitAgentID(h.env.DepartingUnit); err == nil {
 			if err := writeMarker(h.cfg.peerDepartedMarker(id)); err != nil {
 				return false, err
 			}

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/juju/dqlite-controller/controllerconf"
 )
 
 // Env is the part of the hook environment the charm reads (juju-ha.md §5.2).
@@ -68,17 +66,4 @@ func EnvFromGetenv(getenv func(string) string) (Env, error) {
 func (e Env) AppName() string {
 	app, _, _ := strings.Cut(e.UnitName, "/")
 	return app
-}
-
-// unitNumber returns the number of a unit name "app/N", validated as an
-// agent id: the agent id of a unit is its unit number.
-func unitNumber(unit string) (string, error) {
-	_, n, ok := strings.Cut(unit, "/")
-	if !ok {
-		return "", fmt.Errorf("unit name %q has no unit number", unit)
-	}
-	if err := controllerconf.ValidateAgentID(n); err != nil {
-		return "", fmt.Errorf("unit name %q: %w", unit, err)
-	}
-	return n, nil
 }

@@ -2,17 +2,15 @@ package charm
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"net/netip"
-	"slices"
-	"strconv"
+	"io/fs"
+	"os"
 	"strings"
 
 	"github.com/juju/dqlite-controller/charm/bindaddr"
 	"github.com/juju/dqlite-controller/charm/hooktools"
+	"github.com/juju/dqlite-controller/charm/peers"
 	"github.com/juju/dqlite-controller/controllerconf"
 )
 
@@ -80,7 +78,7 @@ func (h *hook) publishAddress(ctx context.Context, relID string) (string, error)
 }
 
 // resolveAddress returns this unit's bind address, or "" with a blocked
-// status saying why there is none.
+// status saying why there is none (the choice is bindaddr.Choose).
 func (h *hook) resolveAddress(ctx context.Context, relID string) (string, error) {
 	network, err := h.tools.NetworkGet(ctx, Endpoint, relID)
 	if err != nil {
@@ -93,238 +91,119 @@ func (h *hook) resolveAddress(ctx context.Context, relID string) (string, error)
 		}
 		return "", err
 	}
-	candidates := network.IngressAddresses
-	if len(candidates) == 0 {
-		// As network-get --ingress-address does: without ingress addresses,
-		// fall back to the binding's device addresses.
-		for _, dev := range network.BindAddresses {
-			for _, a := range dev.Addresses {
-				candidates = append(candidates, a.Value)
-			}
+	binding := bindaddr.Binding{Ingress: network.IngressAddresses}
+	for _, dev := range network.BindAddresses {
+		for _, a := range dev.Addresses {
+			binding.Devices = append(binding.Devices, a.Value)
 		}
 	}
-	sel, err := bindaddr.Select(candidates)
+	binding.Local, binding.LocalErr = h.localAddresses()
+	sel, err := bindaddr.Choose(binding)
 	for _, s := range sel.Skipped {
 		h.log.Debug("not a DB bind address candidate", "candidate", s)
 	}
-	var amb *bindaddr.AmbiguousError
+	var (
+		amb      *bindaddr.AmbiguousError
+		localErr *bindaddr.LocalError
+		notLocal *bindaddr.NotLocalError
+	)
 	switch {
+	case err == nil:
+		return sel.Address.String(), nil
 	case errors.As(err, &amb):
-		h.log.Warn("cannot choose a DB bind address: " + amb.Error() + "; bind db-cluster to a space where this machine has one address")
+		h.log.Warn("cannot choose a DB bind address; bind db-cluster to a space where this machine has one address", "err", amb)
 		h.status.add(hooktools.StatusBlocked, msgMultipleAddresses)
-		return "", nil
-	case err != nil:
-		h.log.Warn("no DB bind address in the db-cluster binding", "offered", strings.Join(candidates, ", "))
+	case errors.As(err, &localErr):
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot check this machine's addresses: %v", localErr.Err))
+	case errors.As(err, &notLocal):
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("DB bind address %s (db-cluster binding) is not configured on this machine; bind db-cluster to a space this machine has an address in", notLocal.Address))
+	default:
+		h.log.Warn("no DB bind address in the db-cluster binding", "offered", strings.Join(sel.Candidates, ", "))
 		h.status.add(hooktools.StatusBlocked, msgNoAddress)
-		return "", nil
 	}
-	local, err := h.isLocal(sel.Address)
-	if err != nil {
-		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot check this machine's addresses: %v", err))
-		return "", nil
-	}
-	if !local {
-		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("DB bind address %s (db-cluster binding) is not configured on this machine; bind db-cluster to a space this machine has an address in", sel.Address))
-		return "", nil
-	}
-	return sel.Address.String(), nil
+	return "", nil
 }
 
-func (h *hook) isLocal(addr netip.Addr) (bool, error) {
-	addrs, err := h.localAddresses()
-	if err != nil {
-		return false, err
-	}
-	return slices.Contains(addrs, addr), nil
-}
-
-// aggregate is the leader's part: it builds db-bind-addresses from every
-// unit with valid data (itself included, the departing unit excluded),
-// chooses bootstrap-agent-id if none was ever chosen, writes what differs,
-// and returns the application data as it will be committed.
+// aggregate is the leader's part: it reads every peer's unit data and the
+// departed markers, lets peers.Aggregate build the application data, writes
+// what differs, and returns the application data as it will be committed.
 func (h *hook) aggregate(ctx context.Context, relID, own string, app map[string]string) (map[string]string, error) {
 	units, err := h.tools.RelationList(ctx, relID)
 	if err != nil {
 		return nil, err
 	}
-	current, currentErr := decodeAddresses(app[KeyBindAddresses])
-	entries := map[string]string{}
-	if own != "" {
-		entries[h.agentID] = own
+	view := peers.View{
+		App: h.env.AppName(), AgentID: h.agentID, Unit: h.env.UnitName, Own: own,
+		Units: units, Departing: h.env.DepartingUnit, AppData: app,
+		PeerData: map[string]map[string]string{},
 	}
 	for _, unit := range units {
 		if unit == h.env.DepartingUnit || unit == h.env.UnitName {
 			continue
 		}
-		bag, err := h.tools.RelationGet(ctx, relID, unit)
-		if err != nil {
+		if view.PeerData[unit], err = h.tools.RelationGet(ctx, relID, unit); err != nil {
 			return nil, err
 		}
-		id, addr, err := peerEntry(h.env.AppName(), unit, bag)
-		if err != nil {
-			h.log.Warn(fmt.Sprintf("ignoring db-cluster data of %s: %v", unit, err))
-			continue
-		}
-		if id == "" {
-			continue // not published yet
-		}
-		entries[id] = addr
 	}
-	// Keep listed units this leader has not seen join yet (package comment).
-	inView := map[string]bool{}
-	for _, unit := range units {
-		inView[unit] = true
-	}
-	for _, id := range sortedIDs(current) {
-		unit := h.env.AppName() + "/" + id
-		if _, ok := entries[id]; ok || id == h.agentID || inView[unit] || unit == h.env.DepartingUnit {
-			continue
-		}
-		gone, err := markerExists(h.cfg.peerDepartedMarker(id))
-		if err != nil {
-			return nil, err
-		}
-		if !gone {
-			h.log.Info(fmt.Sprintf("keeping agent %s in db-bind-addresses: this unit has not seen %s join or depart yet", id, unit))
-			entries[id] = current[id]
-		}
-	}
-	// Two nodes on one address cannot both be members. Keep the one the
-	// cluster list already has (else the lowest id) and leave the others out.
-	byAddr := map[string][]string{}
-	for _, id := range sortedIDs(entries) {
-		byAddr[entries[id]] = append(byAddr[entries[id]], id)
-	}
-	for addr, ids := range byAddr {
-		if len(ids) < 2 {
-			continue
-		}
-		keep := ids[0]
-		for _, id := range ids {
-			if current[id] == addr {
-				keep = id
-				break
-			}
-		}
-		for _, id := range ids {
-			if id != keep {
-				h.log.Warn(fmt.Sprintf("ignoring db-cluster data of agent %s: address %s is already used by agent %s", id, addr, keep))
-				delete(entries, id)
-			}
-		}
-	}
-
-	want := map[string]string{}
-	_, hasList := app[KeyBindAddresses]
-	if (hasList || len(entries) > 0) && (currentErr != nil || !maps.Equal(current, entries)) {
-		encoded, err := json.Marshal(entries) // map keys come out sorted
-		if err != nil {
-			return nil, fmt.Errorf("cannot encode db-bind-addresses: %w", err)
-		}
-		want[KeyBindAddresses] = string(encoded)
-	}
-	if app[KeyBootstrapAgentID] == "" && len(entries) > 0 {
-		// Chosen once, with the first non-empty list; never changed.
-		choice := sortedIDs(entries)[0]
-		if _, ok := entries[h.agentID]; ok {
-			choice = h.agentID
-		}
-		want[KeyBootstrapAgentID] = choice
-		h.log.Info("chose the bootstrap node", "bootstrap-agent-id", choice)
-	}
-	if len(want) == 0 {
-		return app, nil
-	}
-	if err := h.tools.RelationSet(ctx, relID, true, want); err != nil {
+	if view.Departed, err = h.departedPeers(); err != nil {
 		return nil, err
 	}
-	h.log.Info("updated the db-cluster application data", "db-bind-addresses", want[KeyBindAddresses])
-	updated := maps.Clone(app)
-	maps.Copy(updated, want)
-	return updated, nil
-}
-
-// peerEntry validates one peer's unit data. It returns an empty id and no
-// error when the unit has not published both keys yet.
-func peerEntry(app, unit string, bag map[string]string) (id, addr string, err error) {
-	id, addr = bag[KeyAgentID], bag[KeyBindAddress]
-	if id == "" || addr == "" {
-		return "", "", nil
-	}
-	if err := controllerconf.ValidateAgentID(id); err != nil {
-		return "", "", err
-	}
-	unitApp, _, _ := strings.Cut(unit, "/")
-	number, err := unitNumber(unit)
-	if err != nil || unitApp != app {
-		return "", "", fmt.Errorf("%q is not a unit of %s", unit, app)
-	}
-	if id != number {
-		return "", "", fmt.Errorf("agent id %q does not match the unit number %s", id, number)
-	}
-	if err := controllerconf.ValidateHost(addr); err != nil {
-		return "", "", err
-	}
-	return id, addr, nil
-}
-
-// decodeAddresses parses db-bind-addresses, keeping only valid entries.
-func decodeAddresses(raw string) (map[string]string, error) {
-	if raw == "" {
-		return map[string]string{}, nil
-	}
-	var m map[string]string
-	if err := json.Unmarshal([]byte(raw), &m); err != nil {
-		return map[string]string{}, fmt.Errorf("db-bind-addresses is not a JSON object of strings: %w", err)
-	}
-	var bad []string
-	for id, addr := range m {
-		if controllerconf.ValidateAgentID(id) != nil || controllerconf.ValidateHost(addr) != nil {
-			bad = append(bad, fmt.Sprintf("%q: %q", id, addr))
-			delete(m, id)
-		}
-	}
-	if m == nil {
-		m = map[string]string{}
-	}
-	if len(bad) > 0 {
-		slices.Sort(bad)
-		return m, fmt.Errorf("db-bind-addresses has invalid entries %s", strings.Join(bad, ", "))
-	}
-	return m, nil
-}
-
-func sortedIDs(m map[string]string) []string {
-	ids := slices.Collect(maps.Keys(m))
-	slices.SortFunc(ids, func(a, b string) int {
-		na, _ := strconv.Atoi(a)
-		nb, _ := strconv.Atoi(b)
-		return na - nb
-	})
-	return ids
-}
-
-// clusterConfig returns the cluster part of controller.conf
-// (db-bind-addresses, bootstrap-agent-id) from the application data. It
-// returns nil, meaning "keep what the file has", when the application data
-// has no db-bind-addresses (no leader has aggregated yet) or none usable.
-func (h *hook) clusterConfig(app map[string]string) *controllerconf.Config {
-	raw, ok := app[KeyBindAddresses]
-	if !ok {
-		return nil
-	}
-	addrs, err := decodeAddresses(raw)
+	agg, err := peers.Aggregate(view)
 	if err != nil {
-		h.log.Warn("application data: " + err.Error())
-		if len(addrs) == 0 && strings.TrimSpace(raw) != "{}" {
-			h.log.Error("keeping the cluster list of controller.conf: the application data has no usable db-bind-addresses")
-			return nil
+		return nil, err
+	}
+	for _, ig := range agg.Ignored {
+		h.log.Warn("ignoring db-cluster data of "+ig.Unit, "err", ig.Err)
+	}
+	for _, id := range agg.Kept {
+		h.log.Info("keeping agent "+id+" in db-bind-addresses: this unit has not seen its unit join or depart yet", "unit", h.env.AppName()+"/"+id)
+	}
+	for _, d := range agg.Duplicates {
+		h.log.Warn("ignoring db-cluster data of agent "+d.AgentID+": its address is already used", "address", d.Address, "used-by", d.KeptAgentID)
+	}
+	if agg.Bootstrap != "" {
+		h.log.Info("chose the bootstrap node", "bootstrap-agent-id", agg.Bootstrap)
+	}
+	if len(agg.Set) == 0 {
+		return app, nil
+	}
+	if err := h.tools.RelationSet(ctx, relID, true, agg.Set); err != nil {
+		return nil, err
+	}
+	h.log.Info("updated the db-cluster application data", "db-bind-addresses", agg.Set[KeyBindAddresses])
+	return agg.AppData, nil
+}
+
+// departedPeers lists the agent ids whose departure this unit recorded
+// (peerDepartedMarker).
+func (h *hook) departedPeers() (map[string]bool, error) {
+	names, err := os.ReadDir(h.cfg.stateDir())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("cannot list the charm state directory: %w", err)
+	}
+	departed := map[string]bool{}
+	for _, e := range names {
+		id, ok := strings.CutPrefix(e.Name(), "peer-")
+		if id, ok = strings.CutSuffix(id, ".departed"); ok {
+			departed[id] = true
 		}
 	}
-	bootstrap := app[KeyBootstrapAgentID]
-	if bootstrap != "" && controllerconf.ValidateAgentID(bootstrap) != nil {
-		h.log.Error(fmt.Sprintf("ignoring invalid bootstrap-agent-id %q in the application data", bootstrap))
-		bootstrap = ""
+	return departed, nil
+}
+
+// clusterConfig returns the cluster part of controller.conf from the
+// application data (peers.ReadCluster; nil: keep the file's), logging what
+// was wrong with it.
+func (h *hook) clusterConfig(app map[string]string) *controllerconf.Config {
+	cluster, problems := peers.ReadCluster(app)
+	if problems.List != nil {
+		h.log.Warn("application data: " + problems.List.Error())
+		if cluster == nil {
+			h.log.Error("keeping the cluster list of controller.conf: the application data has no usable db-bind-addresses")
+		}
 	}
-	return &controllerconf.Config{DBBindAddresses: addrs, BootstrapAgentID: bootstrap}
+	if problems.BootstrapAgentID != "" {
+		h.log.Error("ignoring an invalid bootstrap-agent-id in the application data", "bootstrap-agent-id", problems.BootstrapAgentID)
+	}
+	return cluster
 }

@@ -33,13 +33,14 @@ package controllerconf
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -143,21 +144,23 @@ func (c *Config) Validate() error {
 
 // AgentIDs returns the agent ids of c in numeric order.
 func (c *Config) AgentIDs() []string {
-	ids := make([]string, 0, len(c.DBBindAddresses))
-	for id := range c.DBBindAddresses {
-		ids = append(ids, id)
-	}
-	sort.Slice(ids, func(i, j int) bool { return lessAgentID(ids[i], ids[j]) })
-	return ids
+	return SortedAgentIDs(c.DBBindAddresses)
 }
 
-func lessAgentID(a, b string) bool {
+// SortedAgentIDs returns the keys of m, agent ids, in numeric order.
+func SortedAgentIDs[V any](m map[string]V) []string {
+	return slices.SortedFunc(maps.Keys(m), CompareAgentIDs)
+}
+
+// CompareAgentIDs orders agent ids numerically (anything else in byte
+// order), for slices.SortFunc.
+func CompareAgentIDs(a, b string) int {
 	na, errA := strconv.Atoi(a)
 	nb, errB := strconv.Atoi(b)
 	if errA == nil && errB == nil && na != nb {
-		return na < nb
+		return cmp.Compare(na, nb)
 	}
-	return a < b
+	return strings.Compare(a, b)
 }
 
 // Equal reports whether c and o hold the same configuration.

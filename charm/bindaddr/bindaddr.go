@@ -109,6 +109,8 @@ type Selection struct {
 	// Skipped lists the offered values that were not considered, with the
 	// reason, for the log.
 	Skipped []string
+	// Candidates are the values Choose chose from (unset by Select).
+	Candidates []string
 }
 
 // Select picks the bind address among candidates (network-get's
@@ -150,6 +152,65 @@ func Select(candidates []string) (Selection, error) {
 		return sel, nil
 	}
 	return sel, ErrNoAddress
+}
+
+// Binding is what the bind address choice depends on: what network-get
+// reports for the db-cluster binding and what this machine has.
+type Binding struct {
+	// Ingress is network-get's ingress-addresses.
+	Ingress []string
+	// Devices are the binding's device addresses (bind-addresses[].
+	// addresses[].value), the candidates when Ingress is empty, as
+	// network-get --ingress-address falls back to them.
+	Devices []string
+	// Local lists the addresses on this machine's interfaces; LocalErr is
+	// why they could not be listed.
+	Local    []netip.Addr
+	LocalErr error
+}
+
+// NotLocalError means the chosen address is not on any of this machine's
+// interfaces: Dqlite could not bind it.
+type NotLocalError struct {
+	Address netip.Addr
+}
+
+func (e *NotLocalError) Error() string {
+	return fmt.Sprintf("DB bind address %s is not configured on this machine", e.Address)
+}
+
+// LocalError means this machine's addresses could not be listed, so the
+// chosen address could not be checked.
+type LocalError struct {
+	Err error
+}
+
+func (e *LocalError) Error() string { return "cannot list this machine's addresses: " + e.Err.Error() }
+
+func (e *LocalError) Unwrap() error { return e.Err }
+
+// Choose picks this unit's bind address: Select over the ingress addresses
+// (else the device addresses), then a check that the machine has it. It
+// returns the Selection with the candidates it considered, and ErrNoAddress,
+// an *AmbiguousError, a *LocalError or a *NotLocalError when there is no
+// address to bind.
+func Choose(b Binding) (Selection, error) {
+	candidates := b.Ingress
+	if len(candidates) == 0 {
+		candidates = b.Devices
+	}
+	sel, err := Select(candidates)
+	sel.Candidates = candidates
+	if err != nil {
+		return sel, err
+	}
+	if b.LocalErr != nil {
+		return sel, &LocalError{Err: b.LocalErr}
+	}
+	if !slices.Contains(b.Local, sel.Address) {
+		return sel, &NotLocalError{Address: sel.Address}
+	}
+	return sel, nil
 }
 
 func parse(s string) (netip.Addr, error) {

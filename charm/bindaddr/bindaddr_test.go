@@ -140,3 +140,75 @@ func TestUsable_DropsLocalOnlyAddressesAndSorts(t *testing.T) {
 		t.Fatal("Usable(nil) is not empty")
 	}
 }
+
+func TestChoose(t *testing.T) {
+	local := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")}
+	tests := []struct {
+		summary string
+		in      bindaddr.Binding
+		want    string
+		err     any // nil, ErrNoAddress, or a pointer to the error type
+	}{{
+		summary: "the one ingress address, on this machine",
+		in:      bindaddr.Binding{Ingress: []string{"10.0.0.1"}, Devices: []string{"192.168.9.9"}, Local: local},
+		want:    "10.0.0.1",
+	}, {
+		summary: "Juju 3.6's unfiltered list: the best tier wins",
+		in:      bindaddr.Binding{Ingress: []string{"8.8.8.8", "10.0.0.1", "fd00::1"}, Local: local},
+		want:    "10.0.0.1",
+	}, {
+		summary: "no ingress addresses: the binding's device addresses",
+		in:      bindaddr.Binding{Devices: []string{"10.0.0.1/24"}, Local: local},
+		want:    "10.0.0.1",
+	}, {
+		summary: "an IPv6-only binding",
+		in:      bindaddr.Binding{Ingress: []string{"fd00::1"}, Local: local},
+		want:    "fd00::1",
+	}, {
+		summary: "two addresses in the best tier are ambiguous",
+		in:      bindaddr.Binding{Ingress: []string{"10.0.0.1", "192.168.7.1"}, Local: local},
+		err:     new(*bindaddr.AmbiguousError),
+	}, {
+		summary: "nothing usable offered",
+		in:      bindaddr.Binding{Ingress: []string{"127.0.0.1", "fe80::1", "juju.example"}, Local: local},
+		err:     bindaddr.ErrNoAddress,
+	}, {
+		summary: "nothing offered at all",
+		in:      bindaddr.Binding{Local: local},
+		err:     bindaddr.ErrNoAddress,
+	}, {
+		summary: "the chosen address is not on this machine",
+		in:      bindaddr.Binding{Ingress: []string{"10.0.0.2"}, Local: local},
+		err:     new(*bindaddr.NotLocalError),
+	}, {
+		summary: "this machine's addresses cannot be listed",
+		in:      bindaddr.Binding{Ingress: []string{"10.0.0.1"}, LocalErr: errors.New("netlink: permission denied")},
+		err:     new(*bindaddr.LocalError),
+	}, {
+		summary: "an ambiguous choice is reported before a listing failure",
+		in:      bindaddr.Binding{Ingress: []string{"10.0.0.1", "10.0.0.2"}, LocalErr: errors.New("netlink: permission denied")},
+		err:     new(*bindaddr.AmbiguousError),
+	}}
+	for _, test := range tests {
+		t.Run(test.summary, func(t *testing.T) {
+			sel, err := bindaddr.Choose(test.in)
+			switch want := test.err.(type) {
+			case nil:
+				if err != nil || sel.Address.String() != test.want {
+					t.Fatalf("Choose = %v, %v; want %s", sel.Address, err, test.want)
+				}
+			case error:
+				if !errors.Is(err, want) {
+					t.Fatalf("Choose = %v, %v; want %v", sel.Address, err, want)
+				}
+			default:
+				if !errors.As(err, want) {
+					t.Fatalf("Choose = %v, %v; want a %T", sel.Address, err, want)
+				}
+			}
+			if len(sel.Candidates) == 0 && (len(test.in.Ingress) > 0 || len(test.in.Devices) > 0) {
+				t.Errorf("Choose did not report its candidates")
+			}
+		})
+	}
+}
