@@ -105,7 +105,7 @@ import (
 	"github.com/juju/dqlite-controller/controllerconf"
 )
 
-// Contract names (DESIGN.md).
+// Contract names (docs/architecture.md).
 const (
 	// Endpoint is the peer relation endpoint.
 	Endpoint = "db-cluster"

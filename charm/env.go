@@ -6,7 +6,8 @@ import (
 	"strings"
 )
 
-// Env is the part of the hook environment the charm reads (juju-ha.md §5.2).
+// Env is the part of the hook environment the charm reads (docs/juju.md
+// "Hook dispatch and environment").
 type Env struct {
 	// Hook is the hook name, e.g. "install" or "db-cluster-relation-changed".
 	Hook string

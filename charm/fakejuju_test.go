@@ -23,7 +23,7 @@ import (
 // the hook tools the charm runs (with the output shapes of the fixtures in
 // hooktools/testdata), plus systemctl and controllerd, and commits relation
 // data only when a hook succeeds, and application data only if the unit is
-// still the leader then, as Juju does (juju-ha.md §5).
+// still the leader then, as Juju does (docs/juju.md "Relation data").
 
 const (
 	appName  = "dqlite-controller"

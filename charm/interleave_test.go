@@ -129,7 +129,7 @@ func (s *deploySim) step() bool {
 		u.inScope = true
 	}
 	if h.hook == "db-cluster-relation-departed" {
-		// relation-list no longer shows the departed unit (§5.5).
+		// relation-list no longer shows the departed unit (docs/juju.md "Hook tools").
 		u.members = slices.DeleteFunc(u.members, func(n string) bool { return n == h.remoteUnit })
 		if u == s.victim && s.victimConf == nil {
 			s.victimConf, _ = os.ReadFile(u.confPath())

@@ -185,7 +185,7 @@ func (h *hook) stopService(ctx context.Context) error {
 
 // remove stops controllerd if it still runs, removes its unit, and wipes the
 // node's Dqlite data dir: a node removed from the cluster must never come
-// back on its old data (juju-ha.md §6, items 2 and 3).
+// back on its old data (docs/dqlite.md "Removing members and losing quorum").
 func (h *hook) remove(ctx context.Context) error {
 	if err := h.stopService(ctx); err != nil {
 		return err

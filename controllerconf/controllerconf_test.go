@@ -16,7 +16,7 @@ import (
 )
 
 func TestParse_JujuCharmOutput(t *testing.T) {
-	// What Juju 4's Python charm writes with yaml.dump (juju-ha.md §1.7).
+	// What Juju 4's Python charm writes with yaml.dump (juju/juju-controller: src/charm.py).
 	data := []byte("db-bind-addresses:\n  '0': 10.6.6.6\n  '1': 10.6.6.7\n")
 	c, err := controllerconf.Parse(data)
 	if err != nil {

@@ -155,7 +155,7 @@ func TestRemove_JujuLeaderThenDqliteLeader(t *testing.T) {
 
 // A unit on a machine with two addresses in the bound space is blocked with
 // a status naming the fix; juju bind to a space where it has one address
-// heals it and it joins (DESIGN.md; juju-ha.md §1.5, §1.9).
+// heals it and it joins (docs/juju.md "juju bind and config-changed").
 func TestBind_HealsBlockedMultiAddressUnit(t *testing.T) {
 	m := newModel(t, sim.Options{
 		Subnets:        []sim.SubnetSpec{{Name: "a0", Space: "alpha"}, {Name: "a1", Space: "alpha"}, {Name: "d", Space: "db"}},
@@ -236,7 +236,7 @@ func TestKilledHook_RetriedAndUnitJoins(t *testing.T) {
 }
 
 // IPv6-only subnets: libdqlite 1.11.1 cannot bind IPv6 without TLS
-// (reference/dqlite.md): either the units form a cluster, or they say why
+// (docs/dqlite.md "IPv6, host names and TLS"): either the units form a cluster, or they say why
 // in a clear blocked/waiting status; never a hook error.
 func TestIPv6Only_ClusterOrClearStatus(t *testing.T) {
 	m := newModel(t, sim.Options{Subnets: []sim.SubnetSpec{{Name: "v6", Space: "alpha", IPv6: true}}})

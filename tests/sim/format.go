@@ -8,8 +8,8 @@ import (
 	yamlv2 "gopkg.in/yaml.v2"
 )
 
-// Output formats of Juju's hook tools (juju-fixtures/INDEX.md "Formatter
-// rules"; §5.3): json is json.Marshal plus a newline, yaml is yaml.v2 and
+// Output formats of Juju's hook tools (testdata/fixtures/INDEX.md "Formatter
+// rules"; juju/juju: cmd/output.go): json is json.Marshal plus a newline, yaml is yaml.v2 and
 // prints nothing for nil, smart prints strings raw, lists one per line,
 // bools as True/False and anything else as YAML.
 func formatValue(format string, v any) ([]byte, error) {

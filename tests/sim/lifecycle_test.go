@@ -21,7 +21,7 @@ func countHook(recs []HookRecord, hook string) int {
 	return n
 }
 
-// §5.1: relation data written by a failing hook is never committed; the
+// docs/juju.md#relation-data: relation data written by a failing hook is never committed; the
 // unit stays in error until resolved, then the same hook runs again.
 func TestFailedHook_NotCommittedAndRetriedOnResolve(t *testing.T) {
 	m := newToyModel(t, Options{})
@@ -70,7 +70,7 @@ func TestFailedHook_NotCommittedAndRetriedOnResolve(t *testing.T) {
 }
 
 // A hook SIGKILLed half-way (at its relation-set call) commits nothing,
-// leaves the unit in error, and succeeds when retried (§5.1; issue 4).
+// leaves the unit in error, and succeeds when retried (docs/juju.md#relation-data; issue 4).
 func TestKilledHook_HalfWayThenRetried(t *testing.T) {
 	m := newToyModel(t, Options{})
 	if _, err := m.Deploy(1); err != nil {
@@ -111,7 +111,7 @@ func TestKilledHook_HalfWayThenRetried(t *testing.T) {
 	}
 }
 
-// §1.9, §5.5: juju bind runs config-changed on every unit and nothing else
+// docs/juju.md#juju-bind-and-config-changed: juju bind runs config-changed on every unit and nothing else
 // for the binding itself.
 func TestBind_RunsConfigChangedOnEveryUnit(t *testing.T) {
 	m := newToyModel(t, Options{Subnets: []SubnetSpec{{Name: "a", Space: "alpha"}, {Name: "b", Space: "beta"}}, DefaultSubnets: []string{"a", "b"}})
@@ -137,7 +137,7 @@ func TestBind_RunsConfigChangedOnEveryUnit(t *testing.T) {
 	}
 }
 
-// §5.4 config changes: juju config runs config-changed on every unit.
+// docs/juju.md#juju-bind-and-config-changed (config changes): juju config runs config-changed on every unit.
 func TestSetConfig_RunsConfigChanged(t *testing.T) {
 	m := newToyModel(t, Options{})
 	if _, err := m.Deploy(2); err != nil {
@@ -162,7 +162,7 @@ func TestSetConfig_RunsConfigChanged(t *testing.T) {
 	}
 }
 
-// §5.5 leadership: when the leader's machine dies, another unit becomes
+// docs/juju.md#leadership: when the leader's machine dies, another unit becomes
 // leader after the lease expires and runs leader-elected.
 func TestKillMachine_LeaderElectedOnNewLeader(t *testing.T) {
 	m := newToyModel(t, Options{})
@@ -292,7 +292,7 @@ func TestClose_LeavesNothingAndSweepsDeadRuns(t *testing.T) {
 	}
 }
 
-// §5.1: status-set applies at once, while the hook still runs, and is not
+// docs/juju.md#relation-data: status-set applies at once, while the hook still runs, and is not
 // rolled back.
 func TestStatusSet_AppliesAtOnce(t *testing.T) {
 	m := newToyModel(t, Options{})
@@ -310,7 +310,7 @@ func TestStatusSet_AppliesAtOnce(t *testing.T) {
 	}
 }
 
-// §5.5: removing the leader unit moves leadership; the new leader runs
+// docs/juju.md#leadership: removing the leader unit moves leadership; the new leader runs
 // leader-elected, and the departing leader's own hooks end with stop, remove.
 func TestRemoveUnit_LeaderLossElectsNewLeader(t *testing.T) {
 	m := newToyModel(t, Options{})

@@ -47,14 +47,14 @@ type Options struct {
 	Bindings map[string]string
 	// Juju36Ingress makes network-get list every address of the bound
 	// space in ingress-addresses, as Juju 3.6 does, instead of Juju 4's
-	// best scope tier only (juju-ha.md §1.6).
+	// best scope tier only (docs/juju.md "Addresses and bindings").
 	Juju36Ingress bool
 	// RandomInitialLeader gives leadership on deploy to a random unit of
 	// the batch, as in Juju, where whichever agent claims first wins;
 	// by default the first unit leads (deterministic hook-order tests).
 	RandomInitialLeader bool
 	// LeaseExpiry is how long leadership stays with a unit whose agent is
-	// gone before another unit is elected; Juju takes up to ~60 s (§5.5).
+	// gone before another unit is elected; Juju takes up to ~60 s (docs/juju.md#leadership).
 	LeaseExpiry time.Duration
 	// AutoRetryHooks, when positive, retries a failed hook after this delay
 	// (Juju's automatically-retry-hooks); zero waits for Resolve.
@@ -702,7 +702,7 @@ func (m *Model) scheduleElectionLocked() {
 
 // Bind binds an endpoint to a space (juju bind app endpoint=space). Like
 // Juju without --force it refuses when a machine has no address in the space.
-// Every unit then runs config-changed (§1.9, §5.5).
+// Every unit then runs config-changed (docs/juju.md#juju-bind-and-config-changed).
 func (m *Model) Bind(endpoint, space string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

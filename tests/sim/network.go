@@ -5,7 +5,7 @@ import (
 	"sort"
 )
 
-// network-get's display types (§5.3; juju-fixtures "Formatter rules"): the
+// network-get's display types (docs/juju.md "Hook tools"; testdata/fixtures/INDEX.md "Formatter rules"): the
 // YAML form carries the legacy duplicate keys, the JSON form does not.
 type ngAddress struct {
 	Hostname string `json:"hostname" yaml:"hostname"`
@@ -28,7 +28,7 @@ type ngInfo struct {
 	Ingress []string   `json:"ingress-addresses,omitempty" yaml:"ingress-addresses,omitempty"`
 }
 
-// scopeRank is Juju 4's ingress rank (§1.6): local-cloud IPv4 1, local-cloud
+// scopeRank is Juju 4's ingress rank (docs/juju.md#addresses-and-bindings): local-cloud IPv4 1, local-cloud
 // IPv6 2, public IPv4 3, public IPv6 4; machine-local and link-local never.
 func scopeRank(a netip.Addr) int {
 	switch {
@@ -46,7 +46,7 @@ func scopeRank(a netip.Addr) int {
 }
 
 // spaceOfLocked is the space an endpoint is bound to: its binding, else the
-// application's default space (§1.6).
+// application's default space (docs/juju.md#addresses-and-bindings).
 func (m *Model) spaceOfLocked(endpoint string) string {
 	if s := m.bindings[endpoint]; s != "" {
 		return s
@@ -55,7 +55,7 @@ func (m *Model) spaceOfLocked(endpoint string) string {
 }
 
 // networkInfoLocked computes network-get's answer for a unit's endpoint
-// from its machine's addresses (§1.6).
+// from its machine's addresses (docs/juju.md#addresses-and-bindings).
 func (m *Model) networkInfoLocked(u *unit, endpoint string) ngInfo {
 	space := m.spaceOfLocked(endpoint)
 	var info ngInfo

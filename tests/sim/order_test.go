@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// §5.4: the first unit runs install → relation-created → leader-elected →
+// docs/juju.md#hook-order: the first unit runs install → relation-created → leader-elected →
 // config-changed → start, and a single unit never sees relation-joined.
 func TestDeploy_FirstUnitHookOrder(t *testing.T) {
 	m := newToyModel(t, Options{})
@@ -20,7 +20,7 @@ func TestDeploy_FirstUnitHookOrder(t *testing.T) {
 		t.Fatalf("hooks of toy/0 = %v, want prefix %v", got, want)
 	}
 	// The toy leader writes app data in config-changed: that, and only
-	// that, gives a single unit a relation-changed (§1.9), with no remote unit.
+	// that, gives a single unit a relation-changed (docs/juju.md#relation-data), with no remote unit.
 	for _, h := range got[len(want):] {
 		if h != "db-cluster-relation-changed" {
 			t.Errorf("single unit ran %s after start; want only app-data relation-changed", h)
@@ -34,7 +34,7 @@ func TestDeploy_FirstUnitHookOrder(t *testing.T) {
 	if u.Workload != "active" {
 		t.Fatalf("workload = %q, want active (status-set applies)", u.Workload)
 	}
-	// §5.2: the environment of a hook, seen from inside the machine.
+	// docs/juju.md#hook-dispatch-and-environment: the environment of a hook, seen from inside the machine.
 	envs := readEnvRecords(t, m, "toy/0")
 	if len(envs) != len(got) {
 		t.Fatalf("toy charm recorded %d hooks, the simulator ran %d", len(envs), len(got))
@@ -72,7 +72,7 @@ func TestDeploy_FirstUnitHookOrder(t *testing.T) {
 	}
 }
 
-// §5.4: a new unit runs install → relation-created → config-changed → start,
+// docs/juju.md#hook-order: a new unit runs install → relation-created → config-changed → start,
 // then joined+changed per peer; existing units run joined+changed for it.
 func TestAddUnit_HookOrderOnBothSides(t *testing.T) {
 	m := newToyModel(t, Options{})
@@ -91,8 +91,8 @@ func TestAddUnit_HookOrderOnBothSides(t *testing.T) {
 		t.Fatalf("hooks of toy/1 = %v, want prefix %v", newHooks, wantPrefix)
 	}
 	// App-data changes are handled before unit joins (resolver order,
-	// juju-fixtures/INDEX.md), and relation-changed always follows
-	// relation-joined for the same unit (§5.4).
+	// testdata/fixtures/INDEX.md), and relation-changed always follows
+	// relation-joined for the same unit (docs/juju.md#hook-order).
 	i := slices.Index(newHooks, "db-cluster-relation-joined(toy/0)")
 	if i < 0 || i+1 >= len(newHooks) || newHooks[i+1] != "db-cluster-relation-changed(toy/0)" {
 		t.Fatalf("hooks of toy/1 = %v, want joined(toy/0) directly followed by changed(toy/0)", newHooks)
@@ -102,7 +102,7 @@ func TestAddUnit_HookOrderOnBothSides(t *testing.T) {
 		t.Fatalf("hooks of toy/0 after add-unit = %v, want joined(toy/1) then changed(toy/1) first", old)
 	}
 	// The leader's app-data write reaches every unit, itself included, as
-	// relation-changed with no remote unit (§5.4).
+	// relation-changed with no remote unit (docs/juju.md#hook-order).
 	for _, u := range []string{"toy/0", "toy/1"} {
 		if !slices.Contains(hookNames(m.History(u)), "db-cluster-relation-changed") {
 			t.Errorf("%s never ran an app-data relation-changed: %v", u, hookNames(m.History(u)))
@@ -117,7 +117,7 @@ func TestAddUnit_HookOrderOnBothSides(t *testing.T) {
 	}
 }
 
-// §5.5: remove-unit runs departed on both sides (the leaving unit names
+// docs/juju.md#removing-a-unit: remove-unit runs departed on both sides (the leaving unit names
 // itself as departing), then stop and remove; never relation-broken.
 func TestRemoveUnit_DepartedBothSidesThenStopRemove(t *testing.T) {
 	m := newToyModel(t, Options{})

@@ -11,7 +11,7 @@ import (
 )
 
 // toolError is a tool failure with Juju's exit code: 2 for usage errors,
-// 1 for everything else (juju-fixtures/INDEX.md, "Exit codes").
+// 1 for everything else (testdata/fixtures/INDEX.md, "Exit codes").
 func toolError(err error) toolResponse {
 	code := 1
 	if _, ok := err.(usageError); ok {
@@ -321,7 +321,7 @@ func (m *Model) toolRelationList(hc *hookContext, args []string) (toolResponse, 
 		return output(vals["format"], m.app), nil
 	}
 	// The unit's own view of the members: units it has joined, without a
-	// unit being departed (§5.3).
+	// unit being departed (docs/juju.md#hook-tools).
 	members := sortedKeys(hc.unit.joined[r.id])
 	if members == nil {
 		members = []string{}
@@ -383,7 +383,7 @@ func (m *Model) toolStatusSet(hc *hookContext, args []string) (toolResponse, err
 		}
 		return toolResponse{}, nil
 	}
-	// status-set applies at once and is not rolled back (§5.1).
+	// status-set applies at once and is not rolled back (docs/juju.md#relation-data).
 	u := hc.unit
 	u.workload, u.message, u.statusSet = pos[0], msg, true
 	m.notifyLocked()

@@ -12,8 +12,8 @@ import (
 	yamlv2 "gopkg.in/yaml.v2"
 )
 
-// fixture reads a Juju hook-tool output sample (copied from
-// shared/reference/juju-fixtures, see INDEX.md there).
+// fixture reads a Juju hook-tool output sample (testdata/fixtures; its
+// INDEX.md says where each comes from).
 func fixture(t *testing.T, name string) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("testdata", "fixtures", name))
@@ -54,7 +54,7 @@ func expectOut(t *testing.T, what string, r toolResponse, code int, stdout, stde
 	}
 }
 
-// §5.3 and juju-fixtures: outputs and error texts of the hook tools, byte
+// docs/juju.md "Hook tools" and testdata/fixtures: outputs and error texts of the hook tools, byte
 // for byte where the fixture's values can be reproduced.
 func TestHookTools_OutputsMatchJujuFixtures(t *testing.T) {
 	m := newToyModel(t, Options{})
@@ -108,13 +108,13 @@ func TestHookTools_OutputsMatchJujuFixtures(t *testing.T) {
 	expectOut(t, "relation-get missing json", call(t, m, "toy/0", relHook(m, "changed", "toy/1"), "relation-get", "missing", "toy/1", "--format", "json"), 0, fixture(t, "relation-get-key-json-missing-test.txt"), "")
 	expectOut(t, "relation-get missing plain", call(t, m, "toy/0", relHook(m, "changed", "toy/1"), "relation-get", "ker-plunk"), 0, fixture(t, "relation-get-key-plain-missing-test.txt"), "")
 	expectOut(t, "relation-get agent-id (default unit = remote)", call(t, m, "toy/0", relHook(m, "changed", "toy/1"), "relation-get", "agent-id"), 0, "1\n", "")
-	// Followers may read their own application's peer data (§1.7).
+	// Followers may read their own application's peer data (docs/juju.md#hook-tools).
 	if r := call(t, m, "toy/1", relHook(m, "changed", ""), "relation-get", "--app", "--format=json", "-", "toy"); r.Code != 0 || !strings.Contains(string(r.Stdout), "members") {
 		t.Errorf("follower relation-get --app = %d %q %q", r.Code, r.Stdout, r.Stderr)
 	}
 }
 
-// §1.6: bind-addresses list every address of the bound space; Juju 4's
+// docs/juju.md#addresses-and-bindings: bind-addresses list every address of the bound space; Juju 4's
 // ingress-addresses hold only the best scope tier; egress is its /32.
 func TestNetworkGet_ShapesAndScopeTiers(t *testing.T) {
 	m := newToyModel(t, Options{Subnets: []SubnetSpec{
@@ -161,11 +161,11 @@ func TestNetworkGet_ShapesAndScopeTiers(t *testing.T) {
 	expectOut(t, "network-get api after binding db-cluster", call(t, m, "toy/0", h, "network-get", "api", "--ingress-address"), 0, host4+"\n", "")
 	waitIdle(t, m)
 	if got := m.RelationData("db-cluster")["toy/0"]["ingress-address"]; got != b4.addr.String() {
-		t.Errorf("ingress-address in relation data after bind+config-changed = %q, want %q (§1.6)", got, b4.addr)
+		t.Errorf("ingress-address in relation data after bind+config-changed = %q, want %q (docs/juju.md#relation-data)", got, b4.addr)
 	}
 }
 
-// §1.6: two local-cloud IPv4 addresses in the bound space are both in Juju
+// docs/juju.md#addresses-and-bindings: two local-cloud IPv4 addresses in the bound space are both in Juju
 // 4's ingress tier; Juju 3.6 lists every address of the space.
 func TestNetworkGet_MultiAddressIngress4vs36(t *testing.T) {
 	for _, j36 := range []bool{false, true} {

@@ -6,7 +6,7 @@
 // writes or reads it, never from this node's clock, so all controllers
 // judge expiry by one clock.
 //
-// Unlike Juju 4 (juju-ha.md §4.3), an expired lease never blocks a claim:
+// Unlike Juju 4 (docs/juju.md "Leases"), an expired lease never blocks a claim:
 // a claim succeeds when there is no row, when the row has expired (judged
 // in the same statement), or when the claimant already holds it. No expiry
 // pass is needed for a takeover, so a hard-killed holder can never leave

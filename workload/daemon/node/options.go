@@ -22,8 +22,8 @@ const (
 	// DefaultNetworkLatency sets Raft's heartbeat to 1.5x and its election
 	// timeout to 15x this value: 30 ms and 300-600 ms. go-dqlite's default
 	// (3 s election timeout) made a leader kill -9 cost ~6.4 s of write
-	// unavailability on loopback; 20 ms brings it to ~0.6 s (dqlite.md
-	// §2b) while staying well above loopback and LAN round trips.
+	// unavailability on loopback; 20 ms brings it to ~0.6 s (docs/dqlite.md
+	// "Failover") while staying well above loopback and LAN round trips.
 	DefaultNetworkLatency = 20 * time.Millisecond
 	// DefaultRolesFrequency is how often the leader re-balances roles and
 	// every node refreshes cluster.yaml. The default 30 s left a two-node
@@ -69,7 +69,7 @@ const (
 // DefaultSnapshotParams bounds memory. libdqlite 1.11.1 keeps the last
 // 8192 Raft entries (each small write carries ~12 KiB of WAL frames) in
 // memory and snapshots every 1024: RSS reached ~107 MB after 10,000 small
-// writes. {Threshold 512, Trailing 1024} keeps it near 40 MB (dqlite.md §2f)
+// writes. {Threshold 512, Trailing 1024} keeps it near 40 MB (docs/dqlite.md "Memory")
 // while leaving 1024 entries for a lagging follower to catch up from the log
 // instead of a snapshot.
 var DefaultSnapshotParams = dqlite.SnapshotParams{Threshold: 512, Trailing: 1024}
