@@ -702,7 +702,7 @@ func (m *Model) scheduleElectionLocked() {
 
 // Bind binds an endpoint to a space (juju bind app endpoint=space). Like
 // Juju without --force it refuses when a machine has no address in the space.
-// Every unit then runs config-changed (docs/juju.md#juju-bind-and-config-changed).
+// Every unit then runs config-changed (§1.9, §5.5).
 func (m *Model) Bind(endpoint, space string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
