@@ -197,7 +197,7 @@ func (h *hook) departedPeers() (map[string]bool, error) {
 func (h *hook) clusterConfig(app map[string]string) *controllerconf.Config {
 	cluster, problems := peers.ReadCluster(app)
 	if problems.List != nil {
-		h.log.Warn("application data: " + problems.List.Error())
+		h.log.Warn("ignoring invalid application data", "err", problems.List)
 		if cluster == nil {
 			h.log.Error("keeping the cluster list of controller.conf: the application data has no usable db-bind-addresses")
 		}

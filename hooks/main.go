@@ -41,7 +41,7 @@ func run() error {
 		Logger:         logger,
 	}
 	if err := charm.Reconcile(ctx, cfg, env); err != nil {
-		logger.Error(fmt.Sprintf("hook %s failed: %v", env.Hook, err))
+		logger.Error("hook failed", "hook", env.Hook, "err", err)
 		return err
 	}
 	return nil

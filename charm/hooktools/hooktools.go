@@ -14,8 +14,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os/exec"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -182,7 +183,7 @@ func (c *Client) RelationList(ctx context.Context, relationID string) ([]string,
 	if err := c.json(ctx, &units, "relation-list", "-r", relationID, "--format=json"); err != nil {
 		return nil, err
 	}
-	sort.Strings(units)
+	slices.Sort(units)
 	return units, nil
 }
 
@@ -226,15 +227,10 @@ func (c *Client) RelationSet(ctx context.Context, relationID string, app bool, d
 	if app {
 		args = append(args, "--app")
 	}
-	keys := make([]string, 0, len(data))
-	for k := range data {
+	for _, k := range slices.Sorted(maps.Keys(data)) {
 		if k == "" || strings.ContainsAny(k, "= \t\n") {
 			return fmt.Errorf("cannot set relation data: invalid key %q", k)
 		}
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
 		args = append(args, k+"="+data[k])
 	}
 	_, err := c.output(ctx, "relation-set", args...)

@@ -53,6 +53,11 @@ const (
 	IdleConns = 2
 )
 
+// ErrNoDatabase is the error for a database handle that is not there (the
+// local Dqlite node is not ready, or this node is not a member): callers
+// wrap it with the reason, e.g. fmt.Errorf("%w: this node is %s", ...).
+var ErrNoDatabase = errors.New("the controller database is not open")
+
 // Source returns the current database handle, or an error when there is
 // none (e.g. the local Dqlite node is not ready). controllerd replaces its
 // handle when its node restarts, so long-lived users take a Source.
@@ -62,7 +67,7 @@ type Source func() (*sql.DB, error)
 func Fixed(db *sql.DB) Source {
 	return func() (*sql.DB, error) {
 		if db == nil {
-			return nil, errors.New("no database handle")
+			return nil, ErrNoDatabase
 		}
 		return db, nil
 	}

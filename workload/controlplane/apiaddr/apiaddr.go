@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/apiwire"
 	"github.com/juju/dqlite-controller/workload/dbtx"
 )
@@ -195,7 +196,7 @@ func Compute(cs []Controller) apiwire.Lists {
 	var agents, clients []entry
 	l := apiwire.Lists{Agents: []string{}, Clients: []string{}, AgentFallback: []string{}}
 	sorted := slices.Clone(cs)
-	slices.SortFunc(sorted, func(a, b Controller) int { return compareIDs(a.ID, b.ID) })
+	slices.SortFunc(sorted, func(a, b Controller) int { return controllerconf.CompareAgentIDs(a.ID, b.ID) })
 	for _, c := range sorted {
 		anyAgent := slices.ContainsFunc(c.Addresses, func(a Address) bool { return a.IsAgent })
 		if len(c.Addresses) > 0 && (c.AgentFallback || !anyAgent) {
@@ -214,7 +215,7 @@ func Compute(cs []Controller) apiwire.Lists {
 			if x.rank != y.rank {
 				return cmp.Compare(x.rank, y.rank)
 			}
-			return compareIDs(x.ctl, y.ctl)
+			return controllerconf.CompareAgentIDs(x.ctl, y.ctl)
 		})
 		out := []string{}
 		for _, e := range es {
@@ -231,16 +232,6 @@ func Compute(cs []Controller) apiwire.Lists {
 	}
 	l.Version = hex.EncodeToString(h.Sum(nil))[:16]
 	return l
-}
-
-// compareIDs orders controller ids numerically when both are numbers.
-func compareIDs(a, b string) int {
-	x, errA := strconv.Atoi(a)
-	y, errB := strconv.Atoi(b)
-	if errA == nil && errB == nil {
-		return cmp.Compare(x, y)
-	}
-	return cmp.Compare(a, b)
 }
 
 const schema = `CREATE TABLE IF NOT EXISTS controller_api_address (
