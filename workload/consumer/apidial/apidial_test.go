@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/juju/dqlite-controller/workload/internal/testwait"
+
 	"github.com/juju/dqlite-controller/workload/consumer/apidial"
 )
 
@@ -92,17 +94,6 @@ func (d *fakeDialer) dial(ctx context.Context, addr string) (string, error) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func hasEvent(d *fakeDialer, e string) func() bool {
 	return func() bool {
 		for _, x := range d.log() {
@@ -132,18 +123,18 @@ func TestDial_StaggersAttemptsAndTheFirstSuccessWinsAndCancelsTheRest(t *testing
 	clock := &fakeClock{}
 	d := newDialer("a", "b", "c")
 	res := dialAsync(d, []string{"a", "b", "c"}, clock, nil)
-	waitFor(t, "the first attempt and the stagger wait", func() bool { return hasEvent(d, "dial a")() && clock.waiting() == 1 })
+	testwait.For(t, "the first attempt and the stagger wait", func() bool { return hasEvent(d, "dial a")() && clock.waiting() == 1 })
 	if got := d.log(); !reflect.DeepEqual(got, []string{"dial a"}) {
 		t.Fatalf("before the interval passed: %v, want only the first attempt", got)
 	}
 	clock.fire()
-	waitFor(t, "the second attempt", hasEvent(d, "dial b"))
+	testwait.For(t, "the second attempt", hasEvent(d, "dial b"))
 	d.outcome["b"] <- nil
 	r := <-res
 	if r.err != nil || r.addr != "b" || r.conn != "conn-b" {
 		t.Fatalf("Dial = %+v, want b's connection", r)
 	}
-	waitFor(t, "the losing attempt to be cancelled", hasEvent(d, "cancel a"))
+	testwait.For(t, "the losing attempt to be cancelled", hasEvent(d, "cancel a"))
 	if got, want := d.log(), []string{"dial a", "dial b", "cancel a"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("events %v, want %v (c never tried)", got, want)
 	}
@@ -155,7 +146,7 @@ func TestDial_NextAttemptStartsAtOnceWhenEveryAttemptFailed(t *testing.T) {
 	d.outcome["a"] <- errors.New("refused")
 	res := dialAsync(d, []string{"a", "b"}, clock, nil)
 	// b starts without the clock moving.
-	waitFor(t, "the second attempt", hasEvent(d, "dial b"))
+	testwait.For(t, "the second attempt", hasEvent(d, "dial b"))
 	d.outcome["b"] <- nil
 	if r := <-res; r.err != nil || r.addr != "b" {
 		t.Fatalf("Dial = %+v, want b", r)
@@ -168,9 +159,9 @@ func TestDial_LateSuccessIsDiscarded(t *testing.T) {
 	d.stubborn["a"] = true
 	discarded := make(chan string, 1)
 	res := dialAsync(d, []string{"a", "b"}, clock, func(c string) { discarded <- c })
-	waitFor(t, "the stagger wait", func() bool { return clock.waiting() == 1 })
+	testwait.For(t, "the stagger wait", func() bool { return clock.waiting() == 1 })
 	clock.fire()
-	waitFor(t, "the second attempt", hasEvent(d, "dial b"))
+	testwait.For(t, "the second attempt", hasEvent(d, "dial b"))
 	d.outcome["b"] <- nil
 	if r := <-res; r.addr != "b" {
 		t.Fatalf("Dial = %+v, want b", r)
@@ -212,7 +203,7 @@ func TestDial_NoAddressesAndCancellation(t *testing.T) {
 	d := newDialer("a")
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		waitFor(t, "the attempt", hasEvent(d, "dial a"))
+		testwait.For(t, "the attempt", hasEvent(d, "dial a"))
 		cancel()
 	}()
 	if _, _, err := apidial.Dial(ctx, []string{"a"}, d.dial, nil, apidial.Options{}); !errors.Is(err, context.Canceled) {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/juju/dqlite-controller/workload/internal/testwait"
+
 	"github.com/juju/dqlite-controller/workload/apiwire"
 	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
 	"github.com/juju/dqlite-controller/workload/consumer/apiclient"
@@ -52,17 +54,6 @@ func controller(t *testing.T, id string, w *apiaddr.Watcher) (*httptest.Server, 
 	return srv, apiaddr.Controller{ID: id, Addresses: []apiaddr.Address{{HostPort: host, Scope: apiaddr.ScopeMachineLocal, IsAgent: true}}}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestAgentAndClient_FollowControllerChangesOverHTTP(t *testing.T) {
 	db := &published{}
 	w := apiaddr.NewWatcher(db, 5*time.Millisecond, nil)
@@ -96,14 +87,14 @@ func TestAgentAndClient_FollowControllerChangesOverHTTP(t *testing.T) {
 
 	// Controller 1 joins: the agent's file follows.
 	db.set(c0, c1)
-	waitFor(t, "the agent file to list both controllers", fileIs(addr0, addr1))
+	testwait.For(t, "the agent file to list both controllers", fileIs(addr0, addr1))
 	// Controller 0 is removed: its server goes away and its addresses too.
 	srv0.Close()
 	db.set(c1)
-	waitFor(t, "the agent file to list controller 1 only", fileIs(addr1))
+	testwait.For(t, "the agent file to list controller 1 only", fileIs(addr1))
 	// The controllers answer with an empty list: the last one is kept.
 	db.set()
-	waitFor(t, "the watcher to serve the empty list", func() bool { cur, _ := w.Current(); return len(cur.Agents) == 0 })
+	testwait.For(t, "the watcher to serve the empty list", func() bool { cur, _ := w.Current(); return len(cur.Agents) == 0 })
 	time.Sleep(100 * time.Millisecond)
 	if !fileIs(addr1)() {
 		got, _ := apiagent.ReadAddresses(conf)
@@ -113,7 +104,7 @@ func TestAgentAndClient_FollowControllerChangesOverHTTP(t *testing.T) {
 		t.Fatalf("other keys lost:\n%s", data)
 	}
 	db.set(c1)
-	waitFor(t, "the watcher to serve controller 1", func() bool { cur, _ := w.Current(); return slices.Equal(cur.Clients, []string{addr1}) })
+	testwait.For(t, "the watcher to serve controller 1", func() bool { cur, _ := w.Current(); return slices.Equal(cur.Clients, []string{addr1}) })
 
 	// A client whose last good controller (0) is gone reconnects to 1 and
 	// puts it first.
@@ -144,7 +135,7 @@ func TestWatch_ReturnsUnchangedListsAtTheTimeoutAndRejectsBadTimeouts(t *testing
 	go w.Run(ctx)
 	srv, c := controller(t, "0", w)
 	db.set(c)
-	waitFor(t, "the first read", func() bool { cur, _ := w.Current(); return len(cur.Clients) == 1 })
+	testwait.For(t, "the first read", func() bool { cur, _ := w.Current(); return len(cur.Clients) == 1 })
 	cur, _ := w.Current()
 	resp, err := http.Get(srv.URL + apiwire.PathWatch + "?version=" + cur.Version + "&timeout=50ms")
 	if err != nil {
