@@ -29,8 +29,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	dqdriver "github.com/canonical/go-dqlite/driver"
@@ -52,6 +54,9 @@ const (
 	// flushes (database/sql's default).
 	IdleConns = 2
 )
+
+// sqliteError is SQLite's generic error code, SQLITE_ERROR.
+const sqliteError = 1
 
 // ErrNoDatabase is the error for a database handle that is not there (the
 // local Dqlite node is not ready, or this node is not a member): callers
@@ -84,9 +89,11 @@ func RunFrom(ctx context.Context, src Source, body func(ctx context.Context, tx 
 
 // MissingTable reports whether err says a table does not exist, e.g.
 // after the handle moved to a freshly bootstrapped cluster: a user that
-// remembered creating its schema should create it again.
+// remembered creating its schema should create it again. SQLite reports
+// it with the generic code SQLITE_ERROR, so the message tells it apart.
 func MissingTable(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "no such table")
+	var de dqdriver.Error
+	return errors.As(err, &de) && de.Code&0xff == sqliteError && strings.HasPrefix(de.Message, "no such table")
 }
 
 // Table runs transactions for a store that keeps its rows in tables created
@@ -190,23 +197,26 @@ func StaleConn(err error) bool {
 		// SQLite answered: the connection works.
 		return false
 	}
-	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return true
-	}
+	return brokenConn(err) || notLeader(err)
+}
+
+// brokenConn reports whether err is a connection that failed: go-dqlite's
+// driver turns network errors and a lost leadership into driver.ErrBadConn
+// (canonical/go-dqlite: driver/driver.go, driverError), and a server that
+// closed the connection mid-request surfaces as io.EOF.
+func brokenConn(err error) bool {
+	var opErr *net.OpError
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.As(err, &opErr) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// notLeader reports whether err is a node refusing a request because it
+// does not lead. Only the driver maps that code to driver.ErrBadConn; the
+// client package's errors carry the code in an internal type, so its text
+// is all there is to go by.
+func notLeader(err error) bool {
 	msg := err.Error()
-	for _, s := range []string{
-		"bad connection",
-		"EOF",
-		"not leader",
-		"leadership lost",
-		"connection reset",
-		"broken pipe",
-	} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
+	return strings.Contains(msg, "not leader") || strings.Contains(msg, "leadership lost")
 }
 
 func once(ctx context.Context, db *sql.DB, body func(context.Context, *sql.Tx) error) error {
@@ -223,8 +233,8 @@ func once(ctx context.Context, db *sql.DB, body func(context.Context, *sql.Tx) e
 
 // Transient reports whether err may go away by re-running the transaction:
 // SQLITE_BUSY (and its extended codes), a lost or refused connection, a
-// leader change. A context error is not transient (the caller's deadline
-// is what bounds the retries).
+// leader change, no leader at all. A context error is not transient (the
+// caller's deadline is what bounds the retries).
 func Transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
@@ -233,24 +243,6 @@ func Transient(err error) bool {
 	if errors.As(err, &de) {
 		return de.Code&0xff == dqdriver.ErrBusy
 	}
-	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, sql.ErrConnDone) {
-		return true
-	}
-	msg := err.Error()
-	for _, s := range []string{
-		"database is locked",
-		"bad connection",
-		"EOF",
-		"not leader",
-		"leadership lost",
-		"no available dqlite leader",
-		"connection refused",
-		"connection reset",
-		"broken pipe",
-	} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
+	return brokenConn(err) || notLeader(err) || errors.Is(err, sql.ErrConnDone) ||
+		errors.Is(err, dqdriver.ErrNoAvailableLeader) || errors.Is(err, syscall.ECONNREFUSED)
 }

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,16 +22,17 @@ import (
 
 func TestTransient_ClassifiesRetryableErrors(t *testing.T) {
 	for err, want := range map[error]bool{
-		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "database is locked"}: true,
-		dqdriver.Error{Code: dqdriver.ErrBusySnapshot}:                        true,
-		dqdriver.Error{Code: 19, Message: "UNIQUE constraint failed"}:         false,
-		fmt.Errorf("commit: %w", driver.ErrBadConn):                           true,
-		fmt.Errorf("receive: header: %w", io.EOF):                             true,
-		errors.New("no available dqlite leader server found"):                 true,
-		context.DeadlineExceeded:                                              false,
-		context.Canceled:                                                      false,
-		sql.ErrNoRows:                                                         false,
-		errors.New("sql: database is closed"):                                 false,
+		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "database is locked"}:                          true,
+		dqdriver.Error{Code: dqdriver.ErrBusySnapshot}:                                                 true,
+		dqdriver.Error{Code: 19, Message: "UNIQUE constraint failed"}:                                  false,
+		fmt.Errorf("commit: %w", driver.ErrBadConn):                                                    true,
+		fmt.Errorf("receive: header: %w", io.EOF):                                                      true,
+		fmt.Errorf("failed to create dqlite connection: %w", dqdriver.ErrNoAvailableLeader):            true,
+		&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}: true,
+		context.DeadlineExceeded:                                                                       false,
+		context.Canceled:                                                                               false,
+		sql.ErrNoRows:                                                                                  false,
+		errors.New("sql: database is closed"):                                                          false,
 	} {
 		if got := dbtx.Transient(err); got != want {
 			t.Errorf("Transient(%v) = %v, want %v", err, got, want)
@@ -80,6 +84,32 @@ func TestRun_RetriesWhileAnotherWriterHoldsTheLock(t *testing.T) {
 	}
 }
 
+// The error a transaction gets from a table that does not exist (a handle
+// moved to a freshly bootstrapped cluster) is told apart by its SQLite code
+// and message, as Dqlite reports it.
+func TestMissingTable_ClassifiesDqliteErrors(t *testing.T) {
+	n := dqlitetest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
+	defer cancel()
+	err := dbtx.Run(ctx, n.DB, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO missing VALUES (1)`)
+		return fmt.Errorf("cannot insert: %w", err)
+	})
+	if !dbtx.MissingTable(err) {
+		t.Errorf("MissingTable(%v) = false for a real missing table", err)
+	}
+	for err, want := range map[error]bool{
+		dqdriver.Error{Code: 1, Message: "no such table: lease"}:         true,
+		dqdriver.Error{Code: 1, Message: `near "x": syntax error`}:       false,
+		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "no such table"}: false,
+		nil: false,
+	} {
+		if got := dbtx.MissingTable(err); got != want {
+			t.Errorf("MissingTable(%v) = %v, want %v", err, got, want)
+		}
+	}
+}
+
 func TestRun_RefusesAContextWithoutDeadlineAndStopsOnOtherErrors(t *testing.T) {
 	n := dqlitetest.Start(t)
 	if err := dbtx.Run(context.Background(), n.DB, func(context.Context, *sql.Tx) error { return nil }); err == nil {
@@ -96,16 +126,17 @@ func TestRun_RefusesAContextWithoutDeadlineAndStopsOnOtherErrors(t *testing.T) {
 
 func TestStaleConn_ClassifiesConnectionErrors(t *testing.T) {
 	for err, want := range map[error]bool{
-		fmt.Errorf("call exec-sql: receive: header: %w", io.EOF):               true,
-		fmt.Errorf("commit: %w", driver.ErrBadConn):                            true,
-		errors.New("write tcp 10.0.0.1:1->10.0.0.9:17666: write: broken pipe"): true,
-		errors.New("not leader"):                                               true,
-		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "database is locked"}:  false,
-		dqdriver.Error{Code: 1, Message: `near "EOF": syntax error`}:           false,
-		errors.New("no available dqlite leader server found"):                  false,
-		context.DeadlineExceeded:                                               false,
-		sql.ErrNoRows:                                                          false,
-		nil:                                                                    false,
+		fmt.Errorf("call exec-sql: receive: header: %w", io.EOF):                               true,
+		fmt.Errorf("commit: %w", driver.ErrBadConn):                                            true,
+		&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.EPIPE)}: true,
+		fmt.Errorf("exec: %w", syscall.ECONNRESET):                                             true,
+		errors.New("not leader"):                                                               true,
+		dqdriver.Error{Code: dqdriver.ErrBusy, Message: "database is locked"}:                  false,
+		dqdriver.Error{Code: 1, Message: `near "EOF": syntax error`}:                           false,
+		fmt.Errorf("failed to create dqlite connection: %w", dqdriver.ErrNoAvailableLeader):    false,
+		context.DeadlineExceeded:                                                               false,
+		sql.ErrNoRows:                                                                          false,
+		nil:                                                                                    false,
 	} {
 		if got := dbtx.StaleConn(err); got != want {
 			t.Errorf("StaleConn(%v) = %v, want %v", err, got, want)
