@@ -172,11 +172,11 @@ type Config struct {
 	// WorkloadTimeout bounds `controllerd status` and `controllerd version`
 	// (default 5 s).
 	WorkloadTimeout time.Duration
-	// SettleTime is how long a hook that has just changed controller.conf
+	// SettleTimeout is how long a hook that has just changed controller.conf
 	// (listing this unit) waits for controllerd to become a cluster member
 	// before reporting the status, so that the status does not describe the
 	// daemon as it was before the change (default 5 s; negative: no wait).
-	SettleTime time.Duration
+	SettleTimeout time.Duration
 }
 
 func (c Config) agentsDir() string { return filepath.Join(c.JujuDir, "agents") }
@@ -239,8 +239,8 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	if cfg.WorkloadTimeout <= 0 {
 		cfg.WorkloadTimeout = 5 * time.Second
 	}
-	if cfg.SettleTime == 0 {
-		cfg.SettleTime = 5 * time.Second
+	if cfg.SettleTimeout == 0 {
+		cfg.SettleTimeout = 5 * time.Second
 	}
 	if cfg.Runner == nil || cfg.LocalAddresses == nil {
 		return errors.New("cannot run the hook: no command runner or local address source configured")

@@ -38,7 +38,7 @@ type model struct {
 	unitData map[string]map[string]string
 	appData  map[string]string
 	units    map[string]*unit
-	// settle is charm.Config.SettleTime; by default no wait, since the
+	// settle is charm.Config.SettleTimeout; by default no wait, since the
 	// fake workload does not change by itself.
 	settle time.Duration
 	// loseLeadershipOnIsLeader, when set, is called on every is-leader; it
@@ -199,7 +199,7 @@ func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 		SystemdDir:     u.systemdDir(),
 		Runner:         r,
 		LocalAddresses: fakeAddrs{u},
-		SettleTime:     m.settle,
+		SettleTimeout:  m.settle,
 	}
 	cfg.Logger = slog.New(hooktools.NewLogHandler(hooktools.New(r), slog.LevelDebug, os.Stderr))
 	err := charm.Reconcile(context.Background(), cfg, m.env(u, h))

@@ -256,15 +256,15 @@ func (h *hook) started() (bool, error) {
 func (h *hook) controllerd() string { return filepath.Join(h.env.CharmDir, "controllerd") }
 
 // settledWorkloadStatus asks controllerd for its status; right after this
-// hook changed controller.conf it polls for up to SettleTime until the
+// hook changed controller.conf it polls for up to SettleTimeout until the
 // daemon is a member, since it reacts to the file within moments and a
 // status taken before that would stay stale until the next hook.
 func (h *hook) settledWorkloadStatus(ctx context.Context) (*WorkloadStatus, error) {
 	st, err := h.workloadStatus(ctx)
-	if !h.joinExpected || h.cfg.SettleTime < 0 {
+	if !h.joinExpected || h.cfg.SettleTimeout < 0 {
 		return st, err
 	}
-	deadline := time.After(h.cfg.SettleTime)
+	deadline := time.After(h.cfg.SettleTimeout)
 	for err != nil || !st.Member || st.Role == "" {
 		if status, _ := describeWorkload(st); err == nil && status == hooktools.StatusBlocked {
 			return st, nil // it will not join by itself
