@@ -65,7 +65,9 @@ func TestAPIBinding_NarrowsTheAgentHostsToItsSpace(t *testing.T) {
 	}
 }
 
-func TestAPIBindingWithoutAddress_AgentsFallBackAndStatusSaysSo(t *testing.T) {
+// A unit with no address in the api binding's space leaves api-agent-hosts
+// empty (agents use all of its addresses), and its status says so.
+func TestAPIBindingWithoutAddress_AgentsFallBack(t *testing.T) {
 	for name, bind := range map[string]func(u *unit){
 		"no address in the space": func(u *unit) { u.bindAPI() },
 		"address not on this machine": func(u *unit) {
@@ -95,7 +97,9 @@ func TestAPIBindingWithoutAddress_AgentsFallBackAndStatusSaysSo(t *testing.T) {
 	}
 }
 
-func TestBindAPI_ConfigChangedRewritesTheAgentHostsWithoutRestart(t *testing.T) {
+// juju bind api=<space> runs config-changed, which rewrites api-agent-hosts
+// without restarting controllerd.
+func TestBindAPI_RewritesAgentHostsWithoutRestart(t *testing.T) {
 	m := newModel(t)
 	u := m.addUnit(0, "10.0.0.1")
 	u.addLocal("10.9.0.1")

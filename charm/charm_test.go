@@ -278,7 +278,8 @@ func TestDeparted_RemoteUnitDroppedByLeader(t *testing.T) {
 	}
 }
 
-func TestDeparted_LeaderExcludesDepartingUnitEvenIfListed(t *testing.T) {
+// The leader drops the departing unit even while relation-list still shows it.
+func TestDeparted_LeaderExcludesDepartingUnit(t *testing.T) {
 	m := newModel(t)
 	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
 	m.leader = u0.name
@@ -366,7 +367,9 @@ func TestDepartingLeader_DoesNotStripAppData(t *testing.T) {
 	}
 }
 
-func TestLeaderChange_NewLeaderReaggregatesAndKeepsBootstrapID(t *testing.T) {
+// A new leader re-aggregates the list and keeps the bootstrap id the first
+// leader chose.
+func TestLeaderChange_KeepsBootstrapID(t *testing.T) {
 	m := newModel(t)
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.settleScope(u1, u2)
@@ -397,7 +400,8 @@ func TestLeaderChange_NewLeaderReaggregatesAndKeepsBootstrapID(t *testing.T) {
 	}
 }
 
-func TestLeaderChange_NewLeaderKeepsUnitsItHasNotSeenJoin(t *testing.T) {
+// A new leader keeps the listed units it has not seen join yet.
+func TestLeaderChange_KeepsUnseenUnits(t *testing.T) {
 	m := newModel(t)
 	u0, u1, u2 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.settleScope(u0, u1, u2)
@@ -415,7 +419,9 @@ func TestLeaderChange_NewLeaderKeepsUnitsItHasNotSeenJoin(t *testing.T) {
 	}
 }
 
-func TestLeaderWithoutAddress_ChoosesLowestPeerAsBootstrap(t *testing.T) {
+// A leader that has no address of its own chooses the lowest listed peer as
+// the bootstrap node.
+func TestLeaderWithoutAddress_LowestPeerBootstraps(t *testing.T) {
 	m := newModel(t)
 	u0, u1, u2 := m.addUnit(0, ""), m.addUnit(1, "10.0.0.2"), m.addUnit(2, "10.0.0.3")
 	m.leader = u0.name
@@ -439,7 +445,8 @@ func TestLeaderWithoutAddress_ChoosesLowestPeerAsBootstrap(t *testing.T) {
 	}
 }
 
-func TestHostilePeerData_IgnoredWithLogLineNamingTheUnit(t *testing.T) {
+// Malformed or hostile peer data is ignored, with a log line naming the unit.
+func TestHostilePeerData_Ignored(t *testing.T) {
 	m := newModel(t)
 	u0 := m.addUnit(0, "10.0.0.1")
 	others := []*unit{u0}

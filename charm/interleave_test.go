@@ -272,7 +272,9 @@ func (s *deploySim) check() {
 	}
 }
 
-func TestDeployThree_AnyInterleavingYieldsOneBootstrapIDThatNeverChanges(t *testing.T) {
+// deploy -n 3 under any interleaving of hooks and leader changes: exactly one
+// bootstrap id is chosen, and it never changes.
+func TestDeployThree_OneBootstrapIDThatNeverChanges(t *testing.T) {
 	seeds := 150
 	if testing.Short() {
 		seeds = 20
@@ -301,7 +303,10 @@ func TestDeployThree_AnyInterleavingYieldsOneBootstrapIDThatNeverChanges(t *test
 	}
 }
 
-func TestRemoveOneOfThree_AnyInterleavingDropsOnlyTheLeavingUnit(t *testing.T) {
+// remove-unit of one of three units under any interleaving: only the leaving
+// unit is dropped from the list, the bootstrap id stays, every remaining
+// file settles on the two others, and the removed unit's data dir is wiped.
+func TestRemoveOneOfThree_DropsOnlyTheLeavingUnit(t *testing.T) {
 	seeds := 100
 	if testing.Short() {
 		seeds = 10

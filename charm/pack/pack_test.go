@@ -11,7 +11,9 @@ import (
 	"github.com/juju/dqlite-controller/charm/pack"
 )
 
-func TestBuild_DirectoryAndZipKeepModesAndAreReproducible(t *testing.T) {
+// The charm directory and zip keep file modes and are byte-for-byte
+// reproducible.
+func TestBuild_KeepsModesAndIsReproducible(t *testing.T) {
 	tmp := t.TempDir()
 	src := filepath.Join(tmp, "dispatch.bin")
 	if err := os.WriteFile(src, []byte("#!/bin/true\n"), 0o600); err != nil {

@@ -36,7 +36,9 @@ func inode(t *testing.T, path string) uint64 {
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
-func TestWriteAddresses_KeepsOtherKeysAndWritesOnlyOnChange(t *testing.T) {
+// Rewriting the address list keeps the file's other keys, and an unchanged
+// list does not rewrite the file.
+func TestWriteAddresses_KeepsOtherKeys(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.conf")
 	if err := os.WriteFile(path, []byte(agentConf), 0o640); err != nil {
 		t.Fatal(err)
@@ -80,7 +82,9 @@ func TestWriteAddresses_KeepsOtherKeysAndWritesOnlyOnChange(t *testing.T) {
 	}
 }
 
-func TestWriteAddresses_CreatesAMissingFileAndRefusesABrokenOne(t *testing.T) {
+// A missing agent config file is created; a broken one is refused and left
+// as it is.
+func TestWriteAddresses_MissingAndBrokenFiles(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "agent.conf")
 	if changed, err := apiagent.WriteAddresses(path, []string{"10.0.0.1:17070"}); err != nil || !changed {
@@ -133,7 +137,9 @@ func (s *scriptedSource) Watch(ctx context.Context, last string) ([]string, stri
 	}
 }
 
-func TestUpdater_FollowsTheWatchAndKeepsTheLastListWhenGivenAnEmptyOne(t *testing.T) {
+// The updater rewrites the agent config from the watch, and keeps the last
+// list when the controllers answer with an empty one.
+func TestUpdater_FollowsTheWatch(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.conf")
 	if err := os.WriteFile(path, []byte(agentConf), 0o600); err != nil {
 		t.Fatal(err)

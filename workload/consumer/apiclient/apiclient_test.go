@@ -55,7 +55,9 @@ func (c *controllers) order() []string {
 	return slices.Clone(c.dialled)
 }
 
-func TestConnect_LastGoodFirstAndTheStoreFollowsTheControllers(t *testing.T) {
+// The last good address is tried first, and the store follows the
+// controllers' client list.
+func TestConnect_LastGoodFirst(t *testing.T) {
 	store := apiclient.NewStore(filepath.Join(t.TempDir(), "controllers.json"))
 	if err := store.Set("prod", apiclient.Entry{Addresses: []string{"a:17070", "b:17070", "c:17070"}}); err != nil {
 		t.Fatal(err)
@@ -108,7 +110,9 @@ func TestConnect_LastGoodFirstAndTheStoreFollowsTheControllers(t *testing.T) {
 	}
 }
 
-func TestRecord_EmptyServerListKeepsTheOldOneAndUnlistedAddressGoesFirst(t *testing.T) {
+// An empty client list from the server keeps the stored one, and an address
+// that worked but is not listed goes first.
+func TestRecord_EmptyListKeepsTheOld(t *testing.T) {
 	store := apiclient.NewStore(filepath.Join(t.TempDir(), "controllers.json"))
 	if err := store.Set("prod", apiclient.Entry{Addresses: []string{"a", "b"}}); err != nil {
 		t.Fatal(err)

@@ -119,7 +119,9 @@ func dialAsync(d *fakeDialer, addrs []string, clock apidial.Clock, discard func(
 	return out
 }
 
-func TestDial_StaggersAttemptsAndTheFirstSuccessWinsAndCancelsTheRest(t *testing.T) {
+// Attempts start one Interval apart; the first success wins and the attempts
+// still in flight are cancelled.
+func TestDial_StaggeredFirstSuccessWins(t *testing.T) {
 	clock := &fakeClock{}
 	d := newDialer("a", "b", "c")
 	res := dialAsync(d, []string{"a", "b", "c"}, clock, nil)
@@ -140,7 +142,9 @@ func TestDial_StaggersAttemptsAndTheFirstSuccessWinsAndCancelsTheRest(t *testing
 	}
 }
 
-func TestDial_NextAttemptStartsAtOnceWhenEveryAttemptFailed(t *testing.T) {
+// When every attempt in flight has failed, the next one starts at once
+// instead of waiting for the Interval.
+func TestDial_NextAttemptWhenAllFailed(t *testing.T) {
 	clock := &fakeClock{}
 	d := newDialer("a", "b")
 	d.outcome["a"] <- errors.New("refused")
