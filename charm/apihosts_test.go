@@ -282,12 +282,7 @@ func TestWorkloadStatus_SingularControllerLease(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newModel(t)
-			u := m.addUnit(0, "10.0.0.1")
-			m.leader = u.name
-			u.workload = tc.workload
-			deploy(m, u)
-			m.mustRun(u, "update-status")
+			u := statusAfterDeploy(t, tc.workload)
 			if u.status != [2]string{"active", tc.want} {
 				t.Fatalf("status = %v, want %q", u.status, tc.want)
 			}

@@ -662,12 +662,7 @@ func TestWorkloadStatus_Messages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newModel(t)
-			u := m.addUnit(0, "10.0.0.1")
-			m.leader = u.name
-			u.workload = tc.workload
-			deploy(m, u)
-			m.mustRun(u, "update-status")
+			u := statusAfterDeploy(t, tc.workload)
 			if u.status != tc.want {
 				t.Fatalf("status = %v, want %v", u.status, tc.want)
 			}

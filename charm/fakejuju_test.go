@@ -457,6 +457,20 @@ func (m *model) settleScope(units ...*unit) {
 	}
 }
 
+// statusAfterDeploy deploys one leader unit whose controllerd answers
+// `controllerd status --format=json` with workload, then runs update-status:
+// the unit's status is then what the charm makes of that answer.
+func statusAfterDeploy(t *testing.T, workload string) *unit {
+	t.Helper()
+	m := newModel(t)
+	u := m.addUnit(0, "10.0.0.1")
+	m.leader = u.name
+	u.workload = workload
+	deploy(m, u)
+	m.mustRun(u, "update-status")
+	return u
+}
+
 func (u *unit) logged(substr string) bool {
 	for _, l := range u.logs {
 		if strings.Contains(l, substr) {
