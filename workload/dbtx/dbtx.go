@@ -231,6 +231,14 @@ func once(ctx context.Context, db *sql.DB, body func(context.Context, *sql.Tx) e
 	return tx.Commit()
 }
 
+// Busy reports whether err is SQLITE_BUSY ("database is locked", or one of
+// its extended codes): Dqlite answers a second concurrent writer with it at
+// once, and the writer must retry.
+func Busy(err error) bool {
+	var de dqdriver.Error
+	return errors.As(err, &de) && de.Code&0xff == dqdriver.ErrBusy
+}
+
 // Transient reports whether err may go away by re-running the transaction:
 // SQLITE_BUSY (and its extended codes), a lost or refused connection, a
 // leader change, no leader at all. A context error is not transient (the
@@ -241,7 +249,7 @@ func Transient(err error) bool {
 	}
 	var de dqdriver.Error
 	if errors.As(err, &de) {
-		return de.Code&0xff == dqdriver.ErrBusy
+		return Busy(err)
 	}
 	return brokenConn(err) || notLeader(err) || errors.Is(err, sql.ErrConnDone) ||
 		errors.Is(err, dqdriver.ErrNoAvailableLeader) || errors.Is(err, syscall.ECONNREFUSED)

@@ -110,7 +110,9 @@ func TestMissingTable_ClassifiesDqliteErrors(t *testing.T) {
 	}
 }
 
-func TestRun_RefusesAContextWithoutDeadlineAndStopsOnOtherErrors(t *testing.T) {
+// Run refuses a context without a deadline (go-dqlite would wait for ever
+// without quorum), and returns an error that is not transient at once.
+func TestRun_RefusesNoDeadlineAndStopsOnOtherErrors(t *testing.T) {
 	n := dqlitetest.Start(t)
 	if err := dbtx.Run(context.Background(), n.DB, func(context.Context, *sql.Tx) error { return nil }); err == nil {
 		t.Fatal("Run without a deadline accepted")

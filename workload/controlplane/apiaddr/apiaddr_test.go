@@ -112,7 +112,10 @@ func mustBuild(t *testing.T, id string, in apiaddr.Input) apiaddr.Controller {
 	return c
 }
 
-func TestCompute_FiltersAgentsWithPerControllerFallbackAndNeverClients(t *testing.T) {
+// The agent list keeps each controller's addresses in the management space,
+// all of them for a controller with none there; the client list is never
+// filtered.
+func TestCompute_AgentFilterWithFallback(t *testing.T) {
 	cs := []apiaddr.Controller{
 		// Controller 2 has no address in the management space.
 		mustBuild(t, "2", apiaddr.Input{Hosts: []string{"203.0.113.2", "10.0.0.2"}, MgmtSpace: true}),
@@ -165,7 +168,8 @@ func deadline(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestStore_PublishReplacesAndRemoveDeletesAControllersAddresses(t *testing.T) {
+// Publish replaces a controller's addresses, and Remove deletes them.
+func TestStore_PublishReplacesAndRemoveDeletes(t *testing.T) {
 	n := dqlitetest.Start(t)
 	s := apiaddr.NewStore(n.DB)
 	ctx := deadline(t)
@@ -251,7 +255,9 @@ func (s *switchSource) Lists(ctx context.Context) (apiwire.Lists, error) {
 	return apiaddr.Compute(s.cs), nil
 }
 
-func TestWatcher_WaitReturnsOnChangeAndKeepsLastGoodOnErrors(t *testing.T) {
+// Wait returns once the lists change, and the watcher keeps the last good
+// lists while reading them fails.
+func TestWatcher_WaitReturnsOnChange(t *testing.T) {
 	src := &switchSource{}
 	c0 := mustBuild(t, "0", apiaddr.Input{Hosts: []string{"10.0.0.1"}})
 	src.set([]apiaddr.Controller{c0}, nil)

@@ -52,7 +52,9 @@ func TestWatch_CreatesMissingDirAndNotifiesAtStart(t *testing.T) {
 	expectQuiet(t, w, "start-up")
 }
 
-func TestWatch_AtomicReplaceIsOneNotificationAndTempFilesAreIgnored(t *testing.T) {
+// An atomic replace (temporary file renamed over the config) is one
+// notification, and the temporary files themselves are ignored.
+func TestWatch_AtomicReplaceIsOneNotification(t *testing.T) {
 	path := filepath.Join(t.TempDir(), controllerconf.FileName)
 	w := newWatcher(t, path)
 	expectChange(t, w, "start-up")
