@@ -51,10 +51,8 @@ func (h *hook) reconcilePeers(ctx context.Context, relID string) (*controllercon
 
 // publishAddress resolves this unit's bind address and writes it with the
 // agent id into the unit's relation data when they differ from what is
-// there. It returns the address the unit data holds afterwards ("" if none
-// valid): when resolution fails the last published address is kept, so a
-// transient or operator-caused problem does not drop a working node from the
-// cluster; the blocked status tells the operator.
+// there (peers.Publish). It returns the address the unit data holds
+// afterwards ("" if none valid).
 func (h *hook) publishAddress(ctx context.Context, relID string) (string, error) {
 	bag, err := h.tools.RelationGet(ctx, relID, h.env.UnitName)
 	if err != nil {
@@ -64,17 +62,14 @@ func (h *hook) publishAddress(ctx context.Context, relID string) (string, error)
 	if err != nil {
 		return "", err
 	}
-	if addr != "" && (bag[KeyBindAddress] != addr || bag[KeyAgentID] != h.agentID) {
-		if err := h.tools.RelationSet(ctx, relID, false, map[string]string{KeyBindAddress: addr, KeyAgentID: h.agentID}); err != nil {
+	write, own := peers.Publish(bag, h.agentID, addr)
+	if write != nil {
+		if err := h.tools.RelationSet(ctx, relID, false, write); err != nil {
 			return "", err
 		}
-		h.log.Info("published DB bind address", "address", addr, "agent-id", h.agentID)
-		return addr, nil
+		h.log.Info("published DB bind address", "address", own, "agent-id", h.agentID)
 	}
-	if bag[KeyAgentID] != h.agentID || controllerconf.ValidateHost(bag[KeyBindAddress]) != nil {
-		return "", nil
-	}
-	return bag[KeyBindAddress], nil
+	return own, nil
 }
 
 // resolveAddress returns this unit's bind address, or "" with a blocked

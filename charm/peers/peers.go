@@ -1,5 +1,5 @@
 // Package peers is the charm's policy over the db-cluster peer relation,
-// without I/O: which peer data is valid, what the leader writes into the
+// without I/O: what a unit publishes, which peer data is valid, what the leader writes into the
 // application data (the cluster list and, once, the bootstrap node) and what
 // every unit reads back for controller.conf. The hook (package charm) makes
 // the hook tool calls and hands their answers to these functions, so every
@@ -67,6 +67,26 @@ func Entry(app, unit string, data map[string]string) (id, addr string, err error
 		return "", "", err
 	}
 	return id, addr, nil
+}
+
+// Publish is a unit's rule for its own unit data: data is what the bag
+// holds, resolved the bind address this hook resolved ("" when it could
+// not). It returns the keys to write (nil when the bag is right) and the
+// address the bag holds afterwards ("" when none is valid). A unit that
+// cannot resolve an address keeps the last one it published, so that an
+// operator's mistake (a bad binding) or a transient failure never drops a
+// working node from the cluster; its status says what to fix.
+func Publish(data map[string]string, agentID, resolved string) (write map[string]string, own string) {
+	if resolved != "" {
+		if data[KeyBindAddress] != resolved || data[KeyAgentID] != agentID {
+			write = map[string]string{KeyBindAddress: resolved, KeyAgentID: agentID}
+		}
+		return write, resolved
+	}
+	if data[KeyAgentID] != agentID || controllerconf.ValidateHost(data[KeyBindAddress]) != nil {
+		return nil, ""
+	}
+	return nil, data[KeyBindAddress]
 }
 
 // DecodeAddresses parses db-bind-addresses, keeping only valid entries. The

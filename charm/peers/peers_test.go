@@ -279,6 +279,60 @@ func TestAggregate_BootstrapIsChosenOnce(t *testing.T) {
 	}
 }
 
+func TestPublish(t *testing.T) {
+	tests := []struct {
+		summary  string
+		data     map[string]string
+		resolved string
+		write    map[string]string
+		own      string
+	}{{
+		summary:  "first publication",
+		data:     map[string]string{},
+		resolved: "10.0.0.3",
+		write:    data("3", "10.0.0.3"),
+		own:      "10.0.0.3",
+	}, {
+		summary:  "unchanged: nothing written",
+		data:     data("3", "10.0.0.3"),
+		resolved: "10.0.0.3",
+		own:      "10.0.0.3",
+	}, {
+		summary:  "a new address replaces the old one",
+		data:     data("3", "10.0.0.3"),
+		resolved: "10.0.1.3",
+		write:    data("3", "10.0.1.3"),
+		own:      "10.0.1.3",
+	}, {
+		summary:  "a wrong agent id is corrected",
+		data:     data("4", "10.0.0.3"),
+		resolved: "10.0.0.3",
+		write:    data("3", "10.0.0.3"),
+		own:      "10.0.0.3",
+	}, {
+		summary: "no address resolved: the last published one is kept",
+		data:    data("3", "10.0.0.3"),
+		own:     "10.0.0.3",
+	}, {
+		summary: "no address resolved and none published",
+		data:    map[string]string{},
+	}, {
+		summary: "no address resolved and the published one is invalid",
+		data:    data("3", "10.0.0.3; rm"),
+	}, {
+		summary: "no address resolved and the bag names another agent",
+		data:    data("4", "10.0.0.3"),
+	}}
+	for _, test := range tests {
+		t.Run(test.summary, func(t *testing.T) {
+			write, own := peers.Publish(test.data, "3", test.resolved)
+			if !maps.Equal(write, test.write) || (write == nil) != (test.write == nil) || own != test.own {
+				t.Errorf("Publish = %v, %q; want %v, %q", write, own, test.write, test.own)
+			}
+		})
+	}
+}
+
 func TestEntry(t *testing.T) {
 	tests := []struct {
 		unit, id, addr string
