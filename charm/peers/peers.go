@@ -1,10 +1,10 @@
 // Package peers is the charm's policy over the db-cluster peer relation,
-// without I/O: what a unit publishes, which peer data is valid, what the leader writes into the
-// application data (the cluster list and, once, the bootstrap node) and what
-// every unit reads back for controller.conf. The hook (package charm) makes
-// the hook tool calls and hands their answers to these functions, so every
-// rule can be tested with a table (peers_test.go), as go-dqlite's
-// app/roles.go does for role adjustment.
+// without I/O: what a unit publishes, which peer data is valid, what the
+// leader writes into the application data (the cluster list and, once, the
+// bootstrap node) and what every unit reads back for controller.conf. The
+// hook (package charm) makes the hook tool calls and hands their answers to
+// these functions, so every rule can be tested with a table (peers_test.go),
+// as go-dqlite's app/roles.go does for role adjustment.
 //
 // docs/architecture.md describes the flow these rules are part of, and
 // docs/juju.md the Juju behaviours they rely on.
