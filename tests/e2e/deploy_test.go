@@ -8,7 +8,7 @@ import (
 )
 
 // juju deploy -n 3: whatever the hook interleaving, exactly one cluster with
-// three voters forms (docs/architecture.md: bootstrap-agent-id).
+// three voters forms (DESIGN.md: bootstrap-agent-id).
 // The Juju leader is a random unit of the batch, as in Juju.
 func TestDeploy_ThreeAtOnceFormsExactlyOneCluster(t *testing.T) {
 	for i := 0; i < 2; i++ {

@@ -32,7 +32,7 @@ type relation struct {
 	// scope holds the units that have entered the relation and not left.
 	scope map[string]bool
 	// unitData survives a unit's departure: departed units' data stays
-	// readable for the relation's lifetime (docs/juju.md#hook-tools).
+	// readable for the relation's lifetime (§5.3 relation-get).
 	unitData map[string]map[string]string
 	unitVer  map[string]int
 	appData  map[string]string
@@ -41,7 +41,7 @@ type relation struct {
 
 func (r *relation) idString() string { return fmt.Sprintf("%s:%d", r.endpoint, r.id) }
 
-// hookInfo is one hook to run, with the relation variables of docs/juju.md#hook-dispatch-and-environment.
+// hookInfo is one hook to run, with the relation variables of §5.2.
 type hookInfo struct {
 	name       string
 	rel        *relation
@@ -109,7 +109,7 @@ func (m *Model) newUnitLocked(mc *machine) *unit {
 }
 
 // configHashLocked covers what makes Juju queue config-changed: the config,
-// the machine's addresses and the endpoint bindings (docs/juju.md#juju-bind-and-config-changed).
+// the machine's addresses and the endpoint bindings (§1.9, §5.4).
 func (m *Model) configHashLocked(u *unit) string {
 	cfg, _ := json.Marshal(m.effectiveConfigLocked())
 	b, _ := json.Marshal(m.bindings)
@@ -126,7 +126,7 @@ func sortedKeys[V any](mp map[string]V) []string {
 }
 
 // nextOpLocked is the simulator's version of the uniter's resolver
-// (docs/juju.md#hook-order, docs/juju.md#removing-a-unit): it returns the next hook to run, applying the hook's
+// (§5.4, §5.5): it returns the next hook to run, applying the hook's
 // "prepare" bookkeeping, or nil when the unit has nothing to do.
 func (m *Model) nextOpLocked(u *unit) *hookInfo {
 	if u.failed != nil {
@@ -142,7 +142,7 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 		for _, r := range m.relations {
 			for _, remote := range sortedKeys(u.joined[r.id]) {
 				// The departing unit runs departed once per remaining
-				// peer, naming itself as the departing unit (docs/juju.md#removing-a-unit).
+				// peer, naming itself as the departing unit (§5.5).
 				delete(u.joined[r.id], remote)
 				return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: u.name}
 			}
@@ -179,14 +179,14 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 	}
 	for _, r := range m.relations {
 		if remote := u.pendingChanged[r.id]; remote != "" {
-			// relation-changed always follows relation-joined (docs/juju.md#hook-order).
+			// relation-changed always follows relation-joined (§5.4).
 			delete(u.pendingChanged, r.id)
 			u.seenUnit[r.id][remote] = r.unitVer[remote]
 			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
 		}
 		if r.appVer != u.seenApp[r.id] {
 			// An app-data change reaches every unit, the writer included,
-			// with no remote unit (docs/juju.md#hook-order).
+			// with no remote unit (§5.4).
 			u.seenApp[r.id] = r.appVer
 			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteApp: m.app}
 		}
@@ -295,7 +295,7 @@ func (m *Model) runAgent(u *unit) {
 }
 
 // commitLocked applies a hook's effects once it exited 0: relation data
-// written with relation-set becomes visible only now (docs/juju.md#relation-data).
+// written with relation-set becomes visible only now (§5.1).
 func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 	for rid, delta := range hc.unitDelta {
 		r := m.relations[rid]
@@ -322,7 +322,7 @@ func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 	case h.name == "config-changed":
 		u.seenConfig = h.configHash
 		// Juju refreshes ingress-address and egress-subnets in the unit's
-		// relation data after every config-changed (docs/juju.md#relation-data).
+		// relation data after every config-changed (§1.6).
 		for _, r := range m.relations {
 			if r.scope[u.name] {
 				m.publishNetworkLocked(u, r)
@@ -338,7 +338,7 @@ func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 	case h.rel != nil && h.name == h.rel.endpoint+"-relation-created":
 		u.created[h.rel.id] = true
 		if u.life == lifeAlive {
-			// Entering scope: peers now see this unit join (docs/juju.md#hook-order).
+			// Entering scope: peers now see this unit join (§5.4).
 			h.rel.scope[u.name] = true
 			m.publishNetworkLocked(u, h.rel)
 		}

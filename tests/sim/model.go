@@ -47,14 +47,14 @@ type Options struct {
 	Bindings map[string]string
 	// Juju36Ingress makes network-get list every address of the bound
 	// space in ingress-addresses, as Juju 3.6 does, instead of Juju 4's
-	// best scope tier only (docs/juju.md "Addresses and bindings").
+	// best scope tier only (juju-ha.md §1.6).
 	Juju36Ingress bool
 	// RandomInitialLeader gives leadership on deploy to a random unit of
 	// the batch, as in Juju, where whichever agent claims first wins;
 	// by default the first unit leads (deterministic hook-order tests).
 	RandomInitialLeader bool
 	// LeaseExpiry is how long leadership stays with a unit whose agent is
-	// gone before another unit is elected; Juju takes up to ~60 s (docs/juju.md#leadership).
+	// gone before another unit is elected; Juju takes up to ~60 s (§5.5).
 	LeaseExpiry time.Duration
 	// AutoRetryHooks, when positive, retries a failed hook after this delay
 	// (Juju's automatically-retry-hooks); zero waits for Resolve.
