@@ -127,7 +127,9 @@ func TestAgentAndClient_FollowControllerChangesOverHTTP(t *testing.T) {
 	<-done
 }
 
-func TestWatch_ReturnsUnchangedListsAtTheTimeoutAndRejectsBadTimeouts(t *testing.T) {
+// The watch returns the unchanged lists once its timeout passes, and bad
+// timeouts are rejected.
+func TestWatch_UnchangedAtTheTimeout(t *testing.T) {
 	db := &published{}
 	w := apiaddr.NewWatcher(db, 5*time.Millisecond, nil)
 	ctx, cancel := context.WithCancel(context.Background())
