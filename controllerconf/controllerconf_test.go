@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -241,4 +242,16 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Marshal is not canonical:\n%s\n%s", out, again)
 		}
 	})
+}
+
+// Agent ids sort as numbers ("10" after "9"), which is what makes "the
+// lowest id" the bootstrap choice and the order of every listing.
+func TestSortedAgentIDs_Numeric(t *testing.T) {
+	got := controllerconf.SortedAgentIDs(map[string]string{"10": "", "9": "", "0": "", "100": "", "2": ""})
+	if want := []string{"0", "2", "9", "10", "100"}; !slices.Equal(got, want) {
+		t.Fatalf("SortedAgentIDs = %v, want %v", got, want)
+	}
+	if controllerconf.CompareAgentIDs("9", "10") >= 0 || controllerconf.CompareAgentIDs("10", "10") != 0 {
+		t.Fatal("CompareAgentIDs does not order numerically")
+	}
 }
