@@ -110,6 +110,8 @@ func runCmd(stderr io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&o.BackupDir, "backup-dir", DefaultBackupDir, "where this controller keeps the backups it takes as singular-controller lease holder (\"\" disables backups)")
 	cmd.Flags().DurationVar(&o.BackupInterval, "backup-interval", backup.DefaultInterval, "interval between backups, cluster-wide (exactly one controller takes each)")
 	cmd.Flags().IntVar(&o.BackupKeep, "backup-keep", backup.DefaultKeep, "backups kept in --backup-dir")
+	cmd.Flags().DurationVar(&o.BackupRecordDelay, "test-backup-record-delay", 0, "test hook: pause between writing a backup and recording it")
+	cmd.Flags().MarkHidden("test-backup-record-delay")
 	cmd.Flags().DurationVar(&o.LeaseDuration, "lease-duration", singular.DefaultDuration, "singular-controller lease duration (a hard-killed holder is replaced within it)")
 	cmd.Flags().DurationVar(&o.LeaseExtendInterval, "lease-extend-interval", singular.DefaultExtendInterval, "how often the holder extends the lease (less than half of duration minus margin)")
 	cmd.Flags().DurationVar(&o.LeaseMargin, "lease-margin", singular.DefaultMargin, "how much before the lease's expiry the holder stops its single-instance workers (stop time plus clock skew)")

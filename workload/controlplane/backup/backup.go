@@ -10,6 +10,13 @@
 // extra one, and a holder that died half-way through a backup (no record)
 // is followed by a new backup at once.
 //
+// A backup is recorded only under the lease: the record transaction
+// asserts the fencing token the worker runs with (lease.Token.Assert), so
+// a holder paused past its tenure (SIGSTOP, a frozen VM) that wakes up
+// with a backup written cannot record it after another controller has
+// taken over and taken its own. Its files stay in its directory, unlisted
+// in the table, and are pruned with the others.
+//
 // Each controller keeps its own backups in a local directory, each backup
 // a directory backup-<UTC time> holding the files Dump returned (the
 // database and its WAL), written to a temporary directory, synced and
@@ -31,6 +38,7 @@ import (
 
 	"github.com/canonical/go-dqlite/client"
 
+	"github.com/juju/dqlite-controller/workload/controlplane/lease"
 	"github.com/juju/dqlite-controller/workload/dbtx"
 )
 
@@ -49,6 +57,10 @@ const (
 	DefaultDatabase = "controller"
 	// keepRecords bounds controller_backup.
 	keepRecords = 1000
+	// RecordTimeout bounds the record transaction, which runs even when
+	// the worker's context was cancelled after the files were written
+	// (the fence, not the context, decides whether it may commit).
+	RecordTimeout = 2 * time.Second
 )
 
 const (
@@ -94,7 +106,16 @@ type Options struct {
 	Keep          int
 	CheckInterval time.Duration
 	Timeout       time.Duration
-	Log           *slog.Logger
+	// RecordDelay is a test hook: a pause between writing a backup's
+	// files and recording it, deaf to cancellation like a slow disk, so
+	// a test can stop the process while a backup is under way.
+	RecordDelay time.Duration
+	Log         *slog.Logger
+}
+
+// Fence is what a record asserts in its transaction: lease.Token.
+type Fence interface {
+	Assert(ctx context.Context, tx *sql.Tx) error
 }
 
 // Worker is the backup worker.
@@ -149,12 +170,13 @@ type Backup struct {
 	Bytes int64
 }
 
-// Run takes a backup whenever one is due until ctx is cancelled. Failures
-// are logged and retried at the next check.
-func (w *Worker) Run(ctx context.Context) error {
+// Run takes a backup whenever one is due until ctx is cancelled,
+// recording each under tok (a singular.Worker). Failures are logged and
+// retried at the next check.
+func (w *Worker) Run(ctx context.Context, tok lease.Token) error {
 	for {
-		if err := w.check(ctx); err != nil && ctx.Err() == nil {
-			w.o.Log.Warn("backup failed", "err", err)
+		if err := w.check(ctx, tok); err != nil && (ctx.Err() == nil || errors.Is(err, lease.ErrFenced)) {
+			w.o.Log.Warn("backup failed", "err", err, "lease", tok.String())
 		}
 		select {
 		case <-ctx.Done():
@@ -164,14 +186,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-func (w *Worker) check(ctx context.Context) error {
+func (w *Worker) check(ctx context.Context, fence Fence) error {
 	ctx, cancel := context.WithTimeout(ctx, w.o.Timeout)
 	defer cancel()
 	due, err := w.Due(ctx)
 	if err != nil || !due {
 		return err
 	}
-	b, err := w.Take(ctx)
+	b, err := w.Take(ctx, fence)
 	if err != nil {
 		return err
 	}
@@ -196,9 +218,17 @@ func (w *Worker) Due(ctx context.Context) (bool, error) {
 	return !ageMS.Valid || time.Duration(ageMS.Float64)*time.Millisecond >= w.o.Interval, nil
 }
 
-// Take takes a backup now, records it in the database and prunes the
-// directory to the newest Keep backups.
-func (w *Worker) Take(ctx context.Context) (Backup, error) {
+// Take takes a backup now, records it in the database in a transaction
+// that asserts fence, and prunes the directory to the newest Keep
+// backups. When fence fails the backup is not recorded and the error
+// wraps fence's (lease.ErrFenced).
+//
+// Once the files are complete the record is attempted even if ctx has
+// been cancelled meanwhile (bounded by RecordTimeout): a holder that
+// stops while its tenure lasts records the backup it completed, and one
+// whose tenure is over is refused by the database, not by the luck of
+// which of its goroutines runs first after a pause.
+func (w *Worker) Take(ctx context.Context, fence Fence) (Backup, error) {
 	files, err := w.dumper.Dump(ctx, w.o.Database)
 	if err != nil {
 		return Backup{}, fmt.Errorf("cannot dump database %q: %w", w.o.Database, err)
@@ -217,8 +247,17 @@ func (w *Worker) Take(ctx context.Context) (Backup, error) {
 	for _, f := range files {
 		b.Bytes += int64(len(f.Data))
 	}
-	err = dbtx.RunFrom(ctx, w.db, func(ctx context.Context, tx *sql.Tx) error {
+	if w.o.RecordDelay > 0 {
+		w.o.Log.Info("backup written; waiting before recording it (test hook)", "name", name, "delay", w.o.RecordDelay)
+		time.Sleep(w.o.RecordDelay)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RecordTimeout)
+	defer cancel()
+	err = dbtx.RunFrom(rctx, w.db, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
+			return err
+		}
+		if err := fence.Assert(ctx, tx); err != nil {
 			return err
 		}
 		// Idempotent: the name is unique per backup.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,6 +47,17 @@ func seed(t *testing.T, db *sql.DB, rows int) {
 	}
 }
 
+// holding claims the singular-controller lease for holder and returns the
+// token of its tenure, as the singular worker gives it to its workers.
+func holding(t *testing.T, db *sql.DB, holder string, d time.Duration) lease.Token {
+	t.Helper()
+	l, err := lease.New(db).Claim(deadline(t), lease.NamespaceSingularController, "controller", holder, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Token()
+}
+
 func TestTake_WritesACompleteDumpOfTheControllerDatabase(t *testing.T) {
 	n := dqlitetest.Start(t)
 	seed(t, n.DB, 500)
@@ -59,7 +71,7 @@ func TestTake_WritesACompleteDumpOfTheControllerDatabase(t *testing.T) {
 	if err != nil || !due {
 		t.Fatalf("Due with no backup yet = %v, %v; want true", due, err)
 	}
-	b, err := w.Take(ctx)
+	b, err := w.Take(ctx, holding(t, n.DB, "controller-0", time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +130,9 @@ func TestTake_KeepsOnlyTheNewestBackups(t *testing.T) {
 		t.Fatal(err)
 	}
 	var taken []string
+	tok := holding(t, n.DB, "controller-0", time.Minute)
 	for i := 0; i < 4; i++ {
-		b, err := w.Take(deadline(t))
+		b, err := w.Take(deadline(t), tok)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -138,6 +151,41 @@ func TestTake_KeepsOnlyTheNewestBackups(t *testing.T) {
 	}
 }
 
+// TestTake_NotRecordedOnceTheTenureIsOver: a holder whose tenure ended
+// (its lease expired and another controller claimed it) writes its
+// backup files but the database refuses the record.
+func TestTake_NotRecordedOnceTheTenureIsOver(t *testing.T) {
+	n := dqlitetest.Start(t)
+	seed(t, n.DB, 10)
+	w, err := backup.New(backup.LeaderDumper(n.App.Leader), n.DB, backup.Options{Dir: t.TempDir(), ControllerID: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if due, err := w.Due(deadline(t)); err != nil || !due {
+		t.Fatalf("Due with no backup yet = %v, %v; want true", due, err)
+	}
+	old := holding(t, n.DB, "controller-0", 300*time.Millisecond)
+	time.Sleep(400 * time.Millisecond)
+	holding(t, n.DB, "controller-1", time.Minute)
+	b, err := w.Take(deadline(t), old)
+	if !errors.Is(err, lease.ErrFenced) {
+		t.Fatalf("Take under an ended tenure: %v; want ErrFenced", err)
+	}
+	if _, statErr := os.Stat(b.Path); statErr != nil {
+		t.Fatalf("the refused backup's files are not in place: %v", statErr)
+	}
+	var records int
+	if err := n.DB.QueryRowContext(deadline(t), `SELECT count(*) FROM controller_backup`).Scan(&records); err != nil {
+		t.Fatal(err)
+	}
+	if records != 0 {
+		t.Fatalf("%d backups recorded under an ended tenure, want 0", records)
+	}
+	if due, err := w.Due(deadline(t)); err != nil || !due {
+		t.Fatalf("Due after a refused record = %v, %v; want true (the new holder must take one)", due, err)
+	}
+}
+
 type failingDumper struct{}
 
 func (failingDumper) Dump(context.Context, string) ([]client.File, error) {
@@ -151,7 +199,7 @@ func TestTake_RefusesFileNamesOutsideTheBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Take(deadline(t)); err == nil {
+	if _, err := w.Take(deadline(t), holding(t, n.DB, "controller-0", time.Minute)); err == nil {
 		t.Fatal("a dump file named ../escape was accepted")
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {

@@ -18,6 +18,44 @@
 // the lease. Margin must cover the time the workers need to stop plus the
 // clock skew between Dqlite nodes (a new Dqlite leader's clock decides
 // expiry).
+//
+// # Fencing
+//
+// A cancelled context is not enough: a holder paused past its expiry
+// (SIGSTOP, a frozen VM) wakes up with its workers half-way through a
+// write. So each worker gets the lease's fencing token (lease.Token: the
+// holder and the number of its tenure) and asserts it inside the
+// transaction of every write it makes (Token.Assert); the database then
+// refuses a write of a tenure that is over. A claim that returns a
+// different tenure from the one the running workers have (the lease
+// expired by the database's clock and was claimed afresh) stops them and
+// starts them again with the new token.
+//
+// Successive Singulars of one process that share a Baton never run
+// workers at the same time: a new Singular starts its workers only once
+// every worker of the previous one has returned, however long that
+// takes. (They use the same holder name, so the database alone cannot
+// tell their workers apart while the tenure lasts.)
+//
+// # Clocks
+//
+// The database clock is the clock of the Dqlite leader that runs the
+// claim: every start and expiry is written with SQLite's now on that
+// leader, and each answer carries the leader's now at the read
+// (lease.Lease.ReadAt). The holder compares it with its own wall clock:
+// the leader's now must lie within MaxClockSkew (default Margin/4) of the
+// local interval [request sent, answer received]. If it does not, the
+// holder drops the flag (or does not raise it) and stops extending, so
+// the lease expires and another controller whose clock agrees takes over.
+// The local deadline itself is measured as a duration on the local
+// monotonic clock, so a constant offset does not move it; the check
+// matters when the clock steps, or when leadership moves to a Dqlite node
+// whose clock is ahead, which makes the lease expire earlier by the
+// difference: every controller measures its offset against each leader in
+// turn (holders and non-holders, shown in Status), a holder notices a new
+// leader's offset at its next extension, and the remaining margin
+// absorbs it until then. Writes that assert the token stay safe whatever
+// the clocks do.
 package singular
 
 import (
@@ -72,6 +110,10 @@ const (
 	// lease is revoked (a graceful, immediate hand-over) only if they all
 	// stopped in time.
 	DefaultStopTimeout = 10 * time.Second
+	// DefaultMaxClockSkewFraction: MaxClockSkew defaults to this
+	// fraction of Margin, leaving the rest of the margin for the
+	// workers to stop.
+	DefaultMaxClockSkewFraction = 4
 	// DefaultName is the lease name in the singular-controller namespace:
 	// the controller as a whole (Juju uses the controller's tag).
 	DefaultName = "controller"
@@ -96,16 +138,44 @@ func (realClock) Now() time.Time                         { return time.Now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Worker is a single-instance worker. Run must return soon after ctx is
-// cancelled (well within Margin).
+// cancelled (well within Margin). tok is the fencing token of the tenure
+// the worker runs in: every database write it makes asserts it in the
+// write's own transaction (tok.Assert).
 type Worker interface {
-	Run(ctx context.Context) error
+	Run(ctx context.Context, tok lease.Token) error
 }
 
 // WorkerFunc makes a function a Worker.
-type WorkerFunc func(ctx context.Context) error
+type WorkerFunc func(ctx context.Context, tok lease.Token) error
 
 // Run calls f.
-func (f WorkerFunc) Run(ctx context.Context) error { return f(ctx) }
+func (f WorkerFunc) Run(ctx context.Context, tok lease.Token) error { return f(ctx, tok) }
+
+// Baton keeps the worker groups of successive Singulars in one process
+// from overlapping: a Singular starts its workers only when the workers
+// of every earlier Singular sharing the Baton have returned. The zero
+// Baton is ready to use; it must not be copied after first use.
+type Baton struct {
+	mu   sync.Mutex
+	busy <-chan struct{} // closed when the group holding the baton is done
+}
+
+// take gives the baton to a group that is done when done is closed, or,
+// when another group still has it, returns a channel closed when that
+// group is done.
+func (b *Baton) take(done <-chan struct{}) (wait <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.busy != nil {
+		select {
+		case <-b.busy:
+		default:
+			return b.busy
+		}
+	}
+	b.busy = done
+	return nil
+}
 
 // Options configure a Singular. Zero durations take the defaults.
 type Options struct {
@@ -124,6 +194,14 @@ type Options struct {
 	PollInterval   time.Duration
 	RestartDelay   time.Duration
 	StopTimeout    time.Duration
+	// MaxClockSkew is the largest disagreement between the local clock
+	// and the database clock with which this controller holds the lease
+	// (default Margin/DefaultMaxClockSkewFraction; see the package doc).
+	MaxClockSkew time.Duration
+
+	// Baton is shared by the Singulars a process runs one after another
+	// (nil: this Singular's own).
+	Baton *Baton
 
 	// Workers run while the flag is up, keyed by a name for the log.
 	Workers map[string]Worker
@@ -155,6 +233,10 @@ func (o *Options) setDefaults() error {
 	def(&o.PollInterval, DefaultPollInterval)
 	def(&o.RestartDelay, DefaultRestartDelay)
 	def(&o.StopTimeout, DefaultStopTimeout)
+	def(&o.MaxClockSkew, o.Margin/DefaultMaxClockSkewFraction)
+	if o.Baton == nil {
+		o.Baton = &Baton{}
+	}
 	if o.Clock == nil {
 		o.Clock = realClock{}
 	}
@@ -162,6 +244,8 @@ func (o *Options) setDefaults() error {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	switch {
+	case o.MaxClockSkew < 0 || o.MaxClockSkew >= o.Margin:
+		return fmt.Errorf("maximum clock skew %v is not within margin %v", o.MaxClockSkew, o.Margin)
 	case o.Margin >= o.Duration:
 		return fmt.Errorf("margin %v is not shorter than lease duration %v", o.Margin, o.Duration)
 	case o.ExtendInterval >= (o.Duration-o.Margin)/2:
@@ -184,6 +268,12 @@ type Status struct {
 	// LocalDeadline is when this controller drops the flag unless it
 	// extends first (zero when not holding).
 	LocalDeadline time.Time `json:"local-deadline"`
+	// Tenure is the tenure of the running workers (0 when not holding).
+	Tenure int64 `json:"tenure,omitempty"`
+	// ClockOffset is how far the database clock was outside the local
+	// interval of the last answered claim (positive: the database is
+	// ahead), 0 within it.
+	ClockOffset time.Duration `json:"clock-offset"`
 	// LastError is the last failed claim, "" after a success.
 	LastError string `json:"last-error,omitempty"`
 }
@@ -230,6 +320,7 @@ func (s *Singular) Status() Status {
 	st.Holding = s.holding
 	if !s.holding {
 		st.LocalDeadline = time.Time{}
+		st.Tenure = 0
 	}
 	return st
 }
@@ -265,6 +356,8 @@ func (s *Singular) Run(ctx context.Context) error {
 		group      *workerGroup // workers of the current or last tenure
 		wantStart  bool         // start workers once the last group stopped
 		stopWarned bool
+		tok        lease.Token     // the tenure while holding
+		batonWait  <-chan struct{} // an earlier Singular's workers still run
 	)
 	lower := func(why string) {
 		if !s.Check() {
@@ -287,8 +380,15 @@ func (s *Singular) Run(ctx context.Context) error {
 			stopWarned = false
 		}
 		if wantStart && group == nil && s.Check() {
-			wantStart = false
-			group = startWorkers(ctx, o)
+			g := newWorkerGroup(ctx)
+			if batonWait = o.Baton.take(g.done); batonWait == nil {
+				wantStart = false
+				group = g
+				g.start(o, tok)
+			} else {
+				g.cancel()
+				o.Log.Warn("single-instance workers of an earlier run still running; waiting for them before starting")
+			}
 		}
 		if group != nil && !s.Check() && !stopWarned && now.After(deadline) && now.Sub(deadline) > o.Margin {
 			stopWarned = true
@@ -327,6 +427,9 @@ func (s *Singular) Run(ctx context.Context) error {
 		if group != nil {
 			groupDone = group.done
 		}
+		if !wantStart {
+			batonWait = nil
+		}
 
 		select {
 		case <-ctx.Done():
@@ -334,13 +437,33 @@ func (s *Singular) Run(ctx context.Context) error {
 			return s.shutdown(inflight, results, group)
 		case <-timer:
 		case <-groupDone:
+		case <-batonWait:
 		case r := <-results:
 			inflight = false
 			now := clock.Now()
 			switch {
 			case r.err == nil:
 				until := r.l.SafeUntil(r.sent, o.Margin)
-				s.record(r.l, "")
+				offset := clockOffset(r.sent, now, r.l.ReadAt)
+				s.record(r.l, "", offset)
+				if offset > o.MaxClockSkew || offset < -o.MaxClockSkew {
+					msg := fmt.Sprintf("the local clock and the database clock disagree by %v (more than %v)", offset, o.MaxClockSkew)
+					s.mu.Lock()
+					s.status.LastError = msg
+					s.mu.Unlock()
+					o.Log.Warn("refusing to hold the singular lease", "reason", msg)
+					lower(msg)
+					// Stop extending: let the lease expire so that a
+					// controller whose clock agrees takes over.
+					next = now.Add(max(r.l.Remaining, 0) + o.RetryInterval)
+					break
+				}
+				if s.Check() && r.l.Tenure != tok.Tenure {
+					// The database ended the tenure the workers run in
+					// (it expired by the database's clock before the
+					// local deadline): their token is void.
+					lower(fmt.Sprintf("the database began tenure %d while the workers ran in tenure %d", r.l.Tenure, tok.Tenure))
+				}
 				next = r.sent.Add(o.ExtendInterval)
 				if !until.After(now) {
 					// The answer came too late to rely on; try again now.
@@ -349,14 +472,18 @@ func (s *Singular) Run(ctx context.Context) error {
 				}
 				deadline = until
 				if !s.Check() {
+					tok = r.l.Token()
+					s.mu.Lock()
+					s.status.Tenure = tok.Tenure
+					s.mu.Unlock()
 					s.setFlag(true)
 					o.Log.Info("singular lease claimed, starting single-instance workers",
-						"expiry", r.l.Expiry, "local-deadline", until)
+						"expiry", r.l.Expiry, "local-deadline", until, "tenure", tok.Tenure)
 					wantStart = true
 				}
 				s.setDeadline(deadline)
 			case errors.Is(r.err, lease.ErrHeld):
-				s.record(r.l, "")
+				s.record(r.l, "", clockOffset(r.sent, now, r.l.ReadAt))
 				// Someone else holds it: we cannot (and must not) act.
 				lower("held by " + r.l.Holder)
 				// Try again right after it expires (by the database's
@@ -381,9 +508,28 @@ func (s *Singular) Run(ctx context.Context) error {
 	}
 }
 
-func (s *Singular) record(l lease.Lease, lastErr string) {
+// clockOffset is how far the database's time db lies outside the local
+// interval [sent, received], by the wall clock (positive: the database is
+// ahead); 0 inside it or when db is unknown.
+func clockOffset(sent, received, db time.Time) time.Duration {
+	if db.IsZero() {
+		return 0
+	}
+	// The database's time has millisecond resolution.
+	sent, received = sent.Round(0).Truncate(time.Millisecond), received.Round(0)
+	switch {
+	case db.Before(sent):
+		return db.Sub(sent)
+	case db.After(received):
+		return db.Sub(received)
+	}
+	return 0
+}
+
+func (s *Singular) record(l lease.Lease, lastErr string, offset time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.status.ClockOffset = offset
 	s.status.Holder = l.Holder
 	if l.Expired() {
 		s.status.Holder = ""
@@ -431,8 +577,14 @@ func (s *Singular) shutdown(inflight bool, results chan claimResult, group *work
 }
 
 type workerGroup struct {
+	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+func newWorkerGroup(parent context.Context) *workerGroup {
+	ctx, cancel := context.WithCancel(parent)
+	return &workerGroup{ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
 func (g *workerGroup) stopped() bool {
@@ -444,9 +596,10 @@ func (g *workerGroup) stopped() bool {
 	}
 }
 
-func startWorkers(parent context.Context, o Options) *workerGroup {
-	ctx, cancel := context.WithCancel(parent)
-	g := &workerGroup{cancel: cancel, done: make(chan struct{})}
+// start runs the workers with tok until g is cancelled; g.done is closed
+// when all have returned.
+func (g *workerGroup) start(o Options, tok lease.Token) {
+	ctx := g.ctx
 	names := make([]string, 0, len(o.Workers))
 	for name := range o.Workers {
 		names = append(names, name)
@@ -459,7 +612,7 @@ func startWorkers(parent context.Context, o Options) *workerGroup {
 		go func() {
 			defer wg.Done()
 			for {
-				err := w.Run(ctx)
+				err := w.Run(ctx, tok)
 				if ctx.Err() != nil {
 					return
 				}
@@ -476,15 +629,14 @@ func startWorkers(parent context.Context, o Options) *workerGroup {
 		wg.Wait()
 		close(g.done)
 	}()
-	return g
 }
 
 // Periodic is a Worker that calls Func at once and then every Interval
 // until its context is cancelled; an error is logged and does not stop
 // it. Each call gets a context with a deadline (Timeout, default
 // Interval), as every Dqlite call needs one. Use it for single-instance
-// housekeeping, e.g. removing departed Dqlite members, or
-// lease.Store.ExpireLeases to keep the lease table small.
+// housekeeping that is safe to repeat and to overlap (Func gets no
+// token), e.g. lease.Store.ExpireLeases to keep the lease table small.
 type Periodic struct {
 	Name     string
 	Interval time.Duration
@@ -495,7 +647,7 @@ type Periodic struct {
 }
 
 // Run implements Worker.
-func (p Periodic) Run(ctx context.Context) error {
+func (p Periodic) Run(ctx context.Context, _ lease.Token) error {
 	if p.Interval <= 0 {
 		return fmt.Errorf("cannot run %s: interval %v is not positive", p.Name, p.Interval)
 	}

@@ -58,7 +58,7 @@ func (e *events) snapshot() []event {
 
 // worker records when it starts and stops.
 func (e *events) worker(who string) singular.Worker {
-	return singular.WorkerFunc(func(ctx context.Context) error {
+	return singular.WorkerFunc(func(ctx context.Context, _ lease.Token) error {
 		e.add(who, "start")
 		<-ctx.Done()
 		e.add(who, "stop")
@@ -307,7 +307,7 @@ func TestSingular_FailingWorkerIsRestartedWhileHolding(t *testing.T) {
 	o := short
 	o.Holder = "controller-0"
 	o.Log = testLog(t)
-	o.Workers = map[string]singular.Worker{"flaky": singular.WorkerFunc(func(ctx context.Context) error {
+	o.Workers = map[string]singular.Worker{"flaky": singular.WorkerFunc(func(ctx context.Context, _ lease.Token) error {
 		runs.Add(1)
 		return errors.New("boom")
 	})}
@@ -436,7 +436,7 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- p.Run(ctx) }()
+	go func() { done <- p.Run(ctx, lease.Token{}) }()
 	if got := <-calls; got != 1 {
 		t.Fatalf("first call %d", got)
 	}

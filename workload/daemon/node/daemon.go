@@ -21,6 +21,7 @@ import (
 	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/controlplane/apiaddr"
 	"github.com/juju/dqlite-controller/workload/controlplane/lease"
+	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"github.com/juju/dqlite-controller/workload/daemon/decide"
 	"github.com/juju/dqlite-controller/workload/dbtx"
@@ -97,6 +98,9 @@ type Daemon struct {
 	db     *sql.DB
 	status control.Status
 	sing   *singularRun // written by the loop under mu
+	// baton keeps a restarted singular worker's workers from starting
+	// before the previous run's have returned.
+	baton  singular.Baton
 	gate   memberGate
 	apiErr string
 }

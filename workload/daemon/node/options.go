@@ -101,6 +101,8 @@ type Options struct {
 	BackupDir      string
 	BackupInterval time.Duration
 	BackupKeep     int
+	// BackupRecordDelay is a test hook (backup.Options.RecordDelay).
+	BackupRecordDelay time.Duration
 	// Lease timing of the singular worker (package singular's defaults
 	// when zero).
 	LeaseDuration       time.Duration

@@ -101,6 +101,7 @@ func (d *Daemon) startSingular() {
 			Database:     databaseName,
 			Interval:     d.o.BackupInterval,
 			Keep:         d.o.BackupKeep,
+			RecordDelay:  d.o.BackupRecordDelay,
 			Log:          d.log.With("component", "backup"),
 		})
 		if err != nil {
@@ -111,6 +112,7 @@ func (d *Daemon) startSingular() {
 	}
 	o := d.o.singularOptions(workers)
 	o.Log = log
+	o.Baton = &d.baton
 	s, err := singular.New(d.leases, o)
 	if err != nil {
 		d.log.Error("cannot start the singular worker", "err", err)
