@@ -5,14 +5,20 @@
 //	                                               running member, 503 otherwise)
 //	GET /v1/api-addresses                          the address lists (package apiwire)
 //	GET /v1/api-addresses/watch?version=&timeout=  long poll of the lists
-//	GET /v1/lease                                  the singular-controller lease, read
-//	                                               from the database
+//	GET /v1/lease                                  the singular-controller lease as this
+//	                                               node's singular worker last saw it
 //
 // Every response carries the current client address list in header
 // Dqc-Api-Addresses (the last known one while the node cannot read the
 // database). The address routes answer 503 while the node is not a member
 // of the cluster, so that an agent moves on to a controller that is; the
 // health route answers always.
+//
+// No route costs a database transaction: health, the address lists and
+// the lease are answered from views that the node's workers keep (the
+// address watcher's lists, the singular worker's last claim), so a flood
+// of requests cannot take Dqlite away from the lease. Connections and
+// long polls are bounded (Limits).
 package apiserver
 
 import (
@@ -65,9 +71,11 @@ type Health struct {
 // Healthy reports whether the node is a running member.
 func (h Health) Healthy() bool { return h.Member && h.State == "running" }
 
-// Lease is the body of GET /v1/lease. Holder is "" and the times are
-// null when there is no lease row; Expired tells whether the row is still
-// valid by the database's clock.
+// Lease is the body of GET /v1/lease: the lease row as the singular
+// worker's last answered claim returned it. Holder is "" and the times are
+// null when there is no lease row; Expired and RemainingMS are the
+// database's remaining validity at that claim minus the local time since
+// (AgeMS), so they stay current between claims.
 type Lease struct {
 	Namespace   string     `json:"namespace"`
 	Name        string     `json:"name"`
@@ -76,12 +84,17 @@ type Lease struct {
 	Expiry      *time.Time `json:"expiry"`
 	Expired     bool       `json:"expired"`
 	RemainingMS int64      `json:"remaining-ms"`
+	Tenure      int64      `json:"tenure"`
+	AgeMS       int64      `json:"age-ms"`
 }
 
-// Backend is what the server asks the daemon.
+// Backend is what the server asks the daemon. Every method answers from
+// memory: none may start a database transaction.
 type Backend interface {
 	Health(ctx context.Context) Health
-	Lease(ctx context.Context) (Lease, error)
+	// Lease is the singular worker's view of the lease; an error when
+	// the node has none (its singular worker is not running).
+	Lease() (Lease, error)
 	// Member reports whether the node is a member of the cluster now and
 	// returns a channel closed at the next change.
 	Member() (member bool, changed <-chan struct{})
@@ -91,11 +104,16 @@ type Backend interface {
 // member.
 var ErrNotMember = errors.New("this controller is not a member of the cluster")
 
-// Handler returns the API's handler.
-func Handler(b Backend, l Lister) http.Handler {
+// Handler returns the API's handler with the default limits.
+func Handler(b Backend, l Lister) http.Handler { return NewHandler(b, l, DefaultLimits()) }
+
+// NewHandler returns the API's handler; long polls are bounded by
+// lim.MaxLongPolls.
+func NewHandler(b Backend, l Lister, lim Limits) http.Handler {
+	lim = lim.withDefaults()
 	mux := http.NewServeMux()
 	addrs := http.NewServeMux()
-	RegisterAddresses(addrs, gated{b: b, l: l})
+	registerAddresses(addrs, gated{b: b, l: l}, newLongPolls(lim))
 	memberOnly := func(w http.ResponseWriter, r *http.Request) {
 		if m, _ := b.Member(); !m {
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: ErrNotMember.Error() + "; ask another controller"})
@@ -114,9 +132,7 @@ func Handler(b Backend, l Lister) http.Handler {
 		writeJSON(w, code, h)
 	})
 	mux.HandleFunc("GET "+PathLease, func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		l, err := b.Lease(ctx)
+		l, err := b.Lease()
 		if err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error()})
 			return
@@ -173,16 +189,56 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Serve serves h on addr until ctx is done. When addr cannot be listened
-// on (e.g. the port is taken) it reports the error through setErr and
-// tries again every RetryListen, so the Dqlite node is never held hostage
-// by its API port; setErr("") reports that it listens.
+// Serve serves h on addr with the default limits until ctx is done (see
+// Server.Serve).
 func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, setErr func(string)) error {
+	s := &Server{Addr: addr, Handler: h, Limits: DefaultLimits(), Log: log, SetErr: setErr}
+	return s.Serve(ctx)
+}
+
+// Server is the HTTP API's server.
+type Server struct {
+	Addr    string
+	Handler http.Handler
+	// Limits bound the connections (the long polls are bounded by the
+	// handler: NewHandler).
+	Limits Limits
+	Log    *slog.Logger
+	// SetErr reports why the API does not listen, "" once it does.
+	SetErr func(string)
+}
+
+// listen makes the API's listener: TCP on Addr, connections bounded by
+// Limits. This is the one place the listener is set up (TLS wraps the
+// limited listener here; a refused connection must then be closed without
+// a plaintext answer).
+func (s *Server) listen(ctx context.Context) (net.Listener, error) {
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", s.Addr)
+	if err != nil {
+		return nil, err
+	}
+	lim := s.Limits.withDefaults()
+	return newLimitListener(l, lim, lim.refusePlain), nil
+}
+
+// Serve serves until ctx is done. When Addr cannot be listened on (e.g.
+// the port is taken) it reports the error through SetErr and tries again
+// every RetryListen, so the Dqlite node is never held hostage by its API
+// port.
+func (s *Server) Serve(ctx context.Context) error {
+	log, addr := s.Log, s.Addr
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	setErr := s.SetErr
+	if setErr == nil {
+		setErr = func(string) {}
+	}
 	var l net.Listener
 	for {
 		var err error
-		var lc net.ListenConfig
-		l, err = lc.Listen(ctx, "tcp", addr)
+		l, err = s.listen(ctx)
 		if err == nil {
 			break
 		}
@@ -197,7 +253,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, s
 	}
 	setErr("")
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           s.Handler,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		ReadTimeout:       ReadTimeout,
 		WriteTimeout:      WriteTimeout,

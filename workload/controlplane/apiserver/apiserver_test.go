@@ -44,7 +44,7 @@ func (b *fakeBackend) Member() (bool, <-chan struct{}) {
 
 func (b *fakeBackend) Health(context.Context) apiserver.Health { return b.health }
 
-func (b *fakeBackend) Lease(context.Context) (apiserver.Lease, error) { return b.lease, nil }
+func (b *fakeBackend) Lease() (apiserver.Lease, error) { return b.lease, nil }
 
 type fixedSource struct{ l apiwire.Lists }
 

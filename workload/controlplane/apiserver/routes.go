@@ -16,8 +16,13 @@ type Lister interface {
 	Wait(ctx context.Context, version string) (apiwire.Lists, error)
 }
 
-// Register mounts the address routes on mux.
+// RegisterAddresses mounts the address routes on mux, with long polls
+// bounded by the default limits.
 func RegisterAddresses(mux *http.ServeMux, l Lister) {
+	registerAddresses(mux, l, newLongPolls(DefaultLimits()))
+}
+
+func registerAddresses(mux *http.ServeMux, l Lister, polls *longPolls) {
 	mux.HandleFunc("GET "+apiwire.PathAddresses, func(w http.ResponseWriter, r *http.Request) {
 		cur, ok := l.Current()
 		if !ok {
@@ -26,7 +31,7 @@ func RegisterAddresses(mux *http.ServeMux, l Lister) {
 		}
 		writeJSON(w, http.StatusOK, cur)
 	})
-	mux.HandleFunc("GET "+apiwire.PathWatch, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+apiwire.PathWatch, polls.wrap(func(w http.ResponseWriter, r *http.Request) {
 		timeout := apiwire.DefaultWatchTimeout
 		if s := r.URL.Query().Get("timeout"); s != "" {
 			d, err := time.ParseDuration(s)
@@ -44,7 +49,7 @@ func RegisterAddresses(mux *http.ServeMux, l Lister) {
 			return
 		}
 		writeJSON(w, http.StatusOK, cur) // changed, or unchanged at the timeout
-	})
+	}))
 }
 
 // WithClientAddresses makes every response of h carry the current client

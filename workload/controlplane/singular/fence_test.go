@@ -188,3 +188,37 @@ func TestSingular_RestartedRunWaitsForThePreviousRunsWorkers(t *testing.T) {
 		t.Fatalf("%d overlapping worker starts", overlaps.Load())
 	}
 }
+
+func TestSingular_ViewIsTheLastAnsweredClaimAgedByTheLocalClock(t *testing.T) {
+	n := newNode(t)
+	o := short
+	o.Holder = "controller-0"
+	o.Log = testLog(t)
+	s, err := singular.New(lease.New(n.DB), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := s.View(); ok {
+		t.Fatal("a view before any claim")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, "the lease", s.Check)
+	l, age, ok := s.View()
+	if !ok || l.Holder != "controller-0" || l.Tenure <= 0 || l.Expired() || age < 0 || age > o.Duration {
+		t.Fatalf("view of the holder = %+v age %v ok %v", l, age, ok)
+	}
+	// A non-holder's view names the holder, from its refused claims.
+	other := runSingular(t, lease.New(n.OpenDB(t)), func() singular.Options { p := o; p.Holder = "controller-1"; return p }())
+	waitFor(t, "the other controller's view", func() bool {
+		l, _, ok := other.View()
+		return ok && l.Holder == "controller-0" && !l.Expired()
+	})
+	// After a graceful stop (revoke), the holder's view has no holder.
+	cancel()
+	<-done
+	if l, _, ok := s.View(); !ok || l.Holder != "" {
+		t.Fatalf("view after the revoke = %+v ok %v; want no holder", l, ok)
+	}
+}

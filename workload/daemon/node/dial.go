@@ -182,5 +182,15 @@ func (d *Daemon) openDB(peers *peerStore) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the database connector: %w", err)
 	}
-	return sql.OpenDB(conn), nil
+	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(maxOpenConns)
+	return db, nil
 }
+
+// maxOpenConns bounds the connections to the Dqlite leader that the
+// daemon's handle opens (database/sql has no bound by default): the
+// control plane needs a handful at once (lease claims, housekeeping, a
+// backup record, the address watcher, the node's own queries), and a
+// burst of SQL console requests queues for a connection instead of
+// opening one each. The HTTP API never uses the handle.
+const maxOpenConns = 16

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -296,19 +297,26 @@ func (d *Daemon) Health(ctx context.Context) apiserver.Health {
 }
 
 // Lease implements apiserver.Backend: the singular-controller lease as
-// the database has it.
-func (d *Daemon) Lease(ctx context.Context) (apiserver.Lease, error) {
+// this node's singular worker last saw it (no database request).
+func (d *Daemon) Lease() (apiserver.Lease, error) {
 	out := apiserver.Lease{Namespace: lease.NamespaceSingularController, Name: singular.DefaultName}
-	l, ok, err := d.leases.Get(ctx, out.Namespace, out.Name)
-	if err != nil {
-		return out, err
+	d.mu.RLock()
+	run, state := d.sing, d.status.State
+	d.mu.RUnlock()
+	if run == nil {
+		return out, fmt.Errorf("the lease is not known here: the singular worker is not running (this node is %s)", state)
 	}
+	l, age, ok := run.s.View()
 	if !ok {
+		return out, errors.New("the lease is not known here yet: no claim has been answered")
+	}
+	out.AgeMS = age.Milliseconds()
+	if l.Holder == "" {
 		out.Expired = true
 		return out, nil
 	}
 	start, expiry := l.Start, l.Expiry
-	out.Holder, out.Start, out.Expiry = l.Holder, &start, &expiry
+	out.Holder, out.Start, out.Expiry, out.Tenure = l.Holder, &start, &expiry, l.Tenure
 	out.Expired, out.RemainingMS = l.Expired(), l.Remaining.Milliseconds()
 	return out, nil
 }
