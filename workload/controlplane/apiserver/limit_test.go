@@ -29,11 +29,14 @@ func serve(t *testing.T, h http.Handler, lim apiserver.Limits) int {
 	s := &apiserver.Server{Addr: "0.0.0.0:" + strconv.Itoa(port), Handler: h, Limits: lim}
 	go func() { done <- s.Serve(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	// Probe from an address of its own, so that the probe's connection
+	// does not count against the hosts the test uses.
+	probe := from("127.0.0.254")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		resp, err := probe.Get("http://127.0.0.1:" + strconv.Itoa(port) + apiserver.PathHealth)
 		if err == nil {
-			c.Close()
+			resp.Body.Close()
 			return port
 		}
 		if time.Now().After(deadline) {
@@ -122,11 +125,17 @@ func TestHandler_LongPollsOverTheLimitAreAnswered503AtOnce(t *testing.T) {
 	watch := "http://127.0.0.1:" + strconv.Itoa(port) + apiwire.PathWatch + "?timeout=1m&version=" + cur.Version
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Two clients keep a long poll open, asking again whenever theirs
+	// ends (or was refused because a probe had the slot).
 	for range 2 {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, watch, nil)
 		go func() {
-			if resp, err := http.DefaultClient.Do(req); err == nil {
-				resp.Body.Close()
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, watch, nil)
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
 		}()
 	}
@@ -141,6 +150,8 @@ func TestHandler_LongPollsOverTheLimitAreAnswered503AtOnce(t *testing.T) {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			code, h, body = resp.StatusCode, resp.Header, string(b)
+		} else {
+			body = err.Error()
 		}
 		if code == http.StatusServiceUnavailable {
 			if h.Get("Retry-After") == "" || !strings.Contains(body, "too many long polls") {
