@@ -45,8 +45,9 @@
 // (lease.Lease.ReadAt). The holder compares it with its own wall clock:
 // the leader's now must lie within MaxClockSkew (default Margin/4) of the
 // local interval [request sent, answer received]. If it does not, the
-// holder drops the flag (or does not raise it) and stops extending, so
-// the lease expires and another controller whose clock agrees takes over.
+// controller drops the flag (or gives back a lease it just claimed
+// without raising it) and does not claim again for a lease duration, so
+// that another controller whose clock agrees takes over.
 // The local deadline itself is measured as a duration on the local
 // monotonic clock, so a constant offset does not move it; the check
 // matters when the clock steps, or when leadership moves to a Dqlite node
@@ -476,10 +477,22 @@ func (s *Singular) Run(ctx context.Context) error {
 					s.status.LastError = msg
 					s.mu.Unlock()
 					o.Log.Warn("refusing to hold the singular lease", "reason", msg)
+					wasHolding := s.Check()
 					lower(msg)
-					// Stop extending: let the lease expire so that a
+					if !wasHolding {
+						// Nothing ran under this claim: give the lease
+						// back at once. A holder's workers are still
+						// stopping, so its lease is left to expire
+						// instead (Margin before anyone can claim).
+						rctx, cancel := context.WithTimeout(ctx, o.RequestTimeout)
+						if err := s.claimer.Revoke(rctx, o.Namespace, o.Name, o.Holder); err != nil {
+							o.Log.Warn("cannot give back the singular lease; it will expire", "err", err)
+						}
+						cancel()
+					}
+					// Stop claiming for a lease duration, so that a
 					// controller whose clock agrees takes over.
-					next = now.Add(max(r.l.Remaining, 0) + o.RetryInterval)
+					next = now.Add(max(r.l.Remaining, 0) + o.Duration)
 					break
 				}
 				if s.Check() && r.l.Tenure != tok.Tenure {
