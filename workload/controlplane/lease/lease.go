@@ -114,18 +114,19 @@ type Lease struct {
 	Start  time.Time
 	Expiry time.Time
 	// Tenure numbers the holder's uninterrupted tenure (see the package
-	// doc); it changes exactly when Start does.
+	// doc); it changes when Start does (and once more for a row from
+	// before tenures, whose tenure is 0).
 	Tenure int64
-	// ReadAt is the database's now when the row was read, by the clock
-	// of the Dqlite leader that answered: the database clock a holder
-	// compares its own with.
 	// Remaining is Expiry minus the database's now, measured in the same
 	// transaction that wrote or read the row (negative once expired). A
 	// caller that noted its local time just before sending the request can
 	// rely on the lease until sentAt + Remaining (see SafeUntil): the
 	// database measured Remaining after that moment.
 	Remaining time.Duration
-	ReadAt    time.Time
+	// ReadAt is the database's now when the row was read, by the clock
+	// of the Dqlite leader that answered: the database clock a holder
+	// compares its own with.
+	ReadAt time.Time
 }
 
 // Token is the fencing token of the tenure l describes.
