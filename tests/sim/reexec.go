@@ -32,13 +32,6 @@ const (
 	toolSystemctl   = "systemctl"
 )
 
-// hookToolNames are the Juju hook tools the simulator serves (§5.3).
-var hookToolNames = []string{
-	"network-get", "relation-get", "relation-set", "relation-list", "relation-ids",
-	"is-leader", "status-set", "status-get", "application-version-set", "juju-log",
-	"config-get", "unit-get",
-}
-
 func init() {
 	tool := os.Getenv(envTool)
 	if tool == "" {

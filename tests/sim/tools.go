@@ -37,53 +37,84 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 
 var relationFlag = flagDef{names: []string{"r", "relation"}, value: true}
 
+// toolFunc runs one hook tool for a hook context, with the model locked.
+type toolFunc func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error)
+
+// hookTools is the table of hook tools the simulator answers, by name. Each
+// family of tools (relations, status, secrets, actions, ports) registers its
+// entries here (secrets.go and actions.go add theirs below); every name
+// becomes an executable on the hook's PATH.
+var hookTools = map[string]toolFunc{
+	"network-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolNetworkGet(hc, req.Args)
+	},
+	"relation-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolRelationGet(hc, req.Args)
+	},
+	"relation-set": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolRelationSet(hc, req.Args, req.Stdin)
+	},
+	"relation-list": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolRelationList(hc, req.Args)
+	},
+	"relation-ids": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolRelationIDs(hc, req.Args)
+	},
+	"is-leader": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolIsLeader(hc, req.Args)
+	},
+	"status-set": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolStatusSet(hc, req.Args)
+	},
+	"status-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolStatusGet(hc, req.Args)
+	},
+	"application-version-set": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolApplicationVersionSet(hc, req.Args)
+	},
+	"juju-log": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolJujuLog(hc, req.Args)
+	},
+	"config-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolConfigGet(hc, req.Args)
+	},
+	"unit-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolUnitGet(hc, req.Args)
+	},
+}
+
 func (m *Model) runToolCommand(hc *hookContext, req toolRequest) toolResponse {
-	var resp toolResponse
-	var err error
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch req.Tool {
-	case "network-get":
-		resp, err = m.toolNetworkGet(hc, req.Args)
-	case "relation-get":
-		resp, err = m.toolRelationGet(hc, req.Args)
-	case "relation-set":
-		resp, err = m.toolRelationSet(hc, req.Args, req.Stdin)
-	case "relation-list":
-		resp, err = m.toolRelationList(hc, req.Args)
-	case "relation-ids":
-		resp, err = m.toolRelationIDs(hc, req.Args)
-	case "is-leader":
-		var vals map[string]string
-		if vals, _, err = parseArgs(req.Args); err == nil {
-			resp = output(vals["format"], m.leader == hc.unit.name)
-		}
-	case "status-set":
-		resp, err = m.toolStatusSet(hc, req.Args)
-	case "status-get":
-		resp, err = m.toolStatusGet(hc, req.Args)
-	case "application-version-set":
-		var pos []string
-		if _, pos, err = parseArgs(req.Args); err == nil {
-			if len(pos) != 1 {
-				err = usagef("no version specified")
-			} else {
-				hc.unit.version = pos[0]
-			}
-		}
-	case "juju-log":
-		resp, err = m.toolJujuLog(hc, req.Args)
-	case "config-get":
-		resp, err = m.toolConfigGet(hc, req.Args)
-	case "unit-get":
-		resp, err = m.toolUnitGet(hc, req.Args)
-	default:
-		err = errorf("unknown command %q", req.Tool)
+	run, ok := hookTools[req.Tool]
+	if !ok {
+		return toolError(errorf("unknown command %q", req.Tool))
 	}
+	resp, err := run(m, hc, req)
 	if err != nil {
 		return toolError(err)
 	}
 	return resp
+}
+
+func (m *Model) toolIsLeader(hc *hookContext, args []string) (toolResponse, error) {
+	vals, _, err := parseArgs(args)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	return output(vals["format"], m.leader == hc.unit.name), nil
+}
+
+func (m *Model) toolApplicationVersionSet(hc *hookContext, args []string) (toolResponse, error) {
+	_, pos, err := parseArgs(args)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) != 1 {
+		return toolResponse{}, usagef("no version specified")
+	}
+	hc.unit.version = pos[0]
+	return toolResponse{}, nil
 }
 
 // relationArg resolves -r (either "<endpoint>:<id>" or "<id>") or the hook's

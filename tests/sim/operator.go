@@ -1,0 +1,397 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	mathrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The operator's verbs: juju deploy, add-unit, remove-unit, bind, config,
+// resolved, exec, and the faults a test can inject (a killed machine, a
+// partition).
+
+// Deploy deploys the application with n units, each on a new machine
+// (juju deploy -n N). specs, when given, place the units' machines.
+func (m *Model) Deploy(n int, specs ...MachineSpec) ([]string, error) {
+	m.mu.Lock()
+	if len(m.units) > 0 || m.nextUnit > 0 {
+		m.mu.Unlock()
+		return nil, errors.New("cannot deploy: application already deployed")
+	}
+	m.relations = nil
+	for ep := range m.meta.Peers {
+		m.relations = append(m.relations, &relation{id: len(m.relations), endpoint: ep, peer: true,
+			scope: map[string]bool{}, unitData: map[string]map[string]string{}, unitVer: map[string]int{}, appData: map[string]string{}})
+	}
+	sort.Slice(m.relations, func(i, j int) bool { return m.relations[i].endpoint < m.relations[j].endpoint })
+	for i, r := range m.relations {
+		r.id = i
+	}
+	m.mu.Unlock()
+	return m.addUnits(n, specs)
+}
+
+// AddUnit adds n units on new machines (juju add-unit -n N).
+func (m *Model) AddUnit(n int, specs ...MachineSpec) ([]string, error) {
+	m.mu.Lock()
+	deployed := m.nextUnit > 0
+	m.mu.Unlock()
+	if !deployed {
+		return nil, errors.New("cannot add unit: application not deployed")
+	}
+	return m.addUnits(n, specs)
+}
+
+func (m *Model) addUnits(n int, specs []MachineSpec) ([]string, error) {
+	var names []string
+	var created []*unit
+	m.mu.Lock()
+	for i := 0; i < n; i++ {
+		var spec MachineSpec
+		if i < len(specs) {
+			spec = specs[i]
+		}
+		mc, err := m.addMachineLocked(spec)
+		if err != nil {
+			m.mu.Unlock()
+			return names, fmt.Errorf("cannot add machine: %w", err)
+		}
+		u := m.newUnitLocked(mc)
+		names = append(names, u.name)
+		created = append(created, u)
+	}
+	if m.leader == "" && !m.electing && len(created) > 0 {
+		u := created[0]
+		if m.opts.RandomInitialLeader {
+			u = created[mathrand.IntN(len(created))]
+		}
+		m.leader = u.name
+		u.leaderElectedPending = true
+	}
+	m.notifyLocked()
+	m.mu.Unlock()
+	for _, u := range created {
+		if err := m.prepareUnitFiles(u); err != nil {
+			return names, err
+		}
+	}
+	for _, u := range created {
+		m.wg.Add(1)
+		go m.runAgent(u)
+	}
+	return names, nil
+}
+
+// prepareUnitFiles copies the charm into the unit's agent directory on its
+// machine, where Juju's unit agent keeps it.
+func (m *Model) prepareUnitFiles(u *unit) error {
+	dst := filepath.Join(u.machine.dir, "var-lib-juju", "agents", "unit-"+strings.ReplaceAll(u.name, "/", "-"), "charm")
+	if err := copyTree(m.opts.CharmDir, dst); err != nil {
+		return fmt.Errorf("cannot install charm for %s: %w", u.name, err)
+	}
+	return nil
+}
+
+func copyTree(src, dst string) error {
+	return filepath.Walk(src, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		if info.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, info.Mode().Perm())
+	})
+}
+
+// RemoveUnit removes a unit (juju remove-unit): it departs the relation on
+// both sides, runs stop and remove, then its machine is removed. With force
+// on a dead machine no hook runs on it (juju remove-unit --force).
+func (m *Model) RemoveUnit(name string, force bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := m.units[name]
+	if u == nil || u.life == lifeDead {
+		return fmt.Errorf("cannot remove unit: unit %q not found", name)
+	}
+	if u.life == lifeDying && !force {
+		return nil
+	}
+	u.life = lifeDying
+	for _, r := range m.relations {
+		delete(r.scope, name)
+	}
+	if force && u.machine.dead {
+		m.finishUnitLocked(u)
+	}
+	m.notifyLocked()
+	return nil
+}
+
+// finishUnitLocked removes a unit whose remove hook has run (or that was
+// force-removed), its machine, and its leadership.
+func (m *Model) finishUnitLocked(u *unit) {
+	u.life = lifeDead
+	u.agent, u.agentMsg = "", ""
+	mc := u.machine
+	delete(m.machines, mc.id)
+	if m.leader == u.name {
+		m.leader = ""
+		m.scheduleElectionLocked()
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		mc.sd.shutdown(true)
+		if err := killNetns(mc.netns); err != nil {
+			m.log.Warn("cannot remove machine namespace", "machine", mc.id, "err", err)
+		}
+		m.log.Info("machine removed", "machine", mc.id)
+	}()
+}
+
+// scheduleElectionLocked elects a new leader once the lease has expired.
+func (m *Model) scheduleElectionLocked() {
+	if m.electing {
+		return
+	}
+	m.electing = true
+	time.AfterFunc(m.opts.LeaseExpiry, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.electing = false
+		if m.closed || m.leader != "" {
+			return
+		}
+		var cands []*unit
+		for _, u := range m.units {
+			if u.life == lifeAlive && !u.machine.dead {
+				cands = append(cands, u)
+			}
+		}
+		if len(cands) == 0 {
+			return
+		}
+		sort.Slice(cands, func(i, j int) bool { return cands[i].num < cands[j].num })
+		m.leader = cands[0].name
+		cands[0].leaderElectedPending = true
+		m.log.Info("leader elected", "unit", m.leader)
+		m.notifyLocked()
+	})
+}
+
+// Bind binds an endpoint to a space (juju bind app endpoint=space). Like
+// Juju without --force it refuses when a machine has no address in the space.
+// Every unit then runs config-changed (§1.9, §5.5).
+func (m *Model) Bind(endpoint, space string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.validEndpoint(endpoint) {
+		return fmt.Errorf("cannot bind: application %q has no endpoint %q", m.app, endpoint)
+	}
+	for _, u := range m.units {
+		if u.life == lifeDead {
+			continue
+		}
+		found := false
+		for _, n := range u.machine.nics {
+			if n.subnet.Space == space {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("cannot bind: machine %d of unit %s has no address in space %q", u.machine.id, u.name, space)
+		}
+	}
+	m.bindings[endpoint] = space
+	m.notifyLocked()
+	return nil
+}
+
+func (m *Model) validEndpoint(ep string) bool {
+	if ep == "juju-info" {
+		return true
+	}
+	_, p := m.meta.Peers[ep]
+	_, r := m.meta.Requires[ep]
+	_, q := m.meta.Provides[ep]
+	_, x := m.meta.ExtraBindings[ep]
+	return p || r || q || x
+}
+
+// SetConfig sets application config (juju config app k=v). Values are
+// parsed by the option's type; an empty value resets it to the default.
+func (m *Model) SetConfig(kv map[string]string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	parsed := map[string]any{}
+	for k, v := range kv {
+		opt, ok := m.options[k]
+		if !ok {
+			return fmt.Errorf("cannot set config: unknown option %q", k)
+		}
+		if v == "" {
+			parsed[k] = nil
+			continue
+		}
+		var err error
+		switch opt.Type {
+		case "int":
+			var n int64
+			n, err = strconv.ParseInt(v, 10, 64)
+			parsed[k] = int(n)
+		case "float":
+			parsed[k], err = strconv.ParseFloat(v, 64)
+		case "boolean":
+			parsed[k], err = strconv.ParseBool(v)
+		default:
+			parsed[k] = v
+		}
+		if err != nil {
+			return fmt.Errorf("cannot set config: option %q expected %s, got %q", k, opt.Type, v)
+		}
+	}
+	for k, v := range parsed {
+		if v == nil {
+			delete(m.config, k)
+		} else {
+			m.config[k] = v
+		}
+	}
+	m.notifyLocked()
+	return nil
+}
+
+// effectiveConfig is the config as config-get sees it: defaults overlaid
+// with set values.
+func (m *Model) effectiveConfigLocked() map[string]any {
+	out := map[string]any{}
+	for k, o := range m.options {
+		out[k] = o.Default
+	}
+	for k, v := range m.config {
+		out[k] = v
+	}
+	return out
+}
+
+// KillMachine SIGKILLs every process on a unit's machine: its hooks and
+// services die, its unit agent is lost, and the machine stays down. The
+// unit stays in the relation (as in Juju) until RemoveUnit with force.
+func (m *Model) KillMachine(unitName string) error {
+	m.mu.Lock()
+	u := m.units[unitName]
+	if u == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("cannot kill machine: unit %q not found", unitName)
+	}
+	mc := u.machine
+	mc.dead = true
+	for _, cu := range mc.units {
+		cu.agent, cu.agentMsg = "lost", "agent lost, see 'juju show-status-log "+cu.name+"'"
+	}
+	if m.leader != "" && m.units[m.leader] != nil && m.units[m.leader].machine == mc {
+		m.leader = ""
+		m.scheduleElectionLocked()
+	}
+	m.notifyLocked()
+	m.mu.Unlock()
+	mc.sd.shutdown(true)
+	for i := 0; i < 50; i++ {
+		pids := netnsPids(mc.netns)
+		if len(pids) == 0 {
+			break
+		}
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m.log.Info("machine killed", "machine", mc.id)
+	return nil
+}
+
+// Partition cuts (or, with cut false, restores) a unit's machine off every
+// subnet by taking its links down on the fabric side. Its addresses stay;
+// the unit agent keeps running hooks (the simulator's controller link is
+// not the data network).
+func (m *Model) Partition(unitName string, cut bool) error {
+	m.mu.Lock()
+	u := m.units[unitName]
+	if u == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("cannot partition: unit %q not found", unitName)
+	}
+	mc := u.machine
+	m.mu.Unlock()
+	return m.partition(mc, cut)
+}
+
+// PartitionMachine is Partition for any machine by id (an agent machine,
+// say).
+func (m *Model) PartitionMachine(id int, cut bool) error {
+	mc, err := m.machineByID(id)
+	if err != nil {
+		return fmt.Errorf("cannot partition: %w", err)
+	}
+	return m.partition(mc, cut)
+}
+
+func (m *Model) partition(mc *machine, cut bool) error {
+	m.mu.Lock()
+	mc.partitioned = cut
+	m.notifyLocked()
+	m.mu.Unlock()
+	state := "up"
+	if cut {
+		state = "down"
+	}
+	for _, n := range mc.nics {
+		if err := ipCmd("-n", m.fabric, "link", "set", n.fabric, state); err != nil {
+			return fmt.Errorf("cannot partition machine %d: %w", mc.id, err)
+		}
+	}
+	return nil
+}
+
+// Resolve retries a unit's failed hook (juju resolved).
+func (m *Model) Resolve(unitName string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := m.units[unitName]
+	if u == nil {
+		return fmt.Errorf("cannot resolve: unit %q not found", unitName)
+	}
+	if u.failed == nil {
+		return fmt.Errorf("cannot resolve: unit %q is not in an error state", unitName)
+	}
+	u.resolved = true
+	m.notifyLocked()
+	return nil
+}
+
+// Exec runs a command on a unit's machine, inside its namespaces and with
+// its /var/lib/juju (juju exec / juju ssh).
+func (m *Model) Exec(ctx context.Context, unitName string, argv ...string) (stdout, stderr []byte, err error) {
+	m.mu.Lock()
+	u := m.units[unitName]
+	m.mu.Unlock()
+	if u == nil {
+		return nil, nil, fmt.Errorf("cannot exec: unit %q not found", unitName)
+	}
+	return m.execOn(ctx, u.machine, argv)
+}
