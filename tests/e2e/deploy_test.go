@@ -9,11 +9,11 @@ import (
 
 // juju deploy -n 3: whatever the hook interleaving, exactly one cluster with
 // three voters forms (DESIGN.md: bootstrap-agent-id).
-// The Juju leader is a random unit of the batch, as in Juju.
+// The Juju leader is a random unit of the batch, as in Juju (the default).
 func TestDeploy_ThreeAtOnceFormsExactlyOneCluster(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		t.Run(fmt.Sprintf("try%d", i), func(t *testing.T) {
-			m := newModel(t, sim.Options{RandomInitialLeader: true})
+			m := newModel(t, sim.Options{})
 			if _, err := m.Deploy(3); err != nil {
 				t.Fatal(err)
 			}

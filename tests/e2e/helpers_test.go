@@ -63,6 +63,11 @@ func newModel(t *testing.T, opts sim.Options) *sim.Model {
 	if opts.LeaseExpiry == 0 {
 		opts.LeaseExpiry = 2 * time.Second
 	}
+	if opts.AutoRetryHooks == 0 {
+		// Juju's default model config automatically-retry-hooks=true
+		// retries a failed hook after 5 s at first.
+		opts.AutoRetryHooks = 5 * time.Second
+	}
 	if opts.UpdateStatusInterval == 0 {
 		// Juju's default is 5 minutes; the charm's status catches up with
 		// controllerd at the next hook, so the scenarios shorten it.

@@ -205,19 +205,21 @@ func TestBind_HealsBlockedMultiAddressUnit(t *testing.T) {
 }
 
 // A hook SIGKILLed half-way (at its relation-set) leaves the unit in error;
-// juju resolved retries it and the unit joins the cluster.
+// juju resolved retries it and the unit joins the cluster. The first
+// relation-set a unit can make is in its relation-created hook: before
+// that it is not in the relation's scope.
 func TestKilledHook_RetriedAndUnitJoins(t *testing.T) {
-	m := newModel(t, sim.Options{})
+	m := newModel(t, sim.Options{AutoRetryHooks: -1})
 	if _, err := m.Deploy(1); err != nil {
 		t.Fatal(err)
 	}
 	waitIdle(t, m)
 	waitCluster(t, m)
-	m.KillHookAt("dqlite-controller/1", "install", "relation-set")
+	m.KillHookAt("dqlite-controller/1", "db-cluster-relation-created", "relation-set")
 	if _, err := m.AddUnit(1); err != nil {
 		t.Fatal(err)
 	}
-	err := m.WaitFor(ctxFor(t, 2*time.Minute), "dqlite-controller/1 in error (its install killed at relation-set)", func(st sim.Status) bool {
+	err := m.WaitFor(ctxFor(t, 2*time.Minute), "dqlite-controller/1 in error (its relation-created killed at relation-set)", func(st sim.Status) bool {
 		u, _ := st.Unit("dqlite-controller/1")
 		return u.Workload == "error"
 	})

@@ -33,7 +33,7 @@ func (m *Model) hookEnv(u *unit, hc *hookContext) []string {
 		fmt.Sprintf("JUJU_MACHINE_ID=%d", u.machine.id),
 		"JUJU_PRINCIPAL_UNIT=",
 		"JUJU_AVAILABILITY_ZONE=",
-		"JUJU_VERSION=4.0.1",
+		"JUJU_VERSION=" + m.jujuVersion(),
 		"CLOUD_API_VERSION=",
 		"JUJU_CHARM_HTTP_PROXY=", "JUJU_CHARM_HTTPS_PROXY=", "JUJU_CHARM_FTP_PROXY=", "JUJU_CHARM_NO_PROXY=",
 		"JUJU_CHARM_TRACE_CONFIG_HTTP=", "JUJU_CHARM_TRACE_CONFIG_GRPC=", "JUJU_CHARM_TRACE_CONFIG_CA_CERT=",
@@ -138,4 +138,12 @@ func (m *Model) runHook(u *unit, hc *hookContext) int {
 	}
 	m.appendUnitLog(u, fmt.Sprintf("%s hook exited %d", h.name, code))
 	return code
+}
+
+// jujuVersion is JUJU_VERSION of the simulated controller.
+func (m *Model) jujuVersion() string {
+	if m.opts.Juju36 {
+		return "3.6.28"
+	}
+	return "4.0.1"
 }

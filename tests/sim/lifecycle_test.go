@@ -165,7 +165,7 @@ func TestSetConfig_RunsConfigChanged(t *testing.T) {
 // docs/juju.md#leadership: when the leader's machine dies, another unit becomes
 // leader after the lease expires and runs leader-elected.
 func TestKillMachine_LeaderElectedOnNewLeader(t *testing.T) {
-	m := newToyModel(t, Options{})
+	m := newToyModel(t, Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(3); err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestStatusSet_AppliesAtOnce(t *testing.T) {
 // docs/juju.md#leadership: removing the leader unit moves leadership; the new leader runs
 // leader-elected, and the departing leader's own hooks end with stop, remove.
 func TestRemoveUnit_LeaderLossElectsNewLeader(t *testing.T) {
-	m := newToyModel(t, Options{})
+	m := newToyModel(t, Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(2); err != nil {
 		t.Fatal(err)
 	}

@@ -46,10 +46,14 @@ type Options struct {
 	// space in ingress-addresses, as Juju 3.6 does, instead of Juju 4's
 	// best scope tier only (juju-ha.md §1.6).
 	Juju36Ingress bool
-	// RandomInitialLeader gives leadership on deploy to a random unit of
-	// the batch, as in Juju, where whichever agent claims first wins;
-	// by default the first unit leads (deterministic hook-order tests).
-	RandomInitialLeader bool
+	// Juju36 simulates a Juju 3.6 controller: network-get's unfiltered
+	// ingress list (as Juju36Ingress), private-address in the unit's
+	// relation data, JUJU_VERSION 3.6.x and 3.6's error texts.
+	Juju36 bool
+	// FirstUnitLeads gives leadership on deploy to the first unit of the
+	// batch (deterministic hook-order tests). By default a random unit
+	// leads, as in Juju, where whichever agent claims first wins.
+	FirstUnitLeads bool
 	// LeaseExpiry is how long leadership stays with a unit whose agent is
 	// gone before another unit is elected; Juju takes up to ~60 s (§5.5).
 	LeaseExpiry time.Duration
@@ -152,11 +156,14 @@ type Model struct {
 	nextUnit    int
 	leader      string
 	electing    bool
-	relations   []*relation
-	contexts    map[string]*hookContext
-	ctxSeq      int
-	faults      []*hookFault
-	closed      bool
+	// appStatus is the application status the leader set with
+	// status-set --application: status, message.
+	appStatus [2]string
+	relations []*relation
+	contexts  map[string]*hookContext
+	ctxSeq    int
+	faults    []*hookFault
+	closed    bool
 }
 
 // New creates the run's fabric namespace and subnets. Close tears everything
@@ -179,6 +186,9 @@ func New(opts Options) (*Model, error) {
 	}
 	if opts.DefaultSpace == "" {
 		opts.DefaultSpace = "alpha"
+	}
+	if opts.Juju36 {
+		opts.Juju36Ingress = true
 	}
 	if opts.LeaseExpiry == 0 {
 		opts.LeaseExpiry = 3 * time.Second

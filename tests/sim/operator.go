@@ -69,9 +69,9 @@ func (m *Model) addUnits(n int, specs []MachineSpec) ([]string, error) {
 		created = append(created, u)
 	}
 	if m.leader == "" && !m.electing && len(created) > 0 {
-		u := created[0]
-		if m.opts.RandomInitialLeader {
-			u = created[mathrand.IntN(len(created))]
+		u := created[mathrand.IntN(len(created))]
+		if m.opts.FirstUnitLeads {
+			u = created[0]
 		}
 		m.leader = u.name
 		u.leaderElectedPending = true
@@ -164,7 +164,8 @@ func (m *Model) finishUnitLocked(u *unit) {
 	}()
 }
 
-// scheduleElectionLocked elects a new leader once the lease has expired.
+// scheduleElectionLocked elects a new leader once the old leader's lease
+// has expired (it is not extended any more: its agent is gone or cut off).
 func (m *Model) scheduleElectionLocked() {
 	if m.electing {
 		return
@@ -177,21 +178,64 @@ func (m *Model) scheduleElectionLocked() {
 		if m.closed || m.leader != "" {
 			return
 		}
+		m.electLocked()
+	})
+}
+
+// electLocked gives the vacant leadership to a unit whose agent can reach
+// the controller. In Juju every unit agent's leadership tracker claims the
+// vacant lease and whichever claim arrives first wins
+// (internal/worker/leadership/tracker.go), so the simulator picks at
+// random, never by unit number.
+func (m *Model) electLocked() {
+	var cands []*unit
+	for _, u := range m.units {
+		if u.life == lifeAlive && !u.machine.dead && !u.machine.partitioned {
+			cands = append(cands, u)
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	u := cands[mathrand.IntN(len(cands))]
+	m.leader = u.name
+	u.leaderElectedPending = true
+	m.log.Info("leader elected", "unit", m.leader)
+	m.notifyLocked()
+}
+
+// MoveLeadership is a fault: the leader's lease is lost now (as when its
+// agent could not extend it in time) and another unit, to or a random one
+// when to is "", claims it. A hook the old leader is running and that wrote
+// application data then fails when it commits; the new leader runs
+// leader-elected.
+func (m *Model) MoveLeadership(to string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if to == "" {
 		var cands []*unit
 		for _, u := range m.units {
-			if u.life == lifeAlive && !u.machine.dead {
+			if u.name != m.leader && u.life == lifeAlive && !u.machine.dead && !u.machine.partitioned {
 				cands = append(cands, u)
 			}
 		}
 		if len(cands) == 0 {
-			return
+			return errors.New("cannot move leadership: no other unit can claim it")
 		}
-		sort.Slice(cands, func(i, j int) bool { return cands[i].num < cands[j].num })
-		m.leader = cands[0].name
-		cands[0].leaderElectedPending = true
-		m.log.Info("leader elected", "unit", m.leader)
-		m.notifyLocked()
-	})
+		to = cands[mathrand.IntN(len(cands))].name
+	}
+	u := m.units[to]
+	if u == nil || u.life != lifeAlive || u.machine.dead || u.machine.partitioned {
+		return fmt.Errorf("cannot move leadership: unit %q cannot claim it", to)
+	}
+	if m.leader == to {
+		return nil
+	}
+	m.log.Info("leadership moved", "from", m.leader, "to", to)
+	m.leader = to
+	u.leaderElectedPending = true
+	m.notifyLocked()
+	return nil
 }
 
 // Bind binds an endpoint to a space (juju bind app endpoint=space). Like
@@ -326,9 +370,12 @@ func (m *Model) KillMachine(unitName string) error {
 }
 
 // Partition cuts (or, with cut false, restores) a unit's machine off every
-// subnet by taking its links down on the fabric side. Its addresses stay;
-// the unit agent keeps running hooks (the simulator's controller link is
-// not the data network).
+// subnet by taking its links down on the fabric side. Its addresses stay.
+// Its unit agent loses the controller too: a running hook's tool calls
+// fail and the hook is not committed (it runs again after recovery), no
+// new hook runs, and a leader loses its leadership once its lease expires
+// (LeaseExpiry), when another unit is elected and runs leader-elected.
+// Restored, the agent reconnects and catches up.
 func (m *Model) Partition(unitName string, cut bool) error {
 	m.mu.Lock()
 	u := m.units[unitName]
@@ -354,6 +401,23 @@ func (m *Model) PartitionMachine(id int, cut bool) error {
 func (m *Model) partition(mc *machine, cut bool) error {
 	m.mu.Lock()
 	mc.partitioned = cut
+	for _, hc := range m.contexts {
+		if hc.unit.machine == mc && cut {
+			hc.cutOff = true
+		}
+	}
+	for _, u := range mc.units {
+		if cut {
+			u.agent, u.agentMsg = "lost", "agent lost, see 'juju show-status-log "+u.name+"'"
+		} else if u.agent == "lost" {
+			u.agent, u.agentMsg = "idle", ""
+		}
+	}
+	if cut {
+		m.expireLeaseOfLocked(mc)
+	} else if m.leader == "" && !m.electing {
+		m.electLocked()
+	}
 	m.notifyLocked()
 	m.mu.Unlock()
 	state := "up"
@@ -366,6 +430,26 @@ func (m *Model) partition(mc *machine, cut bool) error {
 		}
 	}
 	return nil
+}
+
+// expireLeaseOfLocked drops the leadership of a unit on a cut-off machine
+// once its lease expires unextended, unless the machine is back by then.
+func (m *Model) expireLeaseOfLocked(mc *machine) {
+	leader := m.units[m.leader]
+	if leader == nil || leader.machine != mc {
+		return
+	}
+	name := leader.name
+	time.AfterFunc(m.opts.LeaseExpiry, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.closed || m.leader != name || !mc.partitioned {
+			return
+		}
+		m.log.Info("leader's lease expired while its machine is cut off", "unit", name)
+		m.leader = ""
+		m.electLocked()
+	})
 }
 
 // Resolve retries a unit's failed hook (juju resolved).

@@ -17,9 +17,19 @@ type hookContext struct {
 	pid       int
 	unitDelta map[int]map[string]*string
 	appDelta  map[int]map[string]*string
-	// cache holds the remote bags read during this hook: like Juju, a hook
-	// sees one consistent snapshot of each bag it reads.
-	cache map[string]map[string]string
+	// cache holds the bags of non-members (the unit's own, a departed
+	// unit's) read during this hook, and appCache the application bags:
+	// Juju keeps those for one hook (runner/context/cache.go Prune, called
+	// for every new context). Members' bags live in the unit's relCache.
+	cache    map[string]map[string]string
+	appCache map[int]map[string]string
+	// minion sticks once is-leader (or a leader-only tool) found the unit
+	// not the leader: Juju does not claim again in the same hook
+	// (runner/context/leader.go ensureLeader).
+	minion bool
+	// cutOff is set when the unit's machine is partitioned during the
+	// hook: its agent lost the API connection.
+	cutOff bool
 }
 
 func (m *Model) newContextLocked(u *unit, h *hookInfo) *hookContext {
@@ -31,14 +41,49 @@ func (m *Model) newContextLocked(u *unit, h *hookInfo) *hookContext {
 		unitDelta: map[int]map[string]*string{},
 		appDelta:  map[int]map[string]*string{},
 		cache:     map[string]map[string]string{},
+		appCache:  map[int]map[string]string{},
 	}
 	m.contexts[hc.id] = hc
+	m.pruneRelationCacheLocked(u, h)
 	return hc
+}
+
+// pruneRelationCacheLocked is what Juju's context factory does to the
+// agent's relation caches for every new hook context
+// (runner/context/contextfactory.go getContextRelations and HookContext):
+// keep the cached bags of current members only, forget the hook's remote
+// unit (a departed one leaves the cache; a joined or changed one is read
+// afresh). Every other member's bag stays as it was last read, however
+// long ago, until its own relation hook runs.
+func (m *Model) pruneRelationCacheLocked(u *unit, h *hookInfo) {
+	for rid, bags := range u.relCache {
+		for name := range bags {
+			if !u.joined[rid][name] {
+				delete(bags, name)
+			}
+		}
+	}
+	if h.rel != nil && h.remoteUnit != "" && u.relCache[h.rel.id] != nil {
+		delete(u.relCache[h.rel.id], h.remoteUnit)
+	}
 }
 
 type hookFault struct {
 	unit, hook, tool string
-	fired            bool
+	// moveLeader, when set, moves leadership away from the unit at the
+	// tool call instead of killing the hook.
+	moveLeader bool
+	fired      bool
+}
+
+// MoveLeadershipAt arranges for the unit to lose its leadership the next
+// time hook calls tool, just before the tool answers: the lease moved to a
+// random other unit mid-hook, so application data the hook wrote makes its
+// commit fail.
+func (m *Model) MoveLeadershipAt(unitName, hook, tool string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.faults = append(m.faults, &hookFault{unit: unitName, hook: hook, tool: tool, moveLeader: true})
 }
 
 // KillHookAt arranges for the next run of hook on unit to be SIGKILLed when
@@ -86,6 +131,15 @@ func (m *Model) handle(req toolRequest) toolResponse {
 	hc := m.contexts[req.ContextID]
 	if hc != nil {
 		for _, f := range m.faults {
+			if !f.fired && f.unit == hc.unit.name && f.hook == hc.hook.name && f.tool == req.Tool && f.moveLeader {
+				f.fired = true
+				m.mu.Unlock()
+				if err := m.MoveLeadership(""); err != nil {
+					m.log.Warn("cannot move leadership mid-hook", "unit", f.unit, "err", err)
+				}
+				m.mu.Lock()
+				continue
+			}
 			if !f.fired && f.unit == hc.unit.name && f.hook == hc.hook.name && f.tool == req.Tool {
 				f.fired = true
 				pid := hc.pid
@@ -97,6 +151,13 @@ func (m *Model) handle(req toolRequest) toolResponse {
 				return toolResponse{Code: 1, Stderr: []byte("ERROR connection is shut down\n")}
 			}
 		}
+	}
+	if hc != nil && (hc.cutOff || hc.unit.machine.partitioned) && req.Tool != "juju-log" {
+		// The agent lost its API connection: every tool that needs the
+		// controller fails (juju-log goes to the agent's local log).
+		hc.cutOff = true
+		m.mu.Unlock()
+		return toolResponse{Code: 1, Stderr: []byte("ERROR connection is shut down\n")}
 	}
 	m.mu.Unlock()
 	if hc == nil {

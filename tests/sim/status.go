@@ -39,10 +39,13 @@ type MachineStatus struct {
 
 // Status is a snapshot of the model.
 type Status struct {
-	App      string
-	Leader   string
-	Units    []UnitStatus
-	Machines []MachineStatus
+	App    string
+	Leader string
+	// AppStatus and AppMessage are what the leader set with status-set
+	// --application ("" until it does).
+	AppStatus, AppMessage string
+	Units                 []UnitStatus
+	Machines              []MachineStatus
 }
 
 // Unit finds a unit's status by name.
@@ -68,7 +71,7 @@ func (s Status) UnitNames() []string {
 func (m *Model) Status() Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := Status{App: m.app, Leader: m.leader}
+	st := Status{App: m.app, Leader: m.leader, AppStatus: m.appStatus[0], AppMessage: m.appStatus[1]}
 	var names []string
 	for name, u := range m.units {
 		if u.life != lifeDead {
@@ -141,11 +144,12 @@ func (m *Model) idleLocked() (idle bool, failed []string) {
 	idle = true
 	anyAlive := false
 	for name, u := range m.units {
-		if u.life == lifeDead || u.machine.dead {
+		if u.life == lifeDead || u.machine.dead || u.machine.partitioned {
 			continue
 		}
 		anyAlive = anyAlive || u.life == lifeAlive
-		if u.failed != nil && u.resolved {
+		if u.failed != nil && (u.resolved || m.opts.AutoRetryHooks > 0) {
+			// Resolved, or Juju retries it by itself: not idle yet.
 			idle = false
 			continue
 		}
@@ -170,7 +174,7 @@ func (m *Model) idleLocked() (idle bool, failed []string) {
 }
 
 func (m *Model) hasPendingLocked(u *unit) bool {
-	if !u.installed || !u.started || u.leaderElectedPending && m.leader == u.name {
+	if !u.installed || !u.started || u.interrupted != nil || u.leaderElectedPending && m.leader == u.name {
 		return true
 	}
 	for _, r := range m.relations {
@@ -192,8 +196,9 @@ func (m *Model) hasPendingLocked(u *unit) bool {
 }
 
 // WaitIdle waits until every live unit has run all its hooks and the model
-// has a leader, and stays so for a moment. It fails at once if a unit is in
-// error (use WaitFor to wait through errors).
+// has a leader, and stays so for a moment; units on a cut-off machine are
+// not waited for. It fails at once if a unit is in error and hooks are not
+// retried automatically (use WaitFor to wait through errors).
 func (m *Model) WaitIdle(ctx context.Context) error {
 	stableSince := time.Time{}
 	for {
@@ -249,6 +254,10 @@ func (m *Model) StatusTable() string {
 // columns per unit (header → value), e.g. the Dqlite role.
 func WriteStatusTable(w io.Writer, st Status, extra func(unit string) []string, extraHeaders ...string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if st.AppStatus != "" {
+		// juju status shows the application status the leader set.
+		fmt.Fprintf(tw, "App\tStatus\tMessage\n%s\t%s\t%s\n\n", st.App, st.AppStatus, st.AppMessage)
+	}
 	fmt.Fprintf(tw, "Unit\tWorkload\tAgent\tMachine\tAddress\t%sMessage\n", joinCols(extraHeaders))
 	for _, u := range st.Units {
 		name := u.Name

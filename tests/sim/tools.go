@@ -102,7 +102,21 @@ func (m *Model) toolIsLeader(hc *hookContext, args []string) (toolResponse, erro
 	if err != nil {
 		return toolResponse{}, err
 	}
-	return output(vals["format"], m.leader == hc.unit.name), nil
+	return output(vals["format"], m.claimLeaderLocked(hc)), nil
+}
+
+// claimLeaderLocked is the hook context's leadership check: every call
+// claims the lease anew, and once a claim fails the unit stays a minion for
+// the rest of the hook (runner/context/leader.go ensureLeader).
+func (m *Model) claimLeaderLocked(hc *hookContext) bool {
+	if hc.minion {
+		return false
+	}
+	if m.leader != hc.unit.name {
+		hc.minion = true
+		return false
+	}
+	return true
 }
 
 func (m *Model) toolApplicationVersionSet(hc *hookContext, args []string) (toolResponse, error) {
@@ -135,11 +149,14 @@ func (m *Model) relationArg(hc *hookContext, vals map[string]string) (*relation,
 	id, err := strconv.Atoi(idStr)
 	if err == nil {
 		for _, r := range m.relations {
-			if r.id == id && (endpoint == "" || endpoint == r.endpoint) {
+			if r.id == id && (endpoint == "" || endpoint == r.endpoint) && hc.unit.related[r.id] {
 				return r, nil
 			}
 		}
 	}
+	// A relation the unit has not entered the scope of is not in its hook
+	// context (runner/context/contextfactory.go getContextRelations), so
+	// jujuc's -r parser does not find it (jujuc/util.go relationIdValue).
 	return nil, usagef("invalid value %q for option -r: relation not found", v)
 }
 
@@ -198,18 +215,35 @@ func (m *Model) toolNetworkGet(hc *hookContext, args []string) (toolResponse, er
 	return output(format, picked), nil
 }
 
+// bagLocked reads a unit's bag as the hook context sees it. A member's bag
+// comes from the agent's cache, read at most once between two of its
+// relation hooks; anybody else's (the unit's own, a departed unit's) is read
+// once per hook; the unit's own shows its uncommitted relation-set
+// (runner/context/cache.go Settings).
 func (m *Model) bagLocked(hc *hookContext, r *relation, unitName string) map[string]string {
-	key := fmt.Sprintf("%d/%s", r.id, unitName)
-	bag, ok := hc.cache[key]
-	if !ok {
-		bag = maps.Clone(r.unitData[unitName])
-		if bag == nil {
-			bag = map[string]string{}
+	u := hc.unit
+	var bag map[string]string
+	var ok bool
+	if u.joined[r.id][unitName] {
+		if u.relCache[r.id] == nil {
+			u.relCache[r.id] = map[string]map[string]string{}
 		}
-		hc.cache[key] = bag
+		if bag, ok = u.relCache[r.id][unitName]; !ok {
+			bag = maps.Clone(r.unitData[unitName])
+			u.relCache[r.id][unitName] = bag
+		}
+	} else {
+		key := fmt.Sprintf("%d/%s", r.id, unitName)
+		if bag, ok = hc.cache[key]; !ok {
+			bag = maps.Clone(r.unitData[unitName])
+			hc.cache[key] = bag
+		}
 	}
 	bag = maps.Clone(bag)
-	if unitName == hc.unit.name {
+	if bag == nil {
+		bag = map[string]string{}
+	}
+	if unitName == u.name {
 		for k, v := range hc.unitDelta[r.id] {
 			if v == nil {
 				delete(bag, k)
@@ -221,8 +255,16 @@ func (m *Model) bagLocked(hc *hookContext, r *relation, unitName string) map[str
 	return bag
 }
 
+// appBagLocked reads the application bag once per hook (cache.go
+// ApplicationSettings; the cache is pruned for every hook), with the
+// leader's own uncommitted writes on top.
 func (m *Model) appBagLocked(hc *hookContext, r *relation) map[string]string {
-	bag := maps.Clone(r.appData)
+	bag, ok := hc.appCache[r.id]
+	if !ok {
+		bag = maps.Clone(r.appData)
+		hc.appCache[r.id] = bag
+	}
+	bag = maps.Clone(bag)
 	if bag == nil {
 		bag = map[string]string{}
 	}
@@ -236,10 +278,15 @@ func (m *Model) appBagLocked(hc *hookContext, r *relation) map[string]string {
 	return bag
 }
 
+// toolRelationGet follows jujuc/relation-get.go: the key, then the target
+// (determineUnitOrAppName), then the read.
 func (m *Model) toolRelationGet(hc *hookContext, args []string) (toolResponse, error) {
 	vals, pos, err := parseArgs(args, relationFlag, flagDef{names: []string{"app"}})
 	if err != nil {
 		return toolResponse{}, err
+	}
+	if _, ok := vals["r"]; !ok && hc.hook.rel == nil {
+		return toolResponse{}, usagef("no relation id specified")
 	}
 	r, err := m.relationArg(hc, vals)
 	if err != nil {
@@ -251,34 +298,54 @@ func (m *Model) toolRelationGet(hc *hookContext, args []string) (toolResponse, e
 		if key == "-" {
 			key = ""
 		}
+		pos = pos[1:]
 	}
 	app := isTrue(vals["app"])
 	target := ""
-	if len(pos) > 1 {
-		target = pos[1]
-	} else if app {
-		target = hc.hook.remoteApp
-		if target == "" {
-			target = m.app
+	switch {
+	case len(pos) > 0:
+		target = pos[0]
+		pos = pos[1:]
+		if app {
+			if a, _, isUnit := strings.Cut(target, "/"); isUnit {
+				target = a
+			}
+		} else if !validUnitName(target) {
+			if validAppName(target) {
+				return toolResponse{}, usagef("expected unit name, got application name %q", target)
+			}
+			return toolResponse{}, usagef("invalid unit name %q", target)
 		}
-	} else {
+	case app:
+		if hc.hook.rel == nil || hc.hook.remoteApp == "" {
+			return toolResponse{}, usagef("no unit or application specified")
+		}
+		target = hc.hook.remoteApp
+	case hc.hook.remoteUnit != "":
 		target = hc.hook.remoteUnit
+	case hc.hook.rel != nil && hc.hook.remoteApp != "":
+		// No remote unit but a remote application (an app-bag
+		// relation-changed, relation-created): read the app bag.
+		target, app = hc.hook.remoteApp, true
+	default:
+		return toolResponse{}, usagef("no unit or application specified")
 	}
-	if len(pos) > 2 {
-		return toolResponse{}, usagef("unrecognized args: %q", pos[2:])
-	}
-	if target == "" {
-		return toolResponse{}, usagef("no unit id specified")
+	if len(pos) > 0 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos)
 	}
 	var bag map[string]string
 	if app {
 		if target != m.app {
 			return toolResponse{}, errorf("permission denied")
 		}
+		// Reading the own application's bag claims leadership first
+		// (relation-get.go mustReadSettingsFromController): a minion
+		// reads the committed bag from the controller.
+		m.claimLeaderLocked(hc)
 		bag = m.appBagLocked(hc, r)
 	} else {
 		if _, known := r.unitData[target]; !known && target != hc.unit.name {
-			return toolResponse{}, errorf("relation unit not found")
+			return toolResponse{}, errorf("%s", m.unknownUnitError(r, target))
 		}
 		bag = m.bagLocked(hc, r, target)
 	}
@@ -291,6 +358,36 @@ func (m *Model) toolRelationGet(hc *hookContext, args []string) (toolResponse, e
 		return output(format, nil), nil
 	}
 	return output(format, v), nil
+}
+
+// unknownUnitError is relation-get's error for a unit that was never in the
+// relation, in the text of the Juju version simulated.
+func (m *Model) unknownUnitError(r *relation, target string) string {
+	if m.opts.Juju36 {
+		return fmt.Sprintf("cannot read settings for unit %q in relation %q: unit %q: settings not found", target, m.app+":"+r.endpoint, target)
+	}
+	return "relation unit not found"
+}
+
+func validAppName(s string) bool {
+	if s == "" || !(s[0] >= 'a' && s[0] <= 'z') {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return !strings.HasSuffix(s, "-")
+}
+
+func validUnitName(s string) bool {
+	app, num, ok := strings.Cut(s, "/")
+	if !ok || !validAppName(app) || num == "" {
+		return false
+	}
+	_, err := strconv.ParseUint(num, 10, 32)
+	return err == nil && (num == "0" || num[0] != '0')
 }
 
 func (m *Model) toolRelationSet(hc *hookContext, args []string, file []byte) (toolResponse, error) {
@@ -317,7 +414,9 @@ func (m *Model) toolRelationSet(hc *hookContext, args []string, file []byte) (to
 	}
 	deltas := hc.unitDelta
 	if isTrue(vals["app"]) {
-		if m.leader != hc.unit.name {
+		// Application settings are the leader's (a claim, as is-leader);
+		// the controller checks again when the hook commits.
+		if !m.claimLeaderLocked(hc) {
 			return toolResponse{}, errorf("cannot write relation settings")
 		}
 		deltas = hc.appDelta
@@ -380,7 +479,9 @@ func (m *Model) toolRelationIDs(hc *hookContext, args []string) (toolResponse, e
 	}
 	ids := []string{}
 	for _, r := range m.relations {
-		if r.endpoint == name {
+		// Only relations in the hook context: none before the unit
+		// enters scope (contextfactory.go getContextRelations).
+		if r.endpoint == name && hc.unit.related[r.id] {
 			ids = append(ids, r.idString())
 		}
 	}
@@ -409,9 +510,13 @@ func (m *Model) toolStatusSet(hc *hookContext, args []string) (toolResponse, err
 		msg = pos[1]
 	}
 	if isTrue(vals["application"]) {
-		if m.leader != hc.unit.name {
+		// jujuc/status-set.go: the application status is the leader's
+		// (context.go SetApplicationStatus claims leadership).
+		if !m.claimLeaderLocked(hc) {
 			return toolResponse{}, errorf("this unit is not the leader")
 		}
+		m.appStatus = [2]string{pos[0], msg}
+		m.notifyLocked()
 		return toolResponse{}, nil
 	}
 	// status-set applies at once and is not rolled back (docs/juju.md#relation-data).
@@ -428,9 +533,13 @@ func (m *Model) toolStatusGet(hc *hookContext, args []string) (toolResponse, err
 	}
 	u := hc.unit
 	if isTrue(vals["application"]) {
-		if m.leader != u.name {
+		if !m.claimLeaderLocked(hc) {
 			return toolResponse{}, errorf("finding application status: this unit is not the leader")
 		}
+		if !isTrue(vals["include-data"]) {
+			return output(vals["format"], m.appStatus[0]), nil
+		}
+		return output(vals["format"], map[string]any{"status": m.appStatus[0], "message": m.appStatus[1], "status-data": map[string]any{}}), nil
 	}
 	if !isTrue(vals["include-data"]) {
 		return output(vals["format"], u.workload), nil

@@ -56,7 +56,10 @@ type HookRecord struct {
 	RemoteApp     string
 	DepartingUnit string
 	ExitCode      int
-	Leader        bool
+	// CommitError is why the controller refused the hook's changes
+	// (the hook then failed although its process exited 0).
+	CommitError string
+	Leader      bool
 }
 
 type unit struct {
@@ -66,13 +69,20 @@ type unit struct {
 	life    life
 
 	installed, started, stopped bool
-	created                     map[int]bool
-	leaderElectedPending        bool
-	seenConfig                  string
-	joined                      map[int]map[string]bool
-	seenUnit                    map[int]map[string]int
-	seenApp                     map[int]int
-	pendingChanged              map[int]string
+	// related holds the relations in this unit's hook contexts: those it
+	// has entered the scope of. Juju enters scope after install and before
+	// relation-created (internal/worker/uniter/relation/statetracker.go
+	// SynchronizeScopes, called by the created-relations resolver only once
+	// the unit is installed), and lists only those relations in a hook
+	// context (runner/context/contextfactory.go getContextRelations).
+	related              map[int]bool
+	created              map[int]bool
+	leaderElectedPending bool
+	seenConfig           string
+	joined               map[int]map[string]bool
+	seenUnit             map[int]map[string]int
+	seenApp              map[int]int
+	pendingChanged       map[int]string
 
 	workload, message string
 	statusSet         bool
@@ -84,6 +94,18 @@ type unit struct {
 
 	failed   *hookInfo
 	resolved bool
+	// hold (tests only) keeps the agent from starting a hook, to set up
+	// states that need a unit to lag behind.
+	hold bool
+	// interrupted is a hook whose agent lost the API (a partition) before
+	// it could commit: it runs again first once the agent reconnects, as
+	// Juju's uniter re-runs a hook its operation state records as pending
+	// (internal/worker/uniter/operation/runhook.go).
+	interrupted *hookInfo
+	// relCache is the agent's relation settings cache of its members'
+	// bags, relation id → unit → bag, kept across hooks
+	// (runner/context/cache.go RelationCache).
+	relCache map[int]map[string]map[string]string
 	retryAt  time.Time
 	running  bool
 	history  []HookRecord
@@ -92,7 +114,7 @@ type unit struct {
 func (m *Model) newUnitLocked(mc *machine) *unit {
 	u := &unit{
 		name: fmt.Sprintf("%s/%d", m.app, m.nextUnit), num: m.nextUnit, machine: mc,
-		created: map[int]bool{}, joined: map[int]map[string]bool{}, seenUnit: map[int]map[string]int{},
+		related: map[int]bool{}, created: map[int]bool{}, relCache: map[int]map[string]map[string]string{}, joined: map[int]map[string]bool{}, seenUnit: map[int]map[string]int{},
 		seenApp: map[int]int{}, pendingChanged: map[int]string{},
 		workload: "waiting", message: "waiting for machine", agent: "allocating",
 	}
@@ -123,10 +145,16 @@ func sortedKeys[V any](mp map[string]V) []string {
 	return keys
 }
 
-// nextOpLocked is the simulator's version of the uniter's resolver
-// (§5.4, §5.5): it returns the next hook to run, applying the hook's
-// "prepare" bookkeeping, or nil when the unit has nothing to do.
+// nextOpLocked is the simulator's version of the uniter's resolver: it
+// returns the next hook to run, applying the hook's "prepare" bookkeeping,
+// or nil when the unit has nothing to do. The order is Juju's
+// (internal/worker/uniter/resolver.go nextOp, relation/resolver.go
+// nextHookForRelation).
 func (m *Model) nextOpLocked(u *unit) *hookInfo {
+	if h := u.interrupted; h != nil {
+		u.interrupted = nil
+		return h
+	}
 	if u.failed != nil {
 		if u.resolved || (m.opts.AutoRetryHooks > 0 && !time.Now().Before(u.retryAt)) {
 			h := u.failed
@@ -145,7 +173,9 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 				return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: u.name}
 			}
 		}
-		if u.installed && !u.stopped {
+		// Stop runs only on a started unit, remove on an installed one
+		// (resolver.go nextOp, case life.Dying).
+		if u.started && !u.stopped {
 			return &hookInfo{name: "stop"}
 		}
 		if u.installed {
@@ -159,6 +189,14 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 	}
 	for _, r := range m.relations {
 		if !u.created[r.id] {
+			// Entering scope comes first: peers see this unit join even
+			// if its relation-created hook then fails.
+			if !u.related[r.id] {
+				u.related[r.id] = true
+				r.scope[u.name] = true
+				m.publishNetworkLocked(u, r)
+				m.notifyLocked()
+			}
 			return &hookInfo{name: r.endpoint + "-relation-created", rel: r, remoteApp: m.app}
 		}
 	}
@@ -176,42 +214,53 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 		return &hookInfo{name: "start"}
 	}
 	for _, r := range m.relations {
-		if remote := u.pendingChanged[r.id]; remote != "" {
-			// relation-changed always follows relation-joined (§5.4).
-			delete(u.pendingChanged, r.id)
-			u.seenUnit[r.id][remote] = r.unitVer[remote]
-			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
-		}
-		if r.appVer != u.seenApp[r.id] {
-			// An app-data change reaches every unit, the writer included,
-			// with no remote unit (§5.4).
-			u.seenApp[r.id] = r.appVer
-			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteApp: m.app}
-		}
-		for _, remote := range sortedKeys(r.scope) {
-			if remote != u.name && !u.joined[r.id][remote] {
-				u.joined[r.id][remote] = true
-				u.pendingChanged[r.id] = remote
-				return &hookInfo{name: r.endpoint + "-relation-joined", rel: r, remoteUnit: remote, remoteApp: m.app}
-			}
-		}
-		for _, remote := range sortedKeys(u.joined[r.id]) {
-			if !r.scope[remote] {
-				delete(u.joined[r.id], remote)
-				delete(u.seenUnit[r.id], remote)
-				return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: remote}
-			}
-		}
-		for _, remote := range sortedKeys(u.joined[r.id]) {
-			if r.unitVer[remote] != u.seenUnit[r.id][remote] {
-				u.seenUnit[r.id][remote] = r.unitVer[remote]
-				return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
-			}
+		if h := m.nextRelationHookLocked(u, r); h != nil {
+			return h
 		}
 	}
 	if !time.Now().Before(u.lastUpdateStatus.Add(m.opts.UpdateStatusInterval)) {
 		u.lastUpdateStatus = time.Now()
 		return &hookInfo{name: "update-status"}
+	}
+	return nil
+}
+
+// nextRelationHookLocked follows relation/resolver.go nextHookForRelation:
+// the relation-changed that always follows a joined, then departures, then
+// the application bag, then joins, then changed unit bags; units in sorted
+// name order within each step. So a replacement (one unit leaving, one
+// arriving) shows the charm the smaller membership first.
+func (m *Model) nextRelationHookLocked(u *unit, r *relation) *hookInfo {
+	if remote := u.pendingChanged[r.id]; remote != "" {
+		delete(u.pendingChanged, r.id)
+		u.seenUnit[r.id][remote] = r.unitVer[remote]
+		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
+	}
+	for _, remote := range sortedKeys(u.joined[r.id]) {
+		if !r.scope[remote] {
+			delete(u.joined[r.id], remote)
+			delete(u.seenUnit[r.id], remote)
+			return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: remote}
+		}
+	}
+	if r.appVer != u.seenApp[r.id] {
+		// An app-data change reaches every unit, the writer included,
+		// with no remote unit (§5.4).
+		u.seenApp[r.id] = r.appVer
+		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteApp: m.app}
+	}
+	for _, remote := range sortedKeys(r.scope) {
+		if remote != u.name && !u.joined[r.id][remote] {
+			u.joined[r.id][remote] = true
+			u.pendingChanged[r.id] = remote
+			return &hookInfo{name: r.endpoint + "-relation-joined", rel: r, remoteUnit: remote, remoteApp: m.app}
+		}
+	}
+	for _, remote := range sortedKeys(u.joined[r.id]) {
+		if r.unitVer[remote] != u.seenUnit[r.id][remote] {
+			u.seenUnit[r.id][remote] = r.unitVer[remote]
+			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
+		}
 	}
 	return nil
 }
@@ -227,7 +276,9 @@ func (m *Model) runAgent(u *unit) {
 			return
 		}
 		var h *hookInfo
-		if !u.machine.dead {
+		if !u.machine.dead && !u.machine.partitioned && !u.hold {
+			// A partitioned machine's agent has no API connection: it
+			// learns of no change and runs no hook until it reconnects.
 			h = m.nextOpLocked(u)
 		}
 		if h == nil {
@@ -236,7 +287,7 @@ func (m *Model) runAgent(u *unit) {
 				m.mu.Unlock()
 				return
 			}
-			if !u.machine.dead && u.agent != "idle" {
+			if !u.machine.dead && !u.machine.partitioned && u.agent != "idle" {
 				u.agent, u.agentMsg = "idle", ""
 				m.notifyLocked()
 			}
@@ -273,14 +324,27 @@ func (m *Model) runAgent(u *unit) {
 		if h.rel != nil {
 			rec.RemoteApp = h.remoteApp
 		}
+		commitErr := ""
+		if code == 0 && !hc.cutOff && !u.machine.partitioned {
+			commitErr = m.checkCommitLocked(u, hc)
+		}
+		rec.CommitError = commitErr
 		u.history = append(u.history, rec)
 		switch {
 		case m.closed || u.machine.dead:
 			// The agent died with its machine: nothing is committed.
-		case code == 0:
+		case hc.cutOff || u.machine.partitioned:
+			// The agent lost its API connection during the hook: nothing
+			// is committed, and the hook runs again once it reconnects.
+			m.appendUnitLog(u, fmt.Sprintf("%s hook interrupted: the agent lost its API connection; it will run again", h.name))
+			u.interrupted = h
+		case code == 0 && commitErr == "":
 			m.commitLocked(u, h, hc)
 		default:
-			m.log.Warn("hook failed", "unit", u.name, "hook", h.name, "code", code)
+			if commitErr != "" {
+				m.appendUnitLog(u, fmt.Sprintf("%s hook failed to commit: %s", h.name, commitErr))
+			}
+			m.log.Warn("hook failed", "unit", u.name, "hook", h.name, "code", code, "commit", commitErr)
 			u.failed = h
 			u.retryAt = time.Now().Add(m.opts.AutoRetryHooks)
 			u.savedWorkload = [2]string{u.workload, u.message}
@@ -290,6 +354,21 @@ func (m *Model) runAgent(u *unit) {
 		m.notifyLocked()
 		m.mu.Unlock()
 	}
+}
+
+// checkCommitLocked is the controller's check when the agent commits a
+// hook's changes: application settings are accepted only from the current
+// leader, in the same transaction as the rest, so a unit that lost its
+// lease during the hook fails the hook and commits nothing
+// (apiserver/facades/agent/uniter CommitHookChanges checks a leadership
+// token; runner/context/context.go Flush sends every change at once).
+func (m *Model) checkCommitLocked(u *unit, hc *hookContext) string {
+	for _, delta := range hc.appDelta {
+		if len(delta) > 0 && m.leader != u.name {
+			return fmt.Sprintf("cannot apply changes: %q is not leader of %q", u.name, m.app)
+		}
+	}
+	return ""
 }
 
 // commitLocked applies a hook's effects once it exited 0: relation data
@@ -335,11 +414,6 @@ func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 		m.finishUnitLocked(u)
 	case h.rel != nil && h.name == h.rel.endpoint+"-relation-created":
 		u.created[h.rel.id] = true
-		if u.life == lifeAlive {
-			// Entering scope: peers now see this unit join (§5.4).
-			h.rel.scope[u.name] = true
-			m.publishNetworkLocked(u, h.rel)
-		}
 	}
 }
 
@@ -373,8 +447,12 @@ func (m *Model) publishNetworkLocked(u *unit, r *relation) {
 		v := info.Ingress[0]
 		e := strings.Join(info.Egress, ",")
 		delta["ingress-address"], delta["egress-subnets"] = &v, &e
+		if m.opts.Juju36 {
+			// Juju 3.6 still maintains private-address; 4.0 dropped it.
+			delta["private-address"] = &v
+		}
 	} else {
-		delta["ingress-address"], delta["egress-subnets"] = nil, nil
+		delta["ingress-address"], delta["egress-subnets"], delta["private-address"] = nil, nil, nil
 	}
 	if applyDelta(r.unitData, u.name, delta) || r.unitVer[u.name] == 0 {
 		r.unitVer[u.name]++
