@@ -224,6 +224,9 @@ func TestBind_HealsBlockedUnitOnConfigChanged(t *testing.T) {
 	// juju bind db-cluster=<space>: only config-changed fires.
 	u.setAddresses("10.1.0.1")
 	m.mustRun(u, "config-changed")
+	// The leader's write comes back to it as an application
+	// relation-changed; controller.conf follows committed data only.
+	m.mustRunEnv(u, hookEnv{hook: "db-cluster-relation-changed"})
 	if got := m.unitData[u.name]["db-bind-address"]; got != "10.1.0.1" {
 		t.Fatalf("db-bind-address = %q", got)
 	}
@@ -267,6 +270,10 @@ func TestDeparted_RemoteUnitDroppedByLeader(t *testing.T) {
 	// remove-unit 2: Juju drops it from relation-list before departed.
 	u0.members = []string{u1.name}
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-departed", remoteUnit: u2.name, departing: u2.name})
+	if c := u0.readConf(t); len(c.DBBindAddresses) != 3 {
+		t.Fatalf("controller.conf changed before the leader's write committed: %+v", c)
+	}
+	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed"})
 	if got := m.appData["db-bind-addresses"]; got != `{"0":"10.0.0.1","1":"10.0.0.2"}` {
 		t.Fatalf("db-bind-addresses = %s", got)
 	}
@@ -704,8 +711,11 @@ func TestConfigChange_NoSettleWaitForARefusingDaemon(t *testing.T) {
 	// A peer arrives: the file changes after start.
 	m.settleScope(u, u1)
 	m.published(u1)
-	before := len(u.calls)
 	m.mustRunEnv(u, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name})
+	// The leader's write comes back as an application relation-changed,
+	// which changes controller.conf.
+	before := len(u.calls)
+	m.mustRunEnv(u, hookEnv{hook: "db-cluster-relation-changed"})
 	if c := u.readConf(t); len(c.DBBindAddresses) != 2 {
 		t.Fatalf("controller.conf = %+v", c)
 	}
@@ -799,5 +809,28 @@ func TestBadUnitName_HookFails(t *testing.T) {
 	u.name = "dqlite-controller/../../x"
 	if _, err := m.run(u, hookEnv{hook: "install"}); err == nil {
 		t.Fatal("accepted a unit name without a unit number")
+	}
+}
+
+// A leader that loses its lease during the hook in which it chooses the
+// bootstrap node: Juju refuses the hook's application data at commit, so
+// its controller.conf must not name a bootstrap node from that write either
+// (else its daemon bootstraps while the next leader chooses again: two
+// clusters). Caught by the simulator's commit-time leadership check.
+func TestLeaderLosingLeaseMidHook_NoUncommittedBootstrapInControllerConf(t *testing.T) {
+	m := newModel(t)
+	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
+	m.leader = u0.name
+	m.mustRun(u0, "install")
+	u0.inScope = true
+	m.loseLeadershipAfterAppSet = func(m *model, _ *unit) { m.leader = u1.name }
+	if _, err := m.run(u0, hookEnv{hook: "db-cluster-relation-created"}); err == nil {
+		t.Fatal("the hook's application data was committed after the unit lost leadership")
+	}
+	if m.appData["bootstrap-agent-id"] != "" {
+		t.Fatalf("bootstrap-agent-id committed: %q", m.appData["bootstrap-agent-id"])
+	}
+	if c := u0.readConf(t); c.BootstrapAgentID != "" || len(c.DBBindAddresses) != 0 {
+		t.Fatalf("controller.conf = %+v; want nothing from the refused write", c)
 	}
 }

@@ -44,6 +44,10 @@ type model struct {
 	// loseLeadershipOnIsLeader, when set, is called on every is-leader; it
 	// may move leadership while the hook runs.
 	loseLeadershipOnIsLeader func(m *model, u *unit)
+	// loseLeadershipAfterAppSet, when set, is called after every accepted
+	// relation-set --app: the lease lapses after the write, before the
+	// hook commits.
+	loseLeadershipAfterAppSet func(m *model, u *unit)
 }
 
 type unit struct {
@@ -310,7 +314,11 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 		}
 		return jsonOut([]string{relID}), nil
 	case "relation-list":
-		return jsonOut(slices.Sorted(slices.Values(u.members))), nil
+		members := slices.Sorted(slices.Values(u.members))
+		if members == nil {
+			members = []string{} // Juju prints [] for no members
+		}
+		return jsonOut(members), nil
 	case "relation-get":
 		return r.relationGet(args)
 	case "relation-set":
@@ -407,6 +415,9 @@ func (r *hookRunner) relationSet(args []string) ([]byte, error) {
 			return nil, exitErr("relation-set", 2, fmt.Sprintf("ERROR expected \"key=value\", got %q", kv), "")
 		}
 		target[k] = v
+	}
+	if m.loseLeadershipAfterAppSet != nil && args[2] == "--app" {
+		m.loseLeadershipAfterAppSet(m, u)
 	}
 	return nil, nil
 }

@@ -38,7 +38,12 @@ func (h *hook) reconcilePeers(ctx context.Context, relID string) (*controllercon
 		return nil, err
 	}
 	if leader {
-		if app, err = h.aggregate(ctx, relID, own, app); err != nil {
+		// controller.conf follows the committed application data only,
+		// never this hook's own writes: Juju refuses them at commit if
+		// the lease was lost meanwhile, and a bootstrap-agent-id that
+		// never committed must not reach controllerd (two clusters).
+		// The write comes back as an application relation-changed.
+		if _, err = h.aggregate(ctx, relID, own, app); err != nil {
 			return nil, err
 		}
 	}
