@@ -2,6 +2,8 @@ package sim
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -366,5 +368,50 @@ func TestRemoveUnit_BeforeStart_NoStopHook(t *testing.T) {
 	}
 	if got, want := hookNames(m.History("toy/0")), []string{"install", "remove"}; !slices.Equal(got, want) {
 		t.Fatalf("hooks of a unit removed during install = %v, want %v", got, want)
+	}
+}
+
+// juju refresh: every unit's charm directory is swapped between hooks (the
+// running service keeps going), then upgrade-charm and config-changed run,
+// in that order, on every unit (internal/worker/uniter/resolver.go nextOp;
+// operation/runhook.go Commit queues config-changed after upgrade-charm).
+func TestRefresh_SwapsCharmThenUpgradeCharmThenConfigChanged(t *testing.T) {
+	m := newToyModel(t, Options{})
+	if _, err := m.Deploy(2); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	v2 := filepath.Join(t.TempDir(), "toycharm")
+	if err := copyTree(m.opts.CharmDir, v2); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v2, "VERSION"), []byte("2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]int{"toy/0": len(m.History("toy/0")), "toy/1": len(m.History("toy/1"))}
+	if err := m.Refresh(v2); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	for u, n := range before {
+		got := hookNames(m.History(u)[n:])
+		if len(got) < 2 || got[0] != "upgrade-charm" || got[1] != "config-changed" {
+			t.Errorf("%s after refresh ran %v, want upgrade-charm then config-changed first", u, got)
+		}
+		data, err := os.ReadFile(filepath.Join(m.MachineDir(u), "var-lib-juju", "agents", "unit-"+strings.ReplaceAll(u, "/", "-"), "charm", "VERSION"))
+		if err != nil || string(data) != "2\n" {
+			t.Errorf("%s's charm directory was not swapped: %q %v", u, data, err)
+		}
+	}
+	out, _, err := m.Exec(context.Background(), "toy/0", m.tools+"/systemctl", "is-active", "toy")
+	if err != nil || strings.TrimSpace(string(out)) != "active" {
+		t.Errorf("toy service after refresh: %q %v", out, err)
+	}
+	if _, err := m.AddUnit(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if n := countHook(m.History("toy/2"), "upgrade-charm"); n != 0 {
+		t.Errorf("a unit added after the refresh ran upgrade-charm %d times; it installs the new charm", n)
 	}
 }

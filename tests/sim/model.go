@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -54,11 +55,14 @@ type Options struct {
 	// batch (deterministic hook-order tests). By default a random unit
 	// leads, as in Juju, where whichever agent claims first wins.
 	FirstUnitLeads bool
-	// LeaseExpiry is how long leadership stays with a unit whose agent is
-	// gone before another unit is elected; Juju takes up to ~60 s (§5.5).
+	// LeaseExpiry is the leadership lease: a leader whose agent is gone or
+	// cut off keeps it for between half of it and all of it (Juju's agent
+	// claims 60 s and renews when 30 s remain: internal/worker/leadership/
+	// tracker.go), then another unit is elected. Default 3 s.
 	LeaseExpiry time.Duration
 	// AutoRetryHooks, when positive, retries a failed hook after this delay
-	// (Juju's automatically-retry-hooks); zero waits for Resolve.
+	// (Juju's automatically-retry-hooks); zero or negative waits for
+	// Resolve.
 	AutoRetryHooks time.Duration
 	// UpdateStatusInterval is how often each started unit runs update-status
 	// (Juju's update-status-hook-interval, default 5m); zero means 5m.
@@ -73,6 +77,24 @@ type Options struct {
 	// NoSignalHandler leaves SIGINT/SIGTERM alone; by default the first
 	// such signal tears the model down and exits with status 130.
 	NoSignalHandler bool
+}
+
+// JujuTimings gives opts Juju's own timings: update-status every 5 minutes
+// (update-status-hook-interval), a one-minute leadership lease, and failed
+// hooks retried after 5 s (automatically-retry-hooks). Scenarios under it
+// show that nothing waits for update-status to converge.
+func JujuTimings(opts Options) Options {
+	opts.UpdateStatusInterval = 5 * time.Minute
+	opts.LeaseExpiry = time.Minute
+	opts.AutoRetryHooks = 5 * time.Second
+	return opts
+}
+
+// leaseLeft is how long a lost leader's lease still runs: between half the
+// lease and all of it, depending on when the agent last renewed.
+func (m *Model) leaseLeft() time.Duration {
+	half := m.opts.LeaseExpiry / 2
+	return half + mathrand.N(half+1)
 }
 
 // MachineSpec says which subnets a new machine has a NIC in (one NIC and one
@@ -142,11 +164,15 @@ type Model struct {
 	closeDone chan struct{}
 	wg        sync.WaitGroup
 
-	mu          sync.Mutex
-	changed     chan struct{} // closed and replaced on every state change
-	app         string
-	meta        charmMeta
-	options     map[string]configOption
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every state change
+	app     string
+	meta    charmMeta
+	options map[string]configOption
+	// charmSrc is the charm units get (juju deploy, then juju refresh);
+	// charmRev counts refreshes.
+	charmSrc    string
+	charmRev    int
 	config      map[string]any
 	bindings    map[string]string
 	subnets     []*subnet
@@ -259,31 +285,41 @@ func New(opts Options) (*Model, error) {
 }
 
 func (m *Model) loadCharm() error {
-	data, err := os.ReadFile(filepath.Join(m.opts.CharmDir, "metadata.yaml"))
+	meta, options, err := readCharm(m.opts.CharmDir)
 	if err != nil {
-		return fmt.Errorf("cannot read charm metadata (is the charm built? run make charm): %w", err)
+		return err
 	}
-	if err := yaml.Unmarshal(data, &m.meta); err != nil {
-		return fmt.Errorf("cannot parse charm metadata: %w", err)
+	m.meta, m.options, m.app, m.charmSrc = meta, options, meta.Name, m.opts.CharmDir
+	return nil
+}
+
+// readCharm reads an unpacked charm's metadata and config options.
+func readCharm(dir string) (charmMeta, map[string]configOption, error) {
+	var meta charmMeta
+	data, err := os.ReadFile(filepath.Join(dir, "metadata.yaml"))
+	if err != nil {
+		return meta, nil, fmt.Errorf("cannot read charm metadata (is the charm built? run make charm): %w", err)
 	}
-	if m.meta.Name == "" {
-		return errors.New("cannot load charm: metadata.yaml has no name")
+	if err := yaml.Unmarshal(data, &meta); err != nil {
+		return meta, nil, fmt.Errorf("cannot parse charm metadata: %w", err)
 	}
-	m.app = m.meta.Name
-	m.options = map[string]configOption{}
-	if data, err := os.ReadFile(filepath.Join(m.opts.CharmDir, "config.yaml")); err == nil {
+	if meta.Name == "" {
+		return meta, nil, errors.New("cannot load charm: metadata.yaml has no name")
+	}
+	options := map[string]configOption{}
+	if data, err := os.ReadFile(filepath.Join(dir, "config.yaml")); err == nil {
 		var cfg struct {
 			Options map[string]configOption `yaml:"options"`
 		}
 		if err := yaml.Unmarshal(data, &cfg); err != nil {
-			return fmt.Errorf("cannot parse charm config.yaml: %w", err)
+			return meta, nil, fmt.Errorf("cannot parse charm config.yaml: %w", err)
 		}
-		m.options = cfg.Options
+		options = cfg.Options
 	}
-	if st, err := os.Stat(filepath.Join(m.opts.CharmDir, "dispatch")); err != nil || st.Mode()&0o111 == 0 {
-		return fmt.Errorf("cannot load charm: %s has no executable dispatch", m.opts.CharmDir)
+	if st, err := os.Stat(filepath.Join(dir, "dispatch")); err != nil || st.Mode()&0o111 == 0 {
+		return meta, nil, fmt.Errorf("cannot load charm: %s has no executable dispatch", dir)
 	}
-	return nil
+	return meta, options, nil
 }
 
 func (m *Model) setUp() error {

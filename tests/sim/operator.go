@@ -94,7 +94,10 @@ func (m *Model) addUnits(n int, specs []MachineSpec) ([]string, error) {
 // machine, where Juju's unit agent keeps it.
 func (m *Model) prepareUnitFiles(u *unit) error {
 	dst := filepath.Join(u.machine.dir, "var-lib-juju", "agents", "unit-"+strings.ReplaceAll(u.name, "/", "-"), "charm")
-	if err := copyTree(m.opts.CharmDir, dst); err != nil {
+	m.mu.Lock()
+	src := m.charmSrc
+	m.mu.Unlock()
+	if err := copyTree(src, dst); err != nil {
 		return fmt.Errorf("cannot install charm for %s: %w", u.name, err)
 	}
 	return nil
@@ -116,6 +119,48 @@ func copyTree(src, dst string) error {
 		}
 		return os.WriteFile(target, data, info.Mode().Perm())
 	})
+}
+
+// Refresh upgrades the application to the charm in dir (juju refresh
+// --path): every unit's agent, between two hooks, swaps its charm directory
+// for the new one under the running workload, then runs upgrade-charm and,
+// as Juju queues it on committing upgrade-charm, config-changed
+// (internal/worker/uniter/resolver.go nextOp: install, then upgrade if the
+// charm changed, then config-changed; operation/runhook.go Commit).
+func (m *Model) Refresh(dir string) error {
+	meta, options, err := readCharm(dir)
+	if err != nil {
+		return fmt.Errorf("cannot refresh: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if meta.Name != m.app {
+		return fmt.Errorf("cannot refresh: charm %q is not %q", meta.Name, m.app)
+	}
+	m.meta, m.options, m.charmSrc = meta, options, dir
+	m.charmRev++
+	m.notifyLocked()
+	return nil
+}
+
+// deployCharm swaps a unit's charm directory for the model's current charm:
+// the new tree is written beside it and renamed into place, so a running
+// workload keeps the files it has open.
+func (m *Model) deployCharm(u *unit, src string) error {
+	dst := filepath.Join(u.machine.dir, "var-lib-juju", "agents", "unit-"+strings.ReplaceAll(u.name, "/", "-"), "charm")
+	next, old := dst+".new", dst+".old"
+	_ = os.RemoveAll(next)
+	_ = os.RemoveAll(old)
+	if err := copyTree(src, next); err != nil {
+		return fmt.Errorf("cannot deploy charm for %s: %w", u.name, err)
+	}
+	if err := os.Rename(dst, old); err != nil {
+		return fmt.Errorf("cannot deploy charm for %s: %w", u.name, err)
+	}
+	if err := os.Rename(next, dst); err != nil {
+		return fmt.Errorf("cannot deploy charm for %s: %w", u.name, err)
+	}
+	return os.RemoveAll(old)
 }
 
 // RemoveUnit removes a unit (juju remove-unit): it departs the relation on
@@ -171,7 +216,7 @@ func (m *Model) scheduleElectionLocked() {
 		return
 	}
 	m.electing = true
-	time.AfterFunc(m.opts.LeaseExpiry, func() {
+	time.AfterFunc(m.leaseLeft(), func() {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		m.electing = false
@@ -440,7 +485,7 @@ func (m *Model) expireLeaseOfLocked(mc *machine) {
 		return
 	}
 	name := leader.name
-	time.AfterFunc(m.opts.LeaseExpiry, func() {
+	time.AfterFunc(m.leaseLeft(), func() {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if m.closed || m.leader != name || !mc.partitioned {

@@ -174,7 +174,7 @@ func (m *Model) idleLocked() (idle bool, failed []string) {
 }
 
 func (m *Model) hasPendingLocked(u *unit) bool {
-	if !u.installed || !u.started || u.interrupted != nil || u.leaderElectedPending && m.leader == u.name {
+	if !u.installed || !u.started || u.interrupted != nil || u.charmRev != m.charmRev || u.leaderElectedPending && m.leader == u.name {
 		return true
 	}
 	for _, r := range m.relations {

@@ -47,6 +47,10 @@ type hookInfo struct {
 	remoteApp  string
 	departing  string
 	configHash string
+	// charmRev and charmSrc are the charm an upgrade-charm hook deploys
+	// before it runs.
+	charmRev int
+	charmSrc string
 }
 
 // HookRecord is one hook a unit ran, for tests of hook order.
@@ -69,6 +73,8 @@ type unit struct {
 	life    life
 
 	installed, started, stopped bool
+	// charmRev is the charm revision this unit's agent has deployed.
+	charmRev int
 	// related holds the relations in this unit's hook contexts: those it
 	// has entered the scope of. Juju enters scope after install and before
 	// relation-created (internal/worker/uniter/relation/statetracker.go
@@ -115,7 +121,7 @@ func (m *Model) newUnitLocked(mc *machine) *unit {
 	u := &unit{
 		name: fmt.Sprintf("%s/%d", m.app, m.nextUnit), num: m.nextUnit, machine: mc,
 		related: map[int]bool{}, created: map[int]bool{}, relCache: map[int]map[string]map[string]string{}, joined: map[int]map[string]bool{}, seenUnit: map[int]map[string]int{},
-		seenApp: map[int]int{}, pendingChanged: map[int]string{},
+		seenApp: map[int]int{}, pendingChanged: map[int]string{}, charmRev: m.charmRev,
 		workload: "waiting", message: "waiting for machine", agent: "allocating",
 	}
 	for _, r := range m.relations {
@@ -206,6 +212,9 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 		} else {
 			return &hookInfo{name: "leader-elected"}
 		}
+	}
+	if u.charmRev != m.charmRev {
+		return &hookInfo{name: "upgrade-charm", charmRev: m.charmRev, charmSrc: m.charmSrc}
 	}
 	if h := m.configHashLocked(u); h != u.seenConfig {
 		return &hookInfo{name: "config-changed", configHash: h}
@@ -315,7 +324,16 @@ func (m *Model) runAgent(u *unit) {
 		m.notifyLocked()
 		m.mu.Unlock()
 
-		code := m.runHook(u, hc)
+		code := 0
+		if h.charmSrc != "" {
+			if err := m.deployCharm(u, h.charmSrc); err != nil {
+				m.appendUnitLog(u, err.Error())
+				code = 1
+			}
+		}
+		if code == 0 {
+			code = m.runHook(u, hc)
+		}
 
 		m.mu.Lock()
 		delete(m.contexts, hc.id)
@@ -396,6 +414,10 @@ func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 		}
 	case h.name == "leader-elected":
 		u.leaderElectedPending = false
+	case h.name == "upgrade-charm":
+		u.charmRev = h.charmRev
+		// Committing upgrade-charm queues config-changed.
+		u.seenConfig = ""
 	case h.name == "config-changed":
 		u.seenConfig = h.configHash
 		// Juju refreshes ingress-address and egress-subnets in the unit's
