@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/juju/dqlite-controller/tests/sim"
+)
+
+// The core scenarios under Juju's real timings (sim.JujuTimings:
+// update-status every 5 minutes, a one-minute leadership lease): deploy 3,
+// remove the Dqlite leader's unit, a blocked multi-address unit healed by
+// juju bind, scale 3 → 1. Stricter still, update-status never runs here
+// (a 5-minute interval could fall inside a slow run), so every step must
+// converge on the hooks its operator verb fires. One model, to keep make
+// test lean.
+func TestJujuTimings_CoreScenarios(t *testing.T) {
+	opts := sim.JujuTimings(sim.Options{
+		Subnets:        []sim.SubnetSpec{{Name: "a0", Space: "alpha"}, {Name: "a1", Space: "alpha"}, {Name: "d", Space: "db"}},
+		DefaultSubnets: []string{"a0", "d"},
+	})
+	opts.UpdateStatusInterval = 24 * time.Hour
+	m := newModel(t, opts)
+	start := time.Now()
+	step := func(what string) { t.Logf("%s (at %s)", what, time.Since(start).Round(time.Second)) }
+
+	step("deploy -n 3")
+	if _, err := m.Deploy(3); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	v := waitCluster(t, m)
+	waitActive(t, m)
+	createTable(t, m, "dqlite-controller/0")
+	insertRows(t, m, "dqlite-controller/0", 0, 10)
+
+	dq := dqliteLeaderUnit(t, m, v)
+	step("remove-unit " + dq + " (the Dqlite leader; Juju leader " + m.Status().Leader + ")")
+	if err := m.RemoveUnit(dq, false); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	checkRowsEverywhere(t, m, 10)
+
+	step("add-unit on a machine with two addresses in space alpha")
+	names, err := m.AddUnit(1, sim.MachineSpec{Subnets: []string{"a0", "a1", "d"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if u, _ := m.Status().Unit(names[0]); u.Workload != "blocked" || !strings.Contains(u.Message, "multiple possible DB bind addresses") {
+		t.Fatalf("%s: %s %q, want blocked on its two addresses", names[0], u.Workload, u.Message)
+	}
+	step("bind db-cluster=db")
+	if err := m.Bind("db-cluster", "db"); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	waitCluster(t, m)
+	waitActive(t, m)
+	checkRowsEverywhere(t, m, 10)
+
+	for len(units(m)) > 1 {
+		us := units(m)
+		victim := us[len(us)-1]
+		if victim == m.Status().Leader {
+			victim = us[0]
+		}
+		step("remove-unit " + victim)
+		if err := m.RemoveUnit(victim, false); err != nil {
+			t.Fatal(err)
+		}
+		waitIdle(t, m)
+	}
+	waitCluster(t, m)
+	checkRowsEverywhere(t, m, 10)
+	waitActive(t, m)
+	step("done")
+}
