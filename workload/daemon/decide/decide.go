@@ -329,26 +329,18 @@ func Moved(in RemovalInput) []Member {
 
 // Settled reports whether every listed controller has a member and Dqlite
 // has assigned its voters (1 below three nodes, else 3): members move one
-// at a time, each only once the previous one is back. A listed controller
-// without a member is waited for only while some member serves at its
-// listed address: a new node joins through the listed addresses alone, so
-// when every member has moved (juju bind while a unit was being added) it
-// can join only after a move, and waiting for it would wait forever.
+// at a time, each only once the previous one is back.
 func Settled(in RemovalInput) bool {
 	mapped := map[string]bool{}
 	voters := 0
-	joinable := false
 	for _, m := range in.Members {
 		mapped[m.ControllerID] = true
 		if m.Role == Voter {
 			voters++
 		}
-		if host, ok := in.Config.DBBindAddresses[m.ControllerID]; ok && JoinHostPort(host, in.Port) == m.Address {
-			joinable = true
-		}
 	}
 	for id := range in.Config.DBBindAddresses {
-		if !mapped[id] && joinable {
+		if !mapped[id] {
 			return false
 		}
 	}

@@ -331,17 +331,6 @@ func TestMove(t *testing.T) {
 		}},
 		reason: "waiting",
 	}, {
-		// Found by the Juju-timings scenario: bind moved every member
-		// while a new unit was added; the new node can join only through
-		// listed addresses, where nobody serves until a move.
-		summary: "a new controller nobody can let in does not block the moves",
-		in: decide.RemovalInput{ControllerID: "2", Config: conf("2", "1", "10.1.0.1", "2", "10.1.0.2", "3", "10.1.0.3"), SelfID: 2, Port: 17666, Members: []decide.Member{
-			member(1, "10.0.0.1:17666", decide.Spare, "1", true),
-			member(2, "10.0.0.2:17666", decide.Voter, "2", true),
-		}},
-		remove: true,
-		victim: 1,
-	}, {
 		summary: "a move to IPv6 is not attempted",
 		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "fd00::2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17666},
 		reason:  "no member has moved",
