@@ -415,3 +415,70 @@ func TestRefresh_SwapsCharmThenUpgradeCharmThenConfigChanged(t *testing.T) {
 		t.Errorf("a unit added after the refresh ran upgrade-charm %d times; it installs the new charm", n)
 	}
 }
+
+// relation-get's target resolution and errors (jujuc/relation-get.go
+// determineUnitOrAppName, Init): an application relation-changed with no
+// argument reads the application bag; a bare application name without --app
+// is refused; no target anywhere is an error; --app with a unit name reads
+// that unit's application. The 3.6 text for a unit never in the relation;
+// status-set --application is kept and shown by status.
+func TestRelationGet_TargetsAndErrors_StatusSetApplication(t *testing.T) {
+	m := newToyModel(t, Options{FirstUnitLeads: true})
+	if _, err := m.Deploy(2); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	m.mu.Lock()
+	for _, u := range m.units {
+		u.hold = true
+	}
+	m.mu.Unlock()
+	members := m.RelationData("db-cluster")["toy"]["members"]
+	appChanged := &hookInfo{name: "db-cluster-relation-changed", rel: m.relations[0], remoteApp: "toy"}
+	r := call(t, m, "toy/1", appChanged, "relation-get", "members")
+	expectOut(t, "relation-get members in an app relation-changed", r, 0, members+"\n", "")
+	r = call(t, m, "toy/1", appChanged, "relation-get", "--app", "members", "toy/0")
+	expectOut(t, "relation-get --app members toy/0", r, 0, members+"\n", "")
+	r = call(t, m, "toy/1", appChanged, "relation-get", "-", "toy")
+	expectOut(t, "relation-get - toy", r, 2, "", "ERROR expected unit name, got application name \"toy\"\n")
+	r = call(t, m, "toy/1", appChanged, "relation-get", "-", "toy/x")
+	expectOut(t, "relation-get - toy/x", r, 2, "", "ERROR invalid unit name \"toy/x\"\n")
+	r = call(t, m, "toy/1", &hookInfo{name: "update-status"}, "relation-get", "-r", "db-cluster:0", "members")
+	expectOut(t, "relation-get without a target outside a relation hook", r, 2, "", "ERROR no unit or application specified\n")
+	r = call(t, m, "toy/1", &hookInfo{name: "update-status"}, "relation-get", "members")
+	expectOut(t, "relation-get without -r outside a relation hook", r, 2, "", "ERROR no relation id specified\n")
+	r = call(t, m, "toy/1", &hookInfo{name: "update-status"}, "relation-get", "-r", "db-cluster:0", "-", "toy/9")
+	expectOut(t, "relation-get of a unit never in the relation (4.x)", r, 1, "", fixture(t, "relation-get-error-unknown-unit-4.x.txt"))
+
+	r = call(t, m, "toy/1", &hookInfo{name: "update-status"}, "status-set", "--application", "active", "x")
+	expectOut(t, "status-set --application by a minion", r, 1, "", fixture(t, "status-set-error-application-non-leader.txt"))
+	r = call(t, m, "toy/0", &hookInfo{name: "update-status"}, "status-set", "--application", "blocked", "fix me")
+	expectOut(t, "status-set --application by the leader", r, 0, "", "")
+	if st := m.Status(); st.AppStatus != "blocked" || st.AppMessage != "fix me" || !strings.Contains(m.StatusTable(), "fix me") {
+		t.Errorf("application status = %q %q; table:\n%s", st.AppStatus, st.AppMessage, m.StatusTable())
+	}
+	r = call(t, m, "toy/0", &hookInfo{name: "update-status"}, "status-get", "--application")
+	expectOut(t, "status-get --application", r, 0, "blocked\n", "")
+}
+
+// Juju 3.6 mode: JUJU_VERSION 3.6.x, private-address in relation data,
+// and 3.6's relation-get error for a unit never in the relation.
+func TestJuju36_EnvRelationDataAndErrors(t *testing.T) {
+	m := newToyModel(t, Options{Juju36: true})
+	if _, err := m.Deploy(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if v := readEnvRecords(t, m, "toy/0")[0]["JUJU_VERSION"]; !strings.HasPrefix(v, "3.6.") {
+		t.Errorf("JUJU_VERSION = %q, want 3.6.x", v)
+	}
+	if data := m.RelationData("db-cluster")["toy/0"]; data["private-address"] == "" || data["private-address"] != data["ingress-address"] {
+		t.Errorf("3.6 relation data %v: want private-address equal to ingress-address", data)
+	}
+	m.mu.Lock()
+	m.units["toy/0"].hold = true
+	m.mu.Unlock()
+	r := call(t, m, "toy/0", &hookInfo{name: "update-status"}, "relation-get", "-r", "db-cluster:0", "-", "toy/9")
+	want := "ERROR cannot read settings for unit \"toy/9\" in relation \"toy:db-cluster\": unit \"toy/9\": settings not found\n"
+	expectOut(t, "3.6 relation-get of an unknown unit", r, 1, "", want)
+}
