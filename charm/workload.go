@@ -257,15 +257,17 @@ func (h *hook) controllerd() string { return filepath.Join(h.env.CharmDir, "cont
 
 // settledWorkloadStatus asks controllerd for its status; right after this
 // hook changed controller.conf it polls for up to SettleTimeout until the
-// daemon is a member, since it reacts to the file within moments and a
-// status taken before that would stay stale until the next hook.
+// daemon is a member in a settled (active) state, since it reacts to the
+// file within moments and a status taken before that (joining, moving,
+// rebinding) would stay stale until the next hook: with Juju's 5-minute
+// update-status, minutes.
 func (h *hook) settledWorkloadStatus(ctx context.Context) (*WorkloadStatus, error) {
 	st, err := h.workloadStatus(ctx)
 	if !h.joinExpected || h.cfg.SettleTimeout < 0 {
 		return st, err
 	}
 	deadline := time.After(h.cfg.SettleTimeout)
-	for err != nil || !st.Member || st.Role == "" {
+	for err != nil || !st.Member || st.Role == "" || !settled(st) {
 		if status, _ := describeWorkload(st); err == nil && status == hooktools.StatusBlocked {
 			return st, nil // it will not join by itself
 		}
@@ -279,6 +281,13 @@ func (h *hook) settledWorkloadStatus(ctx context.Context) (*WorkloadStatus, erro
 		st, err = h.workloadStatus(ctx)
 	}
 	return st, err
+}
+
+// settled reports whether the daemon's status is one the next hook would
+// repeat: active, not a transition.
+func settled(st *WorkloadStatus) bool {
+	status, _ := describeWorkload(st)
+	return status == hooktools.StatusActive
 }
 
 func (h *hook) workloadStatus(ctx context.Context) (*WorkloadStatus, error) {
