@@ -11,7 +11,8 @@ import (
 // The core scenarios under Juju's real timings (sim.JujuTimings: a
 // one-minute leadership lease, hooks retried after 5 s): deploy 3, remove
 // the Dqlite leader's unit and one more (scale 3 → 1), then a blocked
-// multi-address unit healed by juju bind. Stricter still, update-status
+// multi-address unit healed by juju bind (its status names the binding
+// to fix; afterwards every node serves in the bound space). Stricter still, update-status
 // never runs here (a 5-minute interval could fall inside a slow run), so
 // every step must converge on the hooks its operator verb fires. One
 // model, to keep make test lean.
@@ -64,7 +65,7 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitIdle(t, m)
-	if u, _ := m.Status().Unit(names[0]); u.Workload != "blocked" || !strings.Contains(u.Message, "multiple possible DB bind addresses") {
+	if u, _ := m.Status().Unit(names[0]); u.Workload != "blocked" || !strings.Contains(u.Message, "multiple possible DB bind addresses") || !strings.Contains(u.Message, "db-cluster") {
 		t.Fatalf("%s: %s %q, want blocked on its two addresses", names[0], u.Workload, u.Message)
 	}
 	step("bind db-cluster=db")
@@ -72,7 +73,18 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitIdle(t, m)
-	waitCluster(t, m)
+	v = waitCluster(t, m)
+	// Every node now serves on its machine's address in space db (the
+	// last subnet of every machine here).
+	st := m.Status()
+	for un, s := range v.Nodes {
+		u, _ := st.Unit(un)
+		for _, mc := range st.Machines {
+			if mc.ID == u.Machine && !strings.HasPrefix(s.Address, mc.Addresses[len(mc.Addresses)-1]+":") {
+				t.Errorf("%s serves on %s, want its space-db address %s", un, s.Address, mc.Addresses[len(mc.Addresses)-1])
+			}
+		}
+	}
 	waitActive(t, m)
 	checkRowsEverywhere(t, m, 20)
 	step("done")

@@ -153,57 +153,6 @@ func TestRemove_JujuLeaderThenDqliteLeader(t *testing.T) {
 	waitActive(t, m)
 }
 
-// A unit on a machine with two addresses in the bound space is blocked with
-// a status naming the fix; juju bind to a space where it has one address
-// heals it and it joins (docs/juju.md "juju bind and config-changed").
-func TestBind_HealsBlockedMultiAddressUnit(t *testing.T) {
-	m := newModel(t, sim.Options{
-		Subnets:        []sim.SubnetSpec{{Name: "a0", Space: "alpha"}, {Name: "a1", Space: "alpha"}, {Name: "d", Space: "db"}},
-		DefaultSubnets: []string{"a0", "d"},
-	})
-	if _, err := m.Deploy(1); err != nil {
-		t.Fatal(err)
-	}
-	waitIdle(t, m)
-	waitCluster(t, m)
-	createTable(t, m, "dqlite-controller/0")
-	insertRows(t, m, "dqlite-controller/0", 0, 7)
-	names, err := m.AddUnit(1, sim.MachineSpec{Subnets: []string{"a0", "a1", "d"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = m.WaitFor(ctxFor(t, 2*time.Minute), names[0]+" blocked", func(st sim.Status) bool {
-		u, _ := st.Unit(names[0])
-		return u.Workload == "blocked"
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitIdle(t, m)
-	u, _ := m.Status().Unit(names[0])
-	if !strings.Contains(u.Message, "multiple possible DB bind addresses") || !strings.Contains(u.Message, "db-cluster") {
-		t.Errorf("blocked message %q should say there are several addresses and name the db-cluster binding", u.Message)
-	}
-	if err := m.Bind("db-cluster", "db"); err != nil {
-		t.Fatal(err)
-	}
-	waitIdle(t, m)
-	v := waitCluster(t, m)
-	// Every node now serves on its machine's address in space db (the
-	// last subnet of every machine here).
-	st := m.Status()
-	for un, s := range v.Nodes {
-		u, _ := st.Unit(un)
-		for _, mc := range st.Machines {
-			if mc.ID == u.Machine && !strings.HasPrefix(s.Address, mc.Addresses[len(mc.Addresses)-1]+":") {
-				t.Errorf("%s serves on %s, want its space-db address %s", un, s.Address, mc.Addresses[len(mc.Addresses)-1])
-			}
-		}
-	}
-	checkRowsEverywhere(t, m, 7)
-	waitActive(t, m)
-}
-
 // A hook SIGKILLed half-way (at its relation-set) leaves the unit in error;
 // juju resolved retries it and the unit joins the cluster. The first
 // relation-set a unit can make is in its relation-created hook: before
