@@ -38,7 +38,8 @@
 //     id in the list. Whenever bootstrap-agent-id is already set, no unit ever
 //     writes it again, whoever is leader.
 //   - Every unit copies db-bind-addresses and bootstrap-agent-id from the
-//     application data (never from its own view of the relation) into
+//     committed application data (never from its own view of the relation,
+//     nor, for the leader, from its own uncommitted write) into
 //     controller.conf; controllerd bootstraps only if its data dir is empty
 //     and its own id equals bootstrap-agent-id, and otherwise joins. A file
 //     without bootstrap-agent-id never leads to a bootstrap.
@@ -174,8 +175,9 @@ type Config struct {
 	WorkloadTimeout time.Duration
 	// SettleTimeout is how long a hook that has just changed controller.conf
 	// (listing this unit) waits for controllerd to become a cluster member
-	// before reporting the status, so that the status does not describe the
-	// daemon as it was before the change (default 5 s; negative: no wait).
+	// in a settled (active) state before reporting the status, so that the
+	// status does not describe the daemon as it was before the change or
+	// mid-transition (default 5 s; negative: no wait).
 	SettleTimeout time.Duration
 }
 
