@@ -57,7 +57,7 @@ func expectOut(t *testing.T, what string, r toolResponse, code int, stdout, stde
 // docs/juju.md "Hook tools" and testdata/fixtures: outputs and error texts of the hook tools, byte
 // for byte where the fixture's values can be reproduced.
 func TestHookTools_OutputsMatchJujuFixtures(t *testing.T) {
-	m := newToyModel(t, Options{})
+	m := newToyModel(t, Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(2); err != nil {
 		t.Fatal(err)
 	}
