@@ -189,6 +189,7 @@ type Model struct {
 	contexts  map[string]*hookContext
 	ctxSeq    int
 	faults    []*hookFault
+	acts      actionState // actions.go
 	closed    bool
 }
 

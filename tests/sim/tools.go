@@ -45,6 +45,10 @@ type toolFunc func(m *Model, hc *hookContext, req toolRequest) (toolResponse, er
 // entries here (secrets.go and actions.go add theirs below); every name
 // becomes an executable on the hook's PATH.
 var hookTools = map[string]toolFunc{
+	"action-get":  actionTool("action-get"), // actions.go
+	"action-set":  actionTool("action-set"),
+	"action-fail": actionTool("action-fail"),
+	"action-log":  actionTool("action-log"),
 	"network-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
 		return m.toolNetworkGet(hc, req.Args)
 	},
@@ -521,6 +525,13 @@ func (m *Model) toolStatusSet(hc *hookContext, args []string) (toolResponse, err
 	}
 	// status-set applies at once and is not rolled back (docs/juju.md#relation-data).
 	u := hc.unit
+	if u.failed != nil {
+		// An action runs while a hook is in error: juju status keeps
+		// showing the error until it is resolved.
+		u.savedWorkload, u.statusSet = [2]string{pos[0], msg}, true
+		m.notifyLocked()
+		return toolResponse{}, nil
+	}
 	u.workload, u.message, u.statusSet = pos[0], msg, true
 	m.notifyLocked()
 	return toolResponse{}, nil

@@ -284,6 +284,10 @@ func (m *Model) runAgent(u *unit) {
 			m.mu.Unlock()
 			return
 		}
+		if !u.machine.dead && !u.machine.partitioned && m.runQueuedActionLocked(u) {
+			m.mu.Unlock()
+			continue
+		}
 		var h *hookInfo
 		if !u.machine.dead && !u.machine.partitioned && !u.hold {
 			// A partitioned machine's agent has no API connection: it
