@@ -792,9 +792,15 @@ func TestEnvFromGetenv(t *testing.T) {
 	if env.AppName() != "dqlite-controller" {
 		t.Fatalf("app = %q", env.AppName())
 	}
-	vars["JUJU_DISPATCH_PATH"] = "actions/backup"
-	if _, err := charm.EnvFromGetenv(func(k string) string { return vars[k] }); err == nil {
-		t.Fatal("an action was accepted")
+	vars["JUJU_DISPATCH_PATH"] = "actions/cluster-status"
+	if env, err := charm.EnvFromGetenv(func(k string) string { return vars[k] }); err != nil || env.Action != "cluster-status" || env.Hook != "" {
+		t.Fatalf("action env = %+v, err = %v", env, err)
+	}
+	for _, bad := range []string{"jobs/x", "actions/a/b", "actions/", "hooks"} {
+		vars["JUJU_DISPATCH_PATH"] = bad
+		if _, err := charm.EnvFromGetenv(func(k string) string { return vars[k] }); err == nil {
+			t.Fatalf("JUJU_DISPATCH_PATH %q was accepted", bad)
+		}
 	}
 	delete(vars, "JUJU_DISPATCH_PATH")
 	vars["JUJU_HOOK_NAME"] = "update-status"

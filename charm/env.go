@@ -9,8 +9,12 @@ import (
 // Env is the part of the hook environment the charm reads (docs/juju.md
 // "Hook dispatch and environment").
 type Env struct {
-	// Hook is the hook name, e.g. "install" or "db-cluster-relation-changed".
+	// Hook is the hook name, e.g. "install" or "db-cluster-relation-changed";
+	// empty when an action runs.
 	Hook string
+	// Action is the action's name when Juju runs one (JUJU_DISPATCH_PATH
+	// actions/<name>); empty in a hook.
+	Action string
 	// UnitName is this unit, e.g. "dqlite-controller/3".
 	UnitName string
 	// CharmDir is the charm's directory (JUJU_CHARM_DIR).
@@ -27,8 +31,9 @@ type Env struct {
 }
 
 // EnvFromGetenv reads the hook environment with getenv (os.Getenv in the
-// hook binary). The hook name comes from JUJU_DISPATCH_PATH ("hooks/<name>"),
-// as Juju sets it for a charm with a dispatch script, else JUJU_HOOK_NAME.
+// hook binary). The hook or action name comes from JUJU_DISPATCH_PATH
+// ("hooks/<name>" or "actions/<name>"), as Juju sets it for a charm with a
+// dispatch script, else JUJU_HOOK_NAME.
 func EnvFromGetenv(getenv func(string) string) (Env, error) {
 	env := Env{
 		UnitName:      getenv("JUJU_UNIT_NAME"),
@@ -43,15 +48,19 @@ func EnvFromGetenv(getenv func(string) string) (Env, error) {
 		env.CharmDir = getenv("CHARM_DIR")
 	}
 	if p := getenv("JUJU_DISPATCH_PATH"); p != "" {
-		name, ok := strings.CutPrefix(p, "hooks/")
-		if !ok || name == "" || strings.Contains(name, "/") {
-			return Env{}, fmt.Errorf("cannot handle JUJU_DISPATCH_PATH %q: not a hook (this charm has no actions)", p)
+		kind, name, _ := strings.Cut(p, "/")
+		if (kind != "hooks" && kind != "actions") || name == "" || strings.Contains(name, "/") {
+			return Env{}, fmt.Errorf("cannot handle JUJU_DISPATCH_PATH %q: neither hooks/<name> nor actions/<name>", p)
 		}
-		env.Hook = name
+		if kind == "actions" {
+			env.Action = name
+		} else {
+			env.Hook = name
+		}
 	} else {
 		env.Hook = getenv("JUJU_HOOK_NAME")
 	}
-	if env.Hook == "" {
+	if env.Hook == "" && env.Action == "" {
 		return Env{}, errors.New("cannot tell which hook to run: JUJU_DISPATCH_PATH and JUJU_HOOK_NAME are unset")
 	}
 	if env.UnitName == "" {

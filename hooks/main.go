@@ -1,6 +1,6 @@
 // Command dispatch is the charm's hook binary. Juju runs it for every hook
-// with JUJU_DISPATCH_PATH set to hooks/<name>; every hook runs the same
-// reconcile (package charm). This is the only place production paths and
+// with JUJU_DISPATCH_PATH set to hooks/<name> (every hook runs the same
+// reconcile, package charm) or actions/<name> (charm.RunAction). This is the only place production paths and
 // real system access (exec, netlink) are chosen.
 package main
 
@@ -39,6 +39,13 @@ func run() error {
 		Runner:         runner,
 		LocalAddresses: bindaddr.Netlink{},
 		Logger:         logger,
+	}
+	if env.Action != "" {
+		if err := charm.RunAction(ctx, cfg, env); err != nil {
+			logger.Error(fmt.Sprintf("action %s failed: %v", env.Action, err))
+			return err
+		}
+		return nil
 	}
 	if err := charm.Reconcile(ctx, cfg, env); err != nil {
 		logger.Error("hook failed", "hook", env.Hook, "err", err)

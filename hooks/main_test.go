@@ -45,12 +45,17 @@ func TestDispatch_OutsideAHookFailsClearly(t *testing.T) {
 	}
 }
 
-func TestDispatch_RefusesActions(t *testing.T) {
+func TestDispatch_RefusesUnknownActionsAndPaths(t *testing.T) {
 	bin := buildDispatch(t)
-	cmd := exec.Command(bin)
-	cmd.Env = []string{"PATH=/nonexistent", "JUJU_DISPATCH_PATH=actions/backup", "JUJU_UNIT_NAME=dqlite-controller/0", "JUJU_CHARM_DIR=/charm"}
-	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), `cannot handle JUJU_DISPATCH_PATH "actions/backup"`) {
-		t.Fatalf("err = %v, output = %q", err, out)
+	for path, want := range map[string]string{
+		"actions/backup": `cannot run action "backup": this charm has no such action`,
+		"jobs/backup":    `cannot handle JUJU_DISPATCH_PATH "jobs/backup"`,
+	} {
+		cmd := exec.Command(bin)
+		cmd.Env = []string{"PATH=/nonexistent", "JUJU_DISPATCH_PATH=" + path, "JUJU_UNIT_NAME=dqlite-controller/0", "JUJU_CHARM_DIR=/charm"}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), want) {
+			t.Fatalf("%s: err = %v, output = %q, want %q", path, err, out, want)
+		}
 	}
 }

@@ -1,5 +1,5 @@
 // Package cli is controllerd's command line: run, status, sql, agent,
-// client and version.
+// client, version and the operator's operations (ops.go).
 package cli
 
 import (
@@ -65,6 +65,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(runCmd(stderr), statusCmd(stdout), sqlCmd(stdout), agentCmd(stderr), clientCmd(stdout, stderr), versionCmd(stdout))
+	root.AddCommand(opsCmds(stdout)...)
 	return root
 }
 

@@ -24,6 +24,7 @@ func main() {
 		{Name: "controllerd", Source: filepath.Join(*bin, "controllerd"), Mode: 0o755},
 		{Name: "metadata.yaml", Source: filepath.Join(*src, "metadata.yaml"), Mode: 0o644},
 		{Name: "config.yaml", Source: filepath.Join(*src, "config.yaml"), Mode: 0o644},
+		{Name: "actions.yaml", Source: filepath.Join(*src, "actions.yaml"), Mode: 0o644},
 		{Name: "README.md", Source: filepath.Join(*src, "README.md"), Mode: 0o644},
 		{Name: "manifest.yaml", Data: []byte(pack.Manifest), Mode: 0o644},
 	}

@@ -190,6 +190,9 @@ func Serve(ctx context.Context, dataDir string, b Backend, log *slog.Logger) (<-
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
+	if ops, ok := b.(Operations); ok {
+		registerOperations(mux, ops)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan error, 1)
 	go func() {

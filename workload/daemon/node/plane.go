@@ -92,11 +92,12 @@ func (d *Daemon) startSingular() {
 			},
 		},
 	}
+	var bw *backup.Worker
 	if d.o.BackupDir != "" {
 		// Dump from the leader: the most up-to-date copy. The peers are
 		// those of this run's node; the singular stops before it closes.
 		dumper := backup.LeaderDumper(func(ctx context.Context) (*client.Client, error) { return d.leaderClient(ctx, peers) })
-		bw, err := backup.NewFrom(dumper, d.dbSource, backup.Options{
+		w, err := backup.NewFrom(dumper, d.dbSource, backup.Options{
 			Dir:          d.o.BackupDir,
 			ControllerID: d.o.ControllerID,
 			Database:     databaseName,
@@ -108,9 +109,11 @@ func (d *Daemon) startSingular() {
 		if err != nil {
 			d.log.Error("backups disabled", "err", err)
 		} else {
+			bw = w
 			workers["backup"] = bw
 		}
 	}
+	workers["backup-requests"] = d.backupRequests(bw) // create-backup (ops.go)
 	o := d.o.singularOptions(workers)
 	o.Log = log
 	o.Baton = &d.baton
