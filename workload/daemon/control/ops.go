@@ -20,7 +20,8 @@ type ClusterMember struct {
 	ControllerID string `json:"controller-id" yaml:"controller-id"`
 	Address      string `json:"address" yaml:"address"`
 	Role         string `json:"role" yaml:"role"`
-	// Online is whether the member answered a Dqlite dial from this node.
+	// Online is whether the member answered a Dqlite request (within 1 s)
+	// from the node asked.
 	Online bool `json:"online" yaml:"online"`
 	Leader bool `json:"leader" yaml:"leader"`
 }

@@ -159,7 +159,7 @@ func probeAll(ctx context.Context, members []control.Member) map[string]bool {
 		wg.Add(1)
 		go func(addr string) {
 			defer wg.Done()
-			ok := probe(ctx, addr)
+			ok := answers(ctx, addr)
 			mu.Lock()
 			out[addr] = ok
 			mu.Unlock()
@@ -167,6 +167,21 @@ func probeAll(ctx context.Context, members []control.Member) map[string]bool {
 	}
 	wg.Wait()
 	return out
+}
+
+// answers reports whether a Dqlite node answers a request at address
+// within a second. A dial alone is not enough: the kernel accepts the
+// connection of a frozen (SIGSTOPped) process.
+func answers(ctx context.Context, address string) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	cli, err := client.New(ctx, address, client.WithDialFunc(dialNode))
+	if err != nil {
+		return false
+	}
+	defer cli.Close()
+	_, err = cli.Leader(ctx)
+	return err == nil
 }
 
 func (d *Daemon) lastBackup(ctx context.Context) (*control.BackupInfo, error) {
@@ -467,7 +482,7 @@ func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberReque
 			listed = listed || (res.ControllerID != "" && id == res.ControllerID) || h == host
 		}
 	}
-	res.WasOnline = probe(ctx, target.Address)
+	res.WasOnline = answers(ctx, target.Address)
 	if !req.Force && listed {
 		return res, fmt.Errorf("cannot remove a member: controller %s (%s) is still in the db-cluster relation; remove its unit with juju remove-unit (the cluster then removes the member by itself), or pass force=true if its machine is gone for good", orUnknown(res.ControllerID), target.Address)
 	}
@@ -482,7 +497,7 @@ func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberReque
 			continue
 		}
 		voters++
-		if m.ID == leader.ID || probe(ctx, m.Address) {
+		if m.ID == leader.ID || answers(ctx, m.Address) {
 			online++
 		}
 	}
