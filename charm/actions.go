@@ -36,6 +36,7 @@ var actionTimeouts = map[string]time.Duration{
 	ActionCreateBackup:  4 * time.Minute,
 	ActionListBackups:   time.Minute,
 	ActionRemoveMember:  time.Minute,
+	ActionRecover:       3 * time.Minute,
 }
 
 // RunAction runs the action env.Action.
@@ -107,6 +108,8 @@ func (a *action) run(ctx context.Context) (map[string]string, string) {
 		return out, ""
 	case ActionRemoveMember:
 		return a.removeMember(ctx)
+	case ActionRecover:
+		return a.recover(ctx)
 	}
 	return nil, "unknown action " + a.env.Action
 }

@@ -294,6 +294,8 @@ func (h *hook) run(ctx context.Context) error {
 		h.status.add(hooktools.StatusWaiting, "waiting for the db-cluster peer relation")
 	} else if cluster, err = h.reconcilePeers(ctx, relID); err != nil {
 		return err
+	} else {
+		h.publishRaftPosition(ctx, relID) // recovery.go
 	}
 	api, err := h.resolveAPIHosts(ctx)
 	if err != nil {

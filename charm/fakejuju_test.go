@@ -361,6 +361,10 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 				return nil, exitErr(name, 1, "Error: cannot reach controllerd: dial unix control.socket: connect: no such file or directory", "")
 			}
 			return []byte(u.workload + "\n"), nil
+		case "raft-position":
+			// The fake daemon has no Raft log (recovery.go publishes
+			// nothing then).
+			return nil, exitErr(name, 1, "Error: cannot reach controllerd", "")
 		}
 	}
 	m.t.Errorf("unexpected command %s %q", name, args)

@@ -1,7 +1,8 @@
 // Command dispatch is the charm's hook binary. Juju runs it for every hook
 // with JUJU_DISPATCH_PATH set to hooks/<name> (every hook runs the same
-// reconcile, package charm) or actions/<name> (charm.RunAction). This is the only place production paths and
-// real system access (exec, netlink) are chosen.
+// reconcile, package charm) or actions/<name> (charm.RunAction). This is
+// the only place production paths and real system access (exec, netlink)
+// are chosen.
 package main
 
 import (
@@ -42,7 +43,7 @@ func run() error {
 	}
 	if env.Action != "" {
 		if err := charm.RunAction(ctx, cfg, env); err != nil {
-			logger.Error(fmt.Sprintf("action %s failed: %v", env.Action, err))
+			logger.Error("action failed", "action", env.Action, "err", err)
 			return err
 		}
 		return nil

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -131,4 +132,108 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 		t.Fatalf("after the forced removal: %v", err)
 	}
 	wantFailed(t, runAction(t, m, us[0], "remove-member", "agent-id="+victimID, "force=true"), "no member has agent id "+victimID)
+}
+
+// 5 → 2 with stand-by survivors: the three voters' machines die (the
+// leader among them). recover-from-quorum-loss refuses without confirm and
+// while a leader is reachable; after the loss, both survivors publish
+// their Raft position; run on the one with the older log it names the
+// other; run on the most up-to-date one it makes that node the only voter
+// with every committed row, and the other survivor wipes its stale data
+// and rejoins: exactly one cluster of the two survivors.
+func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
+	m := newModel(t, sim.Options{})
+	if _, err := m.Deploy(5); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	v := waitCluster(t, m)
+	us := units(m)
+	mustSQL(t, m, us[0], "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+	for i := 1; i <= 20; i++ {
+		mustSQL(t, m, us[i%len(us)], "INSERT INTO t (id) VALUES ("+strconv.Itoa(i)+") ON CONFLICT DO NOTHING")
+	}
+	wantFailed(t, runAction(t, m, us[0], "recover-from-quorum-loss"), "confirm=true is required")
+	wantFailed(t, runAction(t, m, us[0], "recover-from-quorum-loss", "confirm=true"), "a Dqlite leader is reachable")
+
+	var voters, survivors []string
+	for _, u := range us {
+		if v.Nodes[u].Role == "voter" {
+			voters = append(voters, u)
+		} else {
+			survivors = append(survivors, u)
+		}
+	}
+	if len(voters) != 3 || len(survivors) != 2 {
+		t.Fatalf("voters %v, others %v; want 3 and 2", voters, survivors)
+	}
+	oldIDs := map[string]string{}
+	for _, u := range survivors {
+		oldIDs[u] = v.Nodes[u].NodeID
+	}
+	for _, u := range voters {
+		if err := m.KillMachine(u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each survivor publishes its position at its next hook (update-status).
+	positions := map[string]string{}
+	err := probe.Eventually(ctxFor(t, 2*time.Minute), time.Second, func() error {
+		data := m.RelationData("db-cluster")
+		for _, u := range survivors {
+			p := data[u]["db-raft-position"]
+			if !strings.Contains(p, `"state":"no-quorum"`) {
+				return fmt.Errorf("%s published %q", u, p)
+			}
+			positions[u] = p
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("published positions: %v", positions)
+	best, other := survivors[0], survivors[1]
+	res := runAction(t, m, other, "recover-from-quorum-loss", "confirm=true")
+	if res.Status == sim.ActionFailed {
+		// other's log is older: it must name best; swap and go on.
+		wantFailed(t, res, "run recover-from-quorum-loss on its unit ("+best+")")
+	} else {
+		best, other = other, best
+	}
+	if res.Status == sim.ActionFailed {
+		res = runAction(t, m, best, "recover-from-quorum-loss", "confirm=true")
+	}
+	wantCompleted(t, res)
+	if res.Results["survivors"] != strings.TrimPrefix(other, app+"/") {
+		t.Fatalf("survivors %v, want %s", res.Results["survivors"], other)
+	}
+	if !strings.Contains(res.Results["summary"].(string), "juju remove-unit --force") {
+		t.Fatalf("summary does not say what to do next: %q", res.Results["summary"])
+	}
+	err = probe.Eventually(ctxFor(t, 3*time.Minute), time.Second, func() error {
+		v := probe.Look(ctxFor(t, 30*time.Second), m)
+		lo, hi := probe.VoterRange(len(survivors))
+		if err := v.OneCluster(survivors, lo, hi); err != nil {
+			return err
+		}
+		if v.Nodes[other].NodeID == oldIDs[other] {
+			return fmt.Errorf("%s still runs its old node %s", other, oldIDs[other])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after the recovery: %v", err)
+	}
+	if v.Nodes[best].NodeID != oldIDs[best] && oldIDs[best] != "" {
+		t.Logf("note: %s node id %s (was %s)", best, v.Nodes[best].NodeID, oldIDs[best])
+	}
+	for _, u := range survivors {
+		if n := countRows(t, m, u); n != 20 {
+			t.Fatalf("%s sees %d rows after the recovery, want 20", u, n)
+		}
+	}
+	if !strings.Contains(m.ServiceLog(other), "wipe") {
+		t.Fatalf("%s never wiped its stale data:\n%s", other, tail(m.ServiceLog(other), 40))
+	}
 }

@@ -19,7 +19,8 @@ import (
 // answered by the daemon over its control socket.
 
 func opsCmds(stdout io.Writer) []*cobra.Command {
-	return []*cobra.Command{clusterStatusCmd(stdout), createBackupCmd(stdout), listBackupsCmd(stdout), removeMemberCmd(stdout)}
+	return []*cobra.Command{clusterStatusCmd(stdout), createBackupCmd(stdout), listBackupsCmd(stdout), removeMemberCmd(stdout),
+		raftPositionCmd(stdout), recoverCmd(stdout)}
 }
 
 // opCmd is one operation: flags --data-dir and --format, a deadline, and
@@ -149,5 +150,39 @@ func removeMemberCmd(stdout io.Writer) *cobra.Command {
 	cmd.Flags().BoolVar(&req.Force, "force", false, "also remove a member whose unit is still in the relation, or a voter that does not answer")
 	cmd.MarkFlagsMutuallyExclusive("agent-id", "address")
 	cmd.MarkFlagsOneRequired("agent-id", "address")
+	return cmd
+}
+
+func raftPositionCmd(stdout io.Writer) *cobra.Command {
+	return opCmd(stdout, "raft-position", "Show where this node's Raft log ends (term, index), its state and last role",
+		10*time.Second,
+		func(ctx context.Context, c *control.Client) (any, error) { return c.RaftInfo(ctx) },
+		func(w io.Writer, v any) error {
+			r := v.(control.RaftInfo)
+			_, err := fmt.Fprintf(w, "controller %s node %s (%s, %s): term %d, index %d\n", r.ControllerID, dash(r.NodeID), r.State, dash(r.Role), r.Term, r.Index)
+			return err
+		})
+}
+
+func recoverCmd(stdout io.Writer) *cobra.Command {
+	var req control.RecoverRequest
+	var peers string
+	cmd := opCmd(stdout, "recover-from-quorum-loss --confirm [--peers JSON]",
+		"After a lost quorum, make this node the sole voter (it must have the most up-to-date log of the survivors); the others wipe and rejoin",
+		2*time.Minute,
+		func(ctx context.Context, c *control.Client) (any, error) {
+			if peers != "" {
+				if err := json.Unmarshal([]byte(peers), &req.Peers); err != nil {
+					return nil, fmt.Errorf("invalid --peers: %w", err)
+				}
+			}
+			return c.Recover(ctx, req)
+		},
+		func(w io.Writer, v any) error {
+			_, err := fmt.Fprintln(w, v.(control.RecoverResult).Message)
+			return err
+		})
+	cmd.Flags().BoolVar(&req.Confirm, "confirm", false, "confirm the forced reconfiguration")
+	cmd.Flags().StringVar(&peers, "peers", "", "the other survivors' raft-position answers, as a JSON list (the charm passes what they published)")
 	return cmd
 }

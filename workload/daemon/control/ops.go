@@ -77,6 +77,38 @@ type Operations interface {
 	CreateBackup(ctx context.Context) (BackupInfo, error)
 	ListBackups(ctx context.Context) ([]BackupInfo, error)
 	RemoveMember(ctx context.Context, req RemoveMemberRequest) (RemoveMemberResult, error)
+	RaftInfo(ctx context.Context) (RaftInfo, error)
+	Recover(ctx context.Context, req RecoverRequest) (RecoverResult, error)
+}
+
+// RaftInfo is where a node's Raft log ends (read from its files), with its
+// state and last known role: what a unit publishes while quorum is lost.
+type RaftInfo struct {
+	ControllerID string `json:"controller-id" yaml:"controller-id"`
+	NodeID       string `json:"node-id" yaml:"node-id"`
+	State        string `json:"state" yaml:"state"`
+	Role         string `json:"role" yaml:"role"`
+	HasData      bool   `json:"has-data" yaml:"has-data"`
+	Term         uint64 `json:"term" yaml:"term"`
+	Index        uint64 `json:"index" yaml:"index"`
+}
+
+// RecoverRequest asks a node to become the sole voter after a lost
+// quorum; Peers are the other units' published positions.
+type RecoverRequest struct {
+	Confirm bool       `json:"confirm"`
+	Peers   []RaftInfo `json:"peers"`
+}
+
+// RecoverResult says what the recovery did and what is next.
+type RecoverResult struct {
+	Position RaftInfo `json:"position" yaml:"position"`
+	// Survivors are the other listed controllers that answered (they wipe
+	// and rejoin); Unreachable those that did not.
+	Survivors   []string `json:"survivors" yaml:"survivors"`
+	Unreachable []string `json:"unreachable" yaml:"unreachable"`
+	SafetyCopy  string   `json:"safety-copy" yaml:"safety-copy"`
+	Message     string   `json:"message" yaml:"message"`
 }
 
 func registerOperations(mux *http.ServeMux, ops Operations) {
@@ -99,6 +131,19 @@ func registerOperations(mux *http.ServeMux, ops Operations) {
 			return
 		}
 		v, err := ops.RemoveMember(r.Context(), req)
+		answer(w, v, err)
+	})
+	mux.HandleFunc("GET /raft", func(w http.ResponseWriter, r *http.Request) {
+		v, err := ops.RaftInfo(r.Context())
+		answer(w, v, err)
+	})
+	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) {
+		var req RecoverRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, errorBody{Error: fmt.Sprintf("cannot decode request: %v", err)})
+			return
+		}
+		v, err := ops.Recover(r.Context(), req)
 		answer(w, v, err)
 	})
 }
@@ -138,5 +183,19 @@ func (c *Client) ListBackups(ctx context.Context) ([]BackupInfo, error) {
 func (c *Client) RemoveMember(ctx context.Context, req RemoveMemberRequest) (RemoveMemberResult, error) {
 	var r RemoveMemberResult
 	err := c.do(ctx, http.MethodPost, "/members/remove", req, &r)
+	return r, err
+}
+
+// RaftInfo asks for this node's Raft log position.
+func (c *Client) RaftInfo(ctx context.Context) (RaftInfo, error) {
+	var r RaftInfo
+	err := c.do(ctx, http.MethodGet, "/raft", nil, &r)
+	return r, err
+}
+
+// Recover asks the node to become the sole voter after a lost quorum.
+func (c *Client) Recover(ctx context.Context, req RecoverRequest) (RecoverResult, error) {
+	var r RecoverResult
+	err := c.do(ctx, http.MethodPost, "/recover", req, &r)
 	return r, err
 }

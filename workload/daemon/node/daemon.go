@@ -81,6 +81,7 @@ type Daemon struct {
 	joinHints   []string // addresses of the members when this node was removed
 	readyCh     chan *app.App
 	quit        chan struct{}
+	ops         chan func() // operator's operations run on the loop (recover.go)
 
 	// Control plane (plane.go).
 	leases      *lease.Store
@@ -116,6 +117,7 @@ func New(o Options) *Daemon {
 		everListed: map[string]bool{},
 		candidates: map[uint64]time.Time{},
 		readyCh:    make(chan *app.App, 4),
+		ops:        make(chan func()),
 		quit:       make(chan struct{}),
 		state:      StateWaiting,
 		gate:       memberGate{changed: make(chan struct{})},
@@ -161,6 +163,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.readConfig()
 		case a := <-d.readyCh:
 			d.onReady(a)
+		case op := <-d.ops:
+			op()
 		case <-tick.C:
 		}
 	}
