@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -29,6 +30,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"github.com/juju/dqlite-controller/workload/daemon/node"
 	"github.com/juju/dqlite-controller/workload/daemon/watch"
+	"github.com/juju/dqlite-controller/workload/metrics"
 )
 
 // Version is controllerd's version.
@@ -131,7 +133,10 @@ func run(log *slog.Logger, o node.Options) error {
 		return err
 	}
 	o.Changes = w.Changes()
+	m := metrics.New()
+	o.Metrics = m
 	d := node.New(o)
+	m.SetSource(d)
 	srvCtx, srvStop := context.WithCancel(context.Background())
 	defer srvStop()
 	served, err := control.Serve(srvCtx, o.DataDir, d, log)
@@ -142,7 +147,7 @@ func run(log *slog.Logger, o node.Options) error {
 	// while it hands over).
 	apiDone := make(chan error, 1)
 	go func() {
-		apiDone <- apiserver.Serve(srvCtx, net.JoinHostPort("0.0.0.0", strconv.Itoa(o.APIPort)), d.APIHandler(),
+		apiDone <- apiserver.Serve(srvCtx, net.JoinHostPort("0.0.0.0", strconv.Itoa(o.APIPort)), withMetrics(m, d.APIHandler()),
 			log.With("component", "api"), d.SetAPIError)
 	}()
 	runErr := d.Run(ctx)
@@ -157,6 +162,15 @@ func run(log *slog.Logger, o node.Options) error {
 		log.Info("controllerd stopped")
 	}
 	return runErr
+}
+
+// withMetrics serves /metrics (Prometheus text format) next to the HTTP
+// API on its port, and counts the API's requests.
+func withMetrics(m *metrics.Metrics, api http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("/", m.InstrumentAPI(api))
+	return mux
 }
 
 func statusCmd(stdout io.Writer) *cobra.Command {

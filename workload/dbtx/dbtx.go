@@ -151,17 +151,23 @@ func Run(ctx context.Context, db *sql.DB, body func(ctx context.Context, tx *sql
 	}
 	backoff := FirstBackoff
 	var err error
-	for attempt := 1; ; attempt++ {
+	start, attempt := time.Now(), 0
+	if o := observerFrom(ctx); o != nil {
+		defer func() { o.Transaction(attempt, time.Since(start), err) }()
+	}
+	for attempt = 1; ; attempt++ {
 		err = once(ctx, db, body)
 		if StaleConn(err) {
 			Flush(db)
 		}
 		if err == nil || !Transient(err) || attempt >= MaxAttempts {
-			return plain(err)
+			err = plain(err)
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+			err = fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+			return err
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, MaxBackoff)

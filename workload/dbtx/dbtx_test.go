@@ -145,3 +145,36 @@ func TestStaleConn_ClassifiesConnectionErrors(t *testing.T) {
 		}
 	}
 }
+
+type recordingObserver struct {
+	attempts []int
+	errs     []error
+}
+
+func (r *recordingObserver) Transaction(attempts int, _ time.Duration, err error) {
+	r.attempts = append(r.attempts, attempts)
+	r.errs = append(r.errs, err)
+}
+
+// An observer in the context hears of every transaction with its attempt
+// count and final error; a body error that is not transient ends it after
+// one attempt.
+func TestRun_ReportsToTheContextsObserver(t *testing.T) {
+	n := dqlitetest.Start(t)
+	obs := &recordingObserver{}
+	ctx, cancel := context.WithTimeout(dbtx.WithObserver(context.Background(), obs), dqlitetest.Patience)
+	defer cancel()
+	if err := dbtx.Run(ctx, n.DB, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS obs (id INTEGER PRIMARY KEY)")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	if err := dbtx.Run(ctx, n.DB, func(context.Context, *sql.Tx) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(obs.attempts) != 2 || obs.attempts[0] != 1 || obs.errs[0] != nil || obs.attempts[1] != 1 || !errors.Is(obs.errs[1], boom) {
+		t.Fatalf("observed attempts %v, errors %v", obs.attempts, obs.errs)
+	}
+}

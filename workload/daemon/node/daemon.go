@@ -182,6 +182,7 @@ func (d *Daemon) readConfig() {
 			d.log.Warn("config file is malformed; keeping the last good config", "path", d.o.ConfigPath, "err", err)
 		}
 		d.configErr = err.Error()
+		d.o.Metrics.ConfigRejected()
 		return
 	}
 	if d.configErr != "" {
@@ -192,6 +193,7 @@ func (d *Daemon) readConfig() {
 		return
 	}
 	d.cfg = c
+	d.o.Metrics.ConfigReloaded()
 	d.pruneDue = true
 	for id := range c.DBBindAddresses {
 		d.everListed[id] = true
@@ -207,6 +209,7 @@ func (d *Daemon) decision(action, reason string, attrs ...any) {
 	if d.prevDecided[key] {
 		return
 	}
+	d.o.Metrics.Decision(action)
 	d.log.Info("decision", append([]any{"action", action, "reason", reason}, attrs...)...)
 }
 
@@ -815,6 +818,7 @@ func (d *Daemon) publish() {
 		st.Address = d.app.Address()
 	}
 	if d.leader != nil {
+		d.o.Metrics.LeaderContact(d.leaderSeen)
 		st.Leader = &control.NodeRef{NodeID: strconv.FormatUint(d.leader.ID, 10), Address: d.leader.Address}
 	}
 	for _, m := range d.members {

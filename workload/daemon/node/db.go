@@ -37,7 +37,7 @@ func (d *Daemon) inTx(ctx context.Context, timeout time.Duration, f func(context
 	if db == nil {
 		return errors.New("the database is not open")
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(dbtx.WithObserver(ctx, d.o.Metrics), timeout)
 	defer cancel()
 	return dbtx.Run(ctx, db, f)
 }

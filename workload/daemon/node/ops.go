@@ -346,6 +346,9 @@ AND julianday('now') - julianday(requested_at) > 1`); err != nil {
 			} else if b, err = bw.Take(ctx, tok); err != nil && b.Name == "" {
 				state, errMsg = "failed", err.Error()
 			}
+			if state == "failed" {
+				d.o.Metrics.BackupFailed()
+			}
 			if state == "done" {
 				d.log.Info("backup taken on request", "path", b.Path, "bytes", b.Bytes, "requests", len(ids))
 			}

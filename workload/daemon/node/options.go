@@ -15,6 +15,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/controlplane/apiaddr"
 	"github.com/juju/dqlite-controller/workload/controlplane/backup"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
+	"github.com/juju/dqlite-controller/workload/metrics"
 )
 
 // Engine tuning. All nodes of a cluster must use the same values.
@@ -112,6 +113,8 @@ type Options struct {
 	RepublishInterval   time.Duration
 	AddressPrune        time.Duration
 	AddressPoll         time.Duration
+	// Metrics receives the daemon's counters (nil: none).
+	Metrics *metrics.Metrics
 }
 
 // Validate checks the options that can be wrong on the command line.

@@ -18,6 +18,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/controlplane/lease"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
+	"github.com/juju/dqlite-controller/workload/dbtx"
 )
 
 // The control plane on top of the Dqlite node: the singular-controller
@@ -122,7 +123,7 @@ func (d *Daemon) startSingular() {
 		d.log.Error("cannot start the singular worker", "err", err)
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(dbtx.WithObserver(context.Background(), d.o.Metrics))
 	run := &singularRun{s: s, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(run.done)
