@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,6 +28,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/controlplane/apiserver"
 	"github.com/juju/dqlite-controller/workload/controlplane/backup"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
+	"github.com/juju/dqlite-controller/workload/daemon/agentsocket"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"github.com/juju/dqlite-controller/workload/daemon/node"
 	"github.com/juju/dqlite-controller/workload/daemon/watch"
@@ -77,6 +79,7 @@ func runCmd(stderr io.Writer) *cobra.Command {
 		port                              int
 		verbose                           bool
 		o                                 node.Options
+		configSocket                      string
 	)
 	cmd := &cobra.Command{
 		Use:   "run --controller-id N",
@@ -101,7 +104,11 @@ func runCmd(stderr io.Writer) *cobra.Command {
 			if err := o.Validate(); err != nil {
 				return fmt.Errorf("invalid options: %w", err)
 			}
-			return run(log, o)
+			if !cmd.Flags().Changed("config-change-socket") && dataDir == DefaultDataDir {
+				// Juju's data dir is the parent of the default Dqlite data dir.
+				configSocket = filepath.Join(filepath.Dir(DefaultDataDir), agentsocket.Name)
+			}
+			return run(log, o, configSocket)
 		},
 	}
 	cmd.Flags().StringVar(&controllerID, "controller-id", "", "this controller's agent id (required)")
@@ -118,11 +125,12 @@ func runCmd(stderr io.Writer) *cobra.Command {
 	cmd.Flags().DurationVar(&o.LeaseDuration, "lease-duration", singular.DefaultDuration, "singular-controller lease duration (a hard-killed holder is replaced within it)")
 	cmd.Flags().DurationVar(&o.LeaseExtendInterval, "lease-extend-interval", singular.DefaultExtendInterval, "how often the holder extends the lease (less than half of duration minus margin)")
 	cmd.Flags().DurationVar(&o.LeaseMargin, "lease-margin", singular.DefaultMargin, "how much before the lease's expiry the holder stops its single-instance workers (stop time plus clock skew)")
+	cmd.Flags().StringVar(&configSocket, "config-change-socket", "", "serve Juju 4's configchange.socket here (POST /reload, GET /agent-id); default /var/lib/juju/configchange.socket with the default --data-dir, else none; never taken over from a process that answers on it")
 	cmd.MarkFlagRequired("controller-id")
 	return cmd
 }
 
-func run(log *slog.Logger, o node.Options) error {
+func run(log *slog.Logger, o node.Options, configSocket string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
@@ -133,6 +141,22 @@ func run(log *slog.Logger, o node.Options) error {
 		return err
 	}
 	o.Changes = w.Changes()
+	if configSocket != "" {
+		// POST /reload on configchange.socket reads the config again, as a
+		// change seen by the watcher does.
+		changes, reloads := make(chan struct{}, 1), make(chan struct{}, 1)
+		go mergeChanges(ctx, changes, w.Changes(), reloads)
+		o.Changes = changes
+		_, err := agentsocket.Serve(ctx, configSocket, o.ControllerID, func() {
+			select {
+			case reloads <- struct{}{}:
+			default:
+			}
+		}, log.With("component", "config-change-socket"))
+		if err != nil {
+			log.Warn("not serving the config change socket", "path", configSocket, "err", err)
+		}
+	}
 	m := metrics.New()
 	o.Metrics = m
 	d := node.New(o)
@@ -162,6 +186,27 @@ func run(log *slog.Logger, o node.Options) error {
 		log.Info("controllerd stopped")
 	}
 	return runErr
+}
+
+// mergeChanges forwards every value of a and b to out (coalescing) until
+// ctx is done.
+func mergeChanges(ctx context.Context, out chan<- struct{}, a, b <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-a:
+			if !ok {
+				a = nil
+				continue
+			}
+		case <-b:
+		}
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // withMetrics serves /metrics (Prometheus text format) next to the HTTP
