@@ -75,6 +75,9 @@ func (h *hook) reconcileService(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if ok {
+		h.publishCOS(ctx, apiPort) // cosagent.go
+	}
 	changed := false
 	if ok {
 		unit, rerr := service.Render(service.Spec{CharmDir: h.env.CharmDir, AgentID: h.agentID, Port: port, APIPort: apiPort})

@@ -161,6 +161,9 @@ func (m *Metrics) LeaderContact(at time.Time) {
 	m.mu.Unlock()
 }
 
+// Registry is the metrics' registry (tests gather from it).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
 // Handler serves the metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})

@@ -25,6 +25,8 @@ func main() {
 		{Name: "metadata.yaml", Source: filepath.Join(*src, "metadata.yaml"), Mode: 0o644},
 		{Name: "config.yaml", Source: filepath.Join(*src, "config.yaml"), Mode: 0o644},
 		{Name: "actions.yaml", Source: filepath.Join(*src, "actions.yaml"), Mode: 0o644},
+		{Name: "src/prometheus_alert_rules/controllerd.rules", Source: filepath.Join(*src, "charm", "cos", "alert_rules.yaml"), Mode: 0o644},
+		{Name: "src/grafana_dashboards/controllerd.json", Source: filepath.Join(*src, "charm", "cos", "dashboard.json"), Mode: 0o644},
 		{Name: "README.md", Source: filepath.Join(*src, "README.md"), Mode: 0o644},
 		{Name: "manifest.yaml", Data: []byte(pack.Manifest), Mode: 0o644},
 	}

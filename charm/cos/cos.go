@@ -1,0 +1,83 @@
+// Package cos is what the charm gives the Canonical Observability Stack
+// over the cos-agent relation (interface cos_agent, as machine charms
+// integrate with COS through the grafana-agent or opentelemetry-collector
+// subordinate): a scrape job for controllerd's /metrics, the alert rules
+// and the Grafana dashboard shipped in the charm.
+//
+// The wire format is the cos_agent library's CosAgentProviderUnitData
+// (canonical/grafana-agent-operator: lib/charms/grafana_agent/v0/cos_agent.py):
+// one unit data key, "config", holding JSON with metrics_alert_rules (a
+// Prometheus rule file as an object), log_alert_rules, dashboards (each
+// base64 of an .xz-compressed dashboard JSON), metrics_scrape_jobs and
+// log_slots.
+package cos
+
+import (
+	_ "embed"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Endpoint is the relation endpoint (metadata.yaml provides).
+const Endpoint = "cos-agent"
+
+// Key is the unit data key the cos_agent library reads.
+const Key = "config"
+
+//go:embed alert_rules.yaml
+var alertRules []byte
+
+//go:embed dashboard.json
+var dashboard []byte
+
+// AlertRules is the Prometheus rule file shipped in the charm.
+func AlertRules() []byte { return alertRules }
+
+// Dashboard is the Grafana dashboard shipped in the charm.
+func Dashboard() []byte { return dashboard }
+
+// unitData is CosAgentProviderUnitData.
+type unitData struct {
+	MetricsAlertRules map[string]any `json:"metrics_alert_rules"`
+	LogAlertRules     map[string]any `json:"log_alert_rules"`
+	Dashboards        []string       `json:"dashboards"`
+	MetricsScrapeJobs []scrapeJob    `json:"metrics_scrape_jobs"`
+	LogSlots          []string       `json:"log_slots"`
+}
+
+type scrapeJob struct {
+	JobName       string         `json:"job_name"`
+	MetricsPath   string         `json:"metrics_path"`
+	StaticConfigs []staticConfig `json:"static_configs"`
+}
+
+type staticConfig struct {
+	Targets []string `json:"targets"`
+}
+
+// UnitData is the value of Key for a unit whose controllerd serves its API
+// (and /metrics) on apiPort: the subordinate on the same machine scrapes
+// localhost.
+func UnitData(apiPort int) (string, error) {
+	var rules map[string]any
+	if err := yaml.Unmarshal(alertRules, &rules); err != nil {
+		return "", fmt.Errorf("cannot parse the shipped alert rules: %w", err)
+	}
+	d := unitData{
+		MetricsAlertRules: rules,
+		LogAlertRules:     map[string]any{},
+		Dashboards:        []string{base64.StdEncoding.EncodeToString(storeXZ(dashboard))},
+		MetricsScrapeJobs: []scrapeJob{{JobName: "controllerd", MetricsPath: "/metrics",
+			StaticConfigs: []staticConfig{{Targets: []string{"localhost:" + strconv.Itoa(apiPort)}}}}},
+		LogSlots: []string{},
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return "", err
+	}
+	return string(data), nil
+}
