@@ -314,12 +314,10 @@ func (d *Daemon) backupRequestsPeriodic(bw *backup.Worker, tok lease.Token) sing
 			var ids []string
 			err := d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
 				ids = nil
-				if _, err := tx.ExecContext(ctx, backupRequestSchema); err != nil {
-					return err
-				}
-				// Answered requests older than a day are of no use to anyone.
-				if _, err := tx.ExecContext(ctx, `DELETE FROM controller_backup_request WHERE state != 'pending'
-AND julianday('now') - julianday(requested_at) > 1`); err != nil {
+				// Read only: this runs every poll on the holder, and a write
+				// would take the database's write lock each time.
+				var n int
+				if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'controller_backup_request'`).Scan(&n); err != nil || n == 0 {
 					return err
 				}
 				rows, err := tx.QueryContext(ctx, `SELECT id FROM controller_backup_request WHERE state = 'pending' ORDER BY requested_at`)
@@ -352,9 +350,14 @@ AND julianday('now') - julianday(requested_at) > 1`); err != nil {
 			if state == "done" {
 				d.log.Info("backup taken on request", "path", b.Path, "bytes", b.Bytes, "requests", len(ids))
 			}
-			// One backup answers every request pending when it began.
+			// One backup answers every request pending when it began;
+			// answered requests older than a day are of no use to anyone.
 			return d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
 				if err := tok.Assert(ctx, tx); err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, `DELETE FROM controller_backup_request WHERE state != 'pending'
+AND julianday('now') - julianday(requested_at) > 1`); err != nil {
 					return err
 				}
 				for _, id := range ids {
