@@ -54,8 +54,8 @@ func isBusy(err error) bool {
 // of other controllers that claim this node id or address (left behind by a
 // controller that was removed).
 func (d *Daemon) register(ctx context.Context) error {
-	id := strconv.FormatUint(d.app.ID(), 10)
-	addr := d.app.Address()
+	id := strconv.FormatUint(d.run.node.ID(), 10)
+	addr := d.run.node.Address()
 	return d.inTx(ctx, 5*time.Second, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return fmt.Errorf("cannot create controller_node: %w", err)
@@ -76,9 +76,15 @@ ON CONFLICT (controller_id) DO UPDATE SET
 }
 
 // controllerNodes maps Dqlite node id to controller id.
-func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error) {
+func controllerNodes(ctx context.Context, src dbtx.Source) (map[uint64]string, error) {
+	db, err := src()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	out := map[uint64]string{}
-	err := d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
+	err = dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return err
 		}
@@ -102,19 +108,19 @@ func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error)
 }
 
 // removalInput gathers what the leader needs to decide on removals.
-func (d *Daemon) removalInput(ctx context.Context, obs *observation) (decide.RemovalInput, error) {
-	rows, err := d.controllerNodes(ctx)
+func (d *Daemon) removalInput(ctx context.Context, obs *Observation) (decide.RemovalInput, error) {
+	rows, err := controllerNodes(ctx, d.dbSource)
 	if err != nil {
 		return decide.RemovalInput{}, err
 	}
-	members := make([]decide.Member, 0, len(obs.members))
-	for _, m := range obs.members {
+	members := make([]decide.Member, 0, len(obs.Members))
+	for _, m := range obs.Members {
 		members = append(members, decide.Member{ID: m.ID, Address: m.Address, Role: decide.Role(m.Role), ControllerID: rows[m.ID]})
 	}
 	return decide.RemovalInput{
 		ControllerID: d.o.ControllerID,
 		Config:       d.cfg,
-		SelfID:       d.app.ID(),
+		SelfID:       d.run.node.ID(),
 		Members:      members,
 		EverListed:   d.everListed,
 		CandidateFor: map[uint64]time.Duration{},
@@ -143,25 +149,11 @@ func probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []deci
 // removeDeparted runs on the leader: it removes at most one member per
 // pass, keeping quorum: first a member whose controller left the config
 // (decide.PickRemoval), otherwise one whose controller moved to another
-// address (decide.PickMove), which then rejoins there. It reports whether
-// it removed a member (obs is stale then).
-func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
-	// Most passes find every member at a listed address: skip reading
-	// controller_node then.
-	listed := map[string]bool{}
-	for _, host := range d.cfg.DBBindAddresses {
-		listed[decide.JoinHostPort(host, d.o.Port)] = true
-	}
-	consistent := true
-	for _, m := range obs.members {
-		if !listed[m.Address] {
-			consistent = false
-		}
-	}
-	if consistent {
-		clear(d.candidates)
-		return false
-	}
+// address (decide.PickMove), which then rejoins there. Members are
+// resolved through controller_node by node id, not by address alone: an
+// address may be reused (a new unit on a dead one's IP). It reports
+// whether it removed a member (obs is stale then).
+func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) bool {
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
@@ -204,7 +196,7 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
 	d.decision(action, dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := obs.cli.Remove(rctx, dec.Victim.ID); err != nil {
+	if err := obs.Client.Remove(rctx, dec.Victim.ID); err != nil {
 		d.log.Warn("cannot remove member; will retry", "node-id", strconv.FormatUint(dec.Victim.ID, 10), "err", err)
 		return false
 	}
@@ -218,27 +210,27 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
 	}); err != nil {
 		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
 	}
-	d.pruneDue = true
+	d.plane.configChanged()
 	return true
 }
 
 // stepAside runs on a leader whose own controller moved: once no other
 // member is moving and the cluster is settled, it hands leadership over so
 // that the next leader moves it.
-func (d *Daemon) stepAside(ctx context.Context, obs *observation) {
+func (d *Daemon) stepAside(ctx context.Context, obs *Observation) {
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node", "err", err)
 		return
 	}
-	if len(decide.Unwanted(in)) > 0 || len(decide.Moved(in)) > 0 || !decide.Settled(in) || len(obs.members) < 2 {
+	if len(decide.Unwanted(in)) > 0 || len(decide.Moved(in)) > 0 || !decide.Settled(in) || len(obs.Members) < 2 {
 		d.removeDeparted(ctx, obs)
 		return
 	}
 	d.decision("step-aside", "this leader's controller moved and every other member is settled: handing leadership over so the next leader moves this node")
 	hctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
 	defer cancel()
-	if err := d.app.Handover(hctx); err != nil {
+	if err := d.run.node.Handover(hctx); err != nil {
 		d.log.Warn("hand-over failed; will retry", "err", err)
 	}
 }
