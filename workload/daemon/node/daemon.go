@@ -31,7 +31,7 @@ type Daemon struct {
 	log     *slog.Logger
 	nodeDir string
 	engine  Engine
-	plane   *plane
+	plane   controlPlane
 
 	cfg        *controllerconf.Config
 	configErr  string
@@ -50,8 +50,9 @@ type Daemon struct {
 	removals    int
 	rejoinAt    time.Time
 	retryAt     time.Time
-	joinHints   []string  // addresses of the members when this node was removed
-	awaySince   time.Time // first unanswered "still a member?" round before a start
+	joinHints   []string        // addresses of the members when this node was removed
+	awaySince   time.Time       // first unanswered "still a member?" round before a start
+	watchCtx    context.Context // ends with Run: the address lists' watcher
 	readyCh     chan Node
 	requests    chan request
 	quit        chan struct{}
@@ -109,7 +110,7 @@ func newDaemon(o Options, engine Engine) *Daemon {
 	if d.engine == nil {
 		d.engine = goDqlite{d: d}
 	}
-	d.plane = newPlane(o, d.dbSource, context.Background())
+	d.plane = newPlane(o, d.dbSource)
 	d.publish()
 	return d
 }
@@ -142,7 +143,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.readConfig()
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
-	d.plane.watchCtx = wctx
+	d.watchCtx = wctx
 	tick := time.NewTicker(d.o.Tick)
 	defer tick.Stop()
 	for {
@@ -496,7 +497,7 @@ func (d *Daemon) openRunDB() {
 	d.mu.Lock()
 	d.db = db
 	d.mu.Unlock()
-	d.plane.watch()
+	d.plane.watch(d.watchCtx)
 }
 
 // flushDB closes the database pool's idle connections, so that the next

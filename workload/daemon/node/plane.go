@@ -44,8 +44,16 @@ type controlPlane interface {
 	configChanged()
 	// closed forgets what this run published (the next run publishes again).
 	closed()
-	// watch starts serving the address lists from the database (once).
-	watch()
+	// watch starts serving the address lists from the database (once),
+	// until ctx ends.
+	watch(ctx context.Context)
+	// statusInto adds the live control-plane parts to a status.
+	statusInto(st *control.Status)
+	// lease is the singular-controller lease as the singular worker last
+	// saw it (state says what the node is, for the error without one).
+	lease(state State) (apiserver.Lease, error)
+	// handler is the HTTP API's handler over backend.
+	handler(backend apiserver.Backend) http.Handler
 }
 
 // plane is the controlPlane of a Daemon.
@@ -57,8 +65,7 @@ type plane struct {
 	leases      *lease.Store
 	addrs       *apiaddr.Store
 	watcher     *apiaddr.Watcher
-	watchCtx    context.Context // ends with Run; the watcher starts at the first ready
-	watching    bool
+	watching    bool                // the watcher runs (from the first ready on)
 	published   *apiaddr.Controller // last published own addresses; nil: publish
 	publishedAt time.Time
 	pruneDue    bool
@@ -72,8 +79,8 @@ type plane struct {
 	baton singular.Baton
 }
 
-func newPlane(o Options, db dbtx.Source, watchCtx context.Context) *plane {
-	p := &plane{o: o, log: o.Log, db: db, watchCtx: watchCtx}
+func newPlane(o Options, db dbtx.Source) *plane {
+	p := &plane{o: o, log: o.Log, db: db}
 	p.leases = lease.NewFrom(db)
 	p.addrs = apiaddr.NewStoreFrom(db)
 	p.watcher = apiaddr.NewWatcher(p.addrs, o.AddressPoll, o.Log.With("component", "api-addresses"))
@@ -196,13 +203,13 @@ func (p *plane) configChanged() { p.pruneDue = true }
 
 func (p *plane) closed() { p.published = nil }
 
-func (p *plane) watch() {
+func (p *plane) watch(ctx context.Context) {
 	if !p.watching {
 		// From now on the served lists are re-read from the database for
 		// the life of the process; while it cannot be read (the node
 		// restarts, is removed) the last known ones stay.
 		p.watching = true
-		go p.watcher.Run(p.watchCtx)
+		go p.watcher.Run(ctx)
 	}
 }
 
@@ -362,13 +369,17 @@ func (d *Daemon) Health(ctx context.Context) apiserver.Health {
 // Lease implements apiserver.Backend: the singular-controller lease as
 // this node's singular worker last saw it (no database request).
 func (d *Daemon) Lease() (apiserver.Lease, error) {
-	out := apiserver.Lease{Namespace: lease.NamespaceSingularController, Name: singular.DefaultName}
-	d.plane.mu.RLock()
-	run := d.plane.sing
-	d.plane.mu.RUnlock()
 	d.mu.RLock()
 	state := d.status.State
 	d.mu.RUnlock()
+	return d.plane.lease(State(state))
+}
+
+func (p *plane) lease(state State) (apiserver.Lease, error) {
+	out := apiserver.Lease{Namespace: lease.NamespaceSingularController, Name: singular.DefaultName}
+	p.mu.RLock()
+	run := p.sing
+	p.mu.RUnlock()
 	if run == nil {
 		return out, fmt.Errorf("the lease is not known here: the singular worker is not running (this node is %s)", state)
 	}
@@ -388,8 +399,10 @@ func (d *Daemon) Lease() (apiserver.Lease, error) {
 }
 
 // APIHandler is the HTTP API's handler.
-func (d *Daemon) APIHandler() http.Handler {
-	return apiserver.Handler(d, d.plane.watcher)
+func (d *Daemon) APIHandler() http.Handler { return d.plane.handler(d) }
+
+func (p *plane) handler(backend apiserver.Backend) http.Handler {
+	return apiserver.Handler(backend, p.watcher)
 }
 
 // SetAPIError records why the HTTP API does not listen ("" when it does).
@@ -399,18 +412,22 @@ func (d *Daemon) SetAPIError(msg string) {
 	d.apiErr = msg
 }
 
-// controlPlaneStatus adds the live control-plane parts to a status.
-// Called with d.mu held for reading.
+// controlPlaneStatus adds the daemon's and the control plane's live parts
+// to a status. Called with d.mu held for reading.
 func (d *Daemon) controlPlaneStatus(st *control.Status) {
 	st.APIPort = d.o.APIPort
 	st.APIError = d.apiErr
-	st.APINote = d.plane.note()
-	if l, ok := d.plane.watcher.Current(); ok {
+	d.plane.statusInto(st)
+}
+
+func (p *plane) statusInto(st *control.Status) {
+	st.APINote = p.note()
+	if l, ok := p.watcher.Current(); ok {
 		st.APIAddresses = &control.APIAddresses{Agents: l.Agents, Clients: l.Clients, AgentFallback: l.AgentFallback, Version: l.Version}
 	}
-	d.plane.mu.RLock()
-	sing := d.plane.sing
-	d.plane.mu.RUnlock()
+	p.mu.RLock()
+	sing := p.sing
+	p.mu.RUnlock()
 	if sing == nil {
 		return
 	}
