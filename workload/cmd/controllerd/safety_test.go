@@ -452,3 +452,34 @@ func TestRecover_FiveLoseTwoVotersListedSurvivorsServe(t *testing.T) {
 		}
 	}
 }
+
+// Controller 2's machine dies and a new unit, controller 3, comes up on
+// the same IP; the charm lists 0, 1 and 3. Before the fix the leader
+// matched members to the config by address only: the dead node sat at a
+// listed address, so nothing looked departed, and the new node's join
+// looped on "server address already in use". Now members are resolved by
+// node id through controller_node: the dead node of controller 2 is
+// removed and controller 3 joins.
+func TestAddressReuse_NewUnitOnDeadUnitsAddressJoins(t *testing.T) {
+	c := newCluster(t)
+	c.form(3)
+	old := c.mustStatus("2").NodeID
+	c.kill("2")
+	c.node("3").host = c.node("2").host
+	c.writeConfig(c.config("0", "1", "3"), "0", "1", "3")
+	c.start("3")
+	c.waitFor("controller 3 to be a member at the reused address", func() (bool, string) {
+		st, err := c.status("3")
+		if err != nil {
+			return false, err.Error()
+		}
+		lead := c.mustStatus("0")
+		for _, m := range lead.Members {
+			if m.NodeID == old {
+				return false, fmt.Sprintf("controller 2's node %s still a member; controller 3 %s: %s", old, st.State, st.Message)
+			}
+		}
+		return st.State == "running" && st.Member && len(lead.Members) == 3, fmt.Sprintf("controller 3 %s: %s", st.State, st.Message)
+	})
+	c.waitRoles("0", 3, 3, 0)
+}

@@ -53,6 +53,7 @@ type Daemon struct {
 	joinHints   []string        // addresses of the members when this node was removed
 	awaySince   time.Time       // first unanswered "still a member?" round before a start
 	watchCtx    context.Context // ends with Run: the address lists' watcher
+	listedAt    time.Time       // when a removed node may next ask whether the leader lists it
 	readyCh     chan Node
 	requests    chan request
 	quit        chan struct{}
@@ -80,6 +81,10 @@ type nodeRun struct {
 	members     []client.NodeInfo
 	registered  string
 	handedOver  bool
+	// listed is the config digest last published to controller_listed
+	// (leader), listedAt when.
+	listed   string
+	listedAt time.Time
 	// failingSince is the first of the failed observations in a row,
 	// failures their number (zero while a leader answers).
 	failingSince time.Time
@@ -257,7 +262,7 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 		WasMember:     fileExists(filepath.Join(d.o.DataDir, markerName)),
 	}
 	if own, ok := d.ownAddress(); ok && !hasData {
-		in.RemovedHere = d.removedAt(own)
+		in.RemovedHere = d.removedAt(own) && !d.wantedByLeader(ctx)
 	}
 	dec := decide.Start(in)
 	switch dec.Action {
@@ -610,13 +615,44 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 	}
 	d.plane.serve(ctx, d.cfg)
 	if obs.Leader.ID == selfID {
-		// The member removals and the API address clean-up stay with
-		// the Dqlite leader: Raft makes it exclusive already.
-		if !d.removeDeparted(ctx, obs) && !d.keepStandBy(ctx, obs) {
-			d.plane.lead(ctx, d.cfg, obs)
-		}
+		d.leaderPass(ctx, obs)
 	}
 	d.becomeRunning(obs)
+}
+
+// leaderPass is the Dqlite leader's share of a pass: the member removals,
+// the 2-member stand-by and the API address clean-up stay with it (Raft
+// makes its membership changes exclusive already). Which controllers it
+// lists is published first, so that a member it removes can tell whether
+// it is wanted back. A leader that just lost its quorum still answers as
+// leader for a moment while its database calls block until their
+// deadlines: the first one that fails ends the pass, so that the next
+// observation comes soon.
+func (d *Daemon) leaderPass(ctx context.Context, obs *Observation) {
+	if err := d.publishListedDue(ctx); err != nil {
+		return
+	}
+	removed, err := d.removeDeparted(ctx, obs)
+	if removed || err != nil || d.keepStandBy(ctx, obs) {
+		return
+	}
+	d.plane.lead(ctx, d.cfg, obs)
+}
+
+// publishListedDue publishes controller_listed when this leader's config
+// changed since it last did, and every RepublishInterval.
+func (d *Daemon) publishListedDue(ctx context.Context) error {
+	r := d.run
+	digest := configDigest(d.cfg)
+	if r.listed == digest && time.Since(r.listedAt) < d.o.RepublishInterval {
+		return nil
+	}
+	if err := d.publishListed(ctx); err != nil {
+		d.log.Warn("cannot publish the listed controllers; will retry", "err", err)
+		return err
+	}
+	r.listed, r.listedAt = digest, time.Now()
+	return nil
 }
 
 // becomeRunning: the leader lists this node, it is ready and listed at its

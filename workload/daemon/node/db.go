@@ -75,6 +75,58 @@ ON CONFLICT (controller_id) DO UPDATE SET
 	})
 }
 
+// listedSchema is the leader's view of which controllers the charm lists:
+// a removed node whose frozen config still lists it rejoins at the same
+// address only if the leader's config lists it too (removedAt).
+const listedSchema = `CREATE TABLE IF NOT EXISTS controller_listed (
+    controller_id TEXT PRIMARY KEY
+)`
+
+// publishListed runs on the leader: it replaces controller_listed with the
+// controllers its config lists (never with an empty config).
+func (d *Daemon) publishListed(ctx context.Context) error {
+	ids := d.cfg.AgentIDs()
+	if len(ids) == 0 {
+		return nil
+	}
+	return d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, listedSchema); err != nil {
+			return fmt.Errorf("cannot create controller_listed: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM controller_listed`); err != nil {
+			return fmt.Errorf("cannot clear controller_listed: %w", err)
+		}
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO controller_listed (controller_id) VALUES (?)`, id); err != nil {
+				return fmt.Errorf("cannot fill controller_listed: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// readListed reads controller_listed through db.
+func readListed(ctx context.Context, db *sql.DB) ([]string, error) {
+	var ids []string
+	err := dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
+		ids = nil
+		rows, err := tx.QueryContext(ctx, `SELECT controller_id FROM controller_listed`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	return ids, err
+}
+
 // controllerNodes maps Dqlite node id to controller id.
 func controllerNodes(ctx context.Context, src dbtx.Source) (map[uint64]string, error) {
 	db, err := src()
@@ -152,12 +204,13 @@ func probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []deci
 // address (decide.PickMove), which then rejoins there. Members are
 // resolved through controller_node by node id, not by address alone: an
 // address may be reused (a new unit on a dead one's IP). It reports
-// whether it removed a member (obs is stale then).
-func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) bool {
+// whether it removed a member (obs is stale then), and the error that
+// kept it from reading controller_node.
+func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) (bool, error) {
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
-		return false
+		return false, err
 	}
 	unwanted := decide.Unwanted(in)
 	now := time.Now()
@@ -191,14 +244,14 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) bool {
 		if dec.Reason != "" {
 			d.decision("keep-members", dec.Reason)
 		}
-		return false
+		return false, nil
 	}
 	d.decision(action, dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := obs.Client.Remove(rctx, dec.Victim.ID); err != nil {
 		d.log.Warn("cannot remove member; will retry", "node-id", strconv.FormatUint(dec.Victim.ID, 10), "err", err)
-		return false
+		return false, nil
 	}
 	d.log.Info("removed member from the Raft configuration", "node-id", strconv.FormatUint(dec.Victim.ID, 10),
 		"address", dec.Victim.Address, "controller-id", dec.Victim.ControllerID)
@@ -211,7 +264,7 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) bool {
 		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
 	}
 	d.plane.configChanged()
-	return true
+	return true, nil
 }
 
 // stepAside runs on a leader whose own controller moved: once no other

@@ -33,6 +33,10 @@ type Engine interface {
 	// Remove removes node id from the Raft configuration through the
 	// leader at leader.
 	Remove(ctx context.Context, leader string, id uint64) error
+	// Listed reads the controllers the leader's config lists (table
+	// controller_listed) through peers, as a client: no node of its own
+	// needs to run.
+	Listed(ctx context.Context, peers []string) ([]string, error)
 }
 
 // Node is one running Dqlite node: start (Ready), observe, hand over, close.
@@ -145,6 +149,25 @@ func (g goDqlite) Remove(ctx context.Context, leader string, id uint64) error {
 		return fmt.Errorf("cannot remove node %d: %w", id, err)
 	}
 	return nil
+}
+
+func (g goDqlite) Listed(ctx context.Context, peers []string) ([]string, error) {
+	// The node dir of a removed node is wiped: its cluster.yaml adds
+	// nothing.
+	store := newPeerStore("", g.d.nodeDir)
+	nodes := make([]client.NodeInfo, 0, len(peers))
+	for _, p := range peers {
+		nodes = append(nodes, client.NodeInfo{Address: p})
+	}
+	store.setMembers(nodes)
+	db, err := g.d.openDB(store)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return readListed(ctx, db)
 }
 
 // askNode connects to one node (DialTimeout, then at most a second for

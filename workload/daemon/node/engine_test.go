@@ -28,6 +28,7 @@ type fakeEngine struct {
 	started      []startCall
 	reconfigured [][]client.NodeInfo
 	observe      func() (*Observation, error)
+	listed       []string // controller_listed; nil: unreadable
 }
 
 type startCall struct {
@@ -67,6 +68,15 @@ func (e *fakeEngine) Ask(_ context.Context, address string) Answer {
 }
 
 func (e *fakeEngine) Remove(context.Context, string, uint64) error { return nil }
+
+func (e *fakeEngine) Listed(context.Context, []string) ([]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.listed == nil {
+		return nil, errors.New("no leader")
+	}
+	return e.listed, nil
+}
 
 func (e *fakeEngine) set(address string, a Answer) {
 	e.mu.Lock()
@@ -306,5 +316,31 @@ func TestRemoveMember_RefusedUnlessLeading(t *testing.T) {
 	// Without the controller_node table nobody can tell whose node it is.
 	if err := d.removeMember(context.Background(), 3); err == nil || !strings.Contains(err.Error(), "cannot tell which controller") {
 		t.Fatalf("removal without controller_node: %v", err)
+	}
+}
+
+func TestTransition_RemovedButListedByTheLeaderRejoins(t *testing.T) {
+	cfg := conf("0", "10.9.0.1", "1", "10.9.0.2", "2", "10.9.0.3")
+	d, e := newFakeDaemon(t, cfg, true)
+	leader := client.NodeInfo{ID: 2, Address: addr1}
+	e.set(addr1, Answer{Accepted: true, Answered: true, Leader: leader, Members: []client.NodeInfo{leader}})
+	d.passes(1)
+	if d.state != StateRemoved {
+		t.Fatalf("state %s: %s", d.state, d.message)
+	}
+	d.rejoinAt = time.Time{}
+	// The leader's config does not list it (a departing unit): stay.
+	e.listed = []string{"1", "2"}
+	d.passes(1)
+	if len(e.started) != 0 {
+		t.Fatalf("a departing unit rejoined: %+v", e.started)
+	}
+	// The leader's config lists it (it was removed while that config
+	// lagged): rejoin as a new node.
+	e.listed = []string{"0", "1", "2"}
+	d.listedAt = time.Time{}
+	d.passes(1)
+	if len(e.started) != 1 || len(e.started[0].join) == 0 {
+		t.Fatalf("a wanted node did not rejoin: %+v (%s: %s)", e.started, d.state, d.message)
 	}
 }

@@ -163,6 +163,44 @@ func (d *Daemon) keepStandBy(ctx context.Context, obs *Observation) bool {
 	return true
 }
 
+// wantedByLeader asks, at most every 5 s, whether the Dqlite leader's
+// config lists this controller (controller_listed, read through the
+// listed peers as a client): a node removed while its own config lists it
+// is either a departing unit (the charm froze its file) or a newcomer the
+// leader removed while its config lagged; only the leader's config tells
+// them apart. If it is wanted, the removal record is cleared.
+func (d *Daemon) wantedByLeader(ctx context.Context) bool {
+	now := time.Now()
+	if now.Before(d.listedAt) {
+		return false
+	}
+	d.listedAt = now.Add(5 * time.Second)
+	var peers []string
+	for id, host := range d.cfg.DBBindAddresses {
+		if id != d.o.ControllerID {
+			peers = append(peers, decide.JoinHostPort(host, d.o.Port))
+		}
+	}
+	for _, h := range d.joinHints {
+		if !slices.Contains(peers, h) {
+			peers = append(peers, h)
+		}
+	}
+	if len(peers) == 0 {
+		return false
+	}
+	slices.Sort(peers)
+	ids, err := d.engine.Listed(ctx, peers)
+	if err != nil || !slices.Contains(ids, d.o.ControllerID) {
+		return false
+	}
+	d.decision("rejoin", "removed at this address under the same config, but the Dqlite leader's config lists this controller: it was removed while the leader's config lagged, not because it is leaving")
+	if err := os.Remove(filepath.Join(d.o.DataDir, removedName)); err != nil && !os.IsNotExist(err) {
+		d.log.Warn("cannot clear the removal record", "err", err)
+	}
+	return true
+}
+
 // removalRecord is what the data dir remembers of this node's last
 // removal: where it served and which config it had then.
 type removalRecord struct {

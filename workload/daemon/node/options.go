@@ -55,8 +55,15 @@ const (
 	DefaultTick = 500 * time.Millisecond
 	// DefaultRemovalGrace is how long a member that this process never saw
 	// in the config may stay unlisted before the leader removes it: a node
-	// that just joined may be listed in its own config before ours.
-	DefaultRemovalGrace = 10 * time.Second
+	// that just joined is listed in its own config before ours when the
+	// leader unit's hook runs later. A unit's hooks run one at a time, and
+	// Juju retries a failed hook after 5 s, then 10 s, 20 s, ... up to
+	// 5 min (juju/juju: apiserver/hookretrystrategy, MinRetryTime 5 s,
+	// RetryTimeFactor 2, MaxRetryTime 5 min): 60 s outlasts a few failed
+	// attempts of the leader unit's relation-changed hook. Removing a
+	// newcomer too early is healed (it rejoins once the leader's config
+	// lists it, controller_listed), but costs a rejoin.
+	DefaultRemovalGrace = 60 * time.Second
 	// DefaultLeaseExpiryInterval is how often the singular-controller
 	// holder deletes expired lease rows. Housekeeping only: an expired
 	// lease never blocks a claim (package lease).
