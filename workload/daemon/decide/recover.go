@@ -64,9 +64,12 @@ type RecoverDecision struct {
 //   - no leader for Confirm since the first failed observation, and at
 //     least MinFailures failed observations in a row (a hand-over or a
 //     loaded host costs one or two, not a whole run of them);
-//   - no other old voter accepts a connection: a paused or partitioned
+//   - no other old voter accepts a connection: a paused or restarting
 //     voter may be alive and come back (SIGSTOP keeps its sockets
-//     accepting), a dead one refuses or never answers.
+//     accepting). One that refuses or never answers is taken as gone on
+//     the config's word, which dropped it; a voter alive behind a network
+//     partition looks the same, so a config that drops live voters is the
+//     one case this cannot catch.
 func Recover(in RecoverInput) RecoverDecision {
 	if !in.HasData || in.Fresh {
 		return RecoverDecision{Reason: "nothing to recover: the node has no committed data"}
@@ -143,7 +146,7 @@ func Recover(in RecoverInput) RecoverDecision {
 		}
 	}
 	if len(alive) > 0 {
-		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable, but old voter(s) %s still accept connections: not replacing voters that may be alive (paused, restarting or cut off from this node only)", labels(alive))}
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable, but old voter(s) %s still accept connections: not replacing voters that may be alive (paused or restarting)", labels(alive))}
 	}
 	nodes := []Member{{ID: self.ID, Address: self.Address, Role: Voter, ControllerID: in.ControllerID}}
 	var others []string
