@@ -786,22 +786,45 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 // new configuration; nodes that return later on their old data find that
 // a leader's configuration lacks them and wipe (stillMember).
 func (d *Daemon) becomeReconfiguring(members []decide.Member) {
-	self := client.NodeInfo{ID: d.run.node.ID(), Address: d.run.node.Address(), Role: client.Voter}
+	if err := d.forceConfiguration("reconfiguring this node as the sole voter", members, nil); err != nil {
+		d.failStart(err)
+	}
+}
+
+// forceConfiguration closes the run, calls before (a safety copy of the
+// node dir, say; its error restarts the node unchanged), forces a Raft
+// configuration with this node as the only voter plus the given other
+// members with their roles, and starts the node again. It runs on the
+// loop; the caller answers for the safety of the forced configuration
+// (decide.Recover's conditions, or an operator's explicit request).
+func (d *Daemon) forceConfiguration(message string, members []decide.Member, before func() error) error {
+	r := d.run
+	if r == nil {
+		return fmt.Errorf("cannot reconfigure: no Dqlite node runs (this node is %s)", d.state)
+	}
+	self := client.NodeInfo{ID: r.node.ID(), Address: r.node.Address(), Role: client.Voter}
 	nodes := []client.NodeInfo{self}
 	for _, m := range members {
 		if m.ID != self.ID {
 			nodes = append(nodes, client.NodeInfo{ID: m.ID, Address: m.Address, Role: client.NodeRole(m.Role)})
 		}
 	}
-	d.setState(StateReconfiguring, "reconfiguring this node as the sole voter")
+	d.setState(StateReconfiguring, message)
 	d.publish()
 	d.closeRun()
+	if before != nil {
+		if err := before(); err != nil {
+			d.startRun(false, self.Address, nil)
+			return err
+		}
+	}
 	if err := d.engine.Reconfigure(d.nodeDir, nodes); err != nil {
-		d.failStart(err)
-		return
+		d.startRun(false, self.Address, nil)
+		return err
 	}
 	d.log.Info("reconfigured this node as the sole voter; restarting it", "node-id", strconv.FormatUint(self.ID, 10), "members", len(nodes))
 	d.startRun(false, self.Address, nil)
+	return nil
 }
 
 // becomeRebinding moves a single-member cluster to a new address: the
