@@ -400,7 +400,7 @@ func (d *Daemon) startExisting(ctx context.Context, info client.NodeInfo, store 
 				why = reason + "; this controller is not in the config: not starting on this data dir until a member answers"
 			}
 			d.decision("wait", why)
-			d.setState(StateStarting, why)
+			d.setState(StateWaiting, why)
 			return
 		}
 		dec.Reason += fmt.Sprintf(" (no member answered for %s and the config lists this controller: the whole cluster may be restarting)", waited.Round(100*time.Millisecond))
