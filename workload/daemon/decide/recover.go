@@ -23,10 +23,14 @@ type RecoverInput struct {
 	// SelfID is this node's id.
 	SelfID uint64
 	// Members is the last known Raft configuration (the last leader's
-	// answer, else cluster.yaml). When Probed, Online says for every voter
-	// other than this node whether it still accepts a connection.
+	// answer, else cluster.yaml).
 	Members []Member
-	Probed  bool
+	// Probed says that every voter other than this node was asked
+	// directly: Probes holds what each did (by node id), LeaderAt the
+	// address of a leader that answered meanwhile ("" for none).
+	Probed   bool
+	Probes   map[uint64]Probe
+	LeaderAt string
 	// FailingFor is the time since the first of the consecutive failed
 	// observations, Failures their number.
 	FailingFor time.Duration
@@ -35,6 +39,15 @@ type RecoverInput struct {
 	// row it takes before acting.
 	Confirm     time.Duration
 	MinFailures int
+}
+
+// Probe is what an old voter did when asked directly.
+type Probe struct {
+	// Accepted: it accepted a TCP connection (a paused process's kernel
+	// does that too).
+	Accepted bool
+	// Answered: it answered the Dqlite protocol, without a leader.
+	Answered bool
 }
 
 // RecoverDecision is the outcome of Recover.
@@ -56,20 +69,24 @@ type RecoverDecision struct {
 // when the old majority cannot come back to outvote it and truncate what
 // the new configuration acknowledges, so every condition must hold:
 //
-//   - the config lists this controller and no other voter of the last known
-//     configuration: the charm dropped the voters that are to be replaced;
+//   - the config lists this controller; every other voter of the last
+//     known configuration that the config lists answers, without a leader
+//     (it is in the same plight and follows the new configuration), and
+//     every one it dropped is gone;
 //   - among the listed members this node comes first (a voter before a
 //     stand-by, then the lowest controller id), so exactly one node acts,
 //     and it holds replicated data (a spare is not replicated to);
 //   - no leader for Confirm since the first failed observation, and at
 //     least MinFailures failed observations in a row (a hand-over or a
 //     loaded host costs one or two, not a whole run of them);
-//   - no other old voter accepts a connection: a paused or restarting
-//     voter may be alive and come back (SIGSTOP keeps its sockets
-//     accepting). One that refuses or never answers is taken as gone on
-//     the config's word, which dropped it; a voter alive behind a network
-//     partition looks the same, so a config that drops live voters is the
-//     one case this cannot catch.
+//   - no old voter accepts a connection without answering (paused: SIGSTOP
+//     keeps its sockets accepting; it may come back with others and
+//     outvote the new configuration), no voter the config dropped accepts
+//     one at all, no listed voter is silent (the charm still wants it: it
+//     may be rebooting), and no leader answers. A dropped voter that
+//     refuses or never answers is taken as gone on the config's word; a
+//     voter alive behind a network partition looks the same, so a config
+//     that drops live voters is the one case this cannot catch.
 func Recover(in RecoverInput) RecoverDecision {
 	if !in.HasData || in.Fresh {
 		return RecoverDecision{Reason: "nothing to recover: the node has no committed data"}
@@ -85,15 +102,12 @@ func Recover(in RecoverInput) RecoverDecision {
 		byAddress[JoinHostPort(host, in.Port)] = id
 	}
 	var self *Member
-	var listed, listedVoters []Member
+	var listed []Member
 	for i := range in.Members {
 		m := in.Members[i]
 		if cid, ok := byAddress[m.Address]; ok {
 			m.ControllerID = cid
 			listed = append(listed, m)
-			if m.Role == Voter && m.ID != in.SelfID {
-				listedVoters = append(listedVoters, m)
-			}
 		}
 		if m.ID == in.SelfID {
 			self = &m
@@ -123,12 +137,13 @@ func Recover(in RecoverInput) RecoverDecision {
 		}
 		return RecoverDecision{Reason: fmt.Sprintf("quorum lost; waiting for controller %s (%s member at %s) to reconfigure the cluster", first.ControllerID, first.Role, first.Address)}
 	}
-	if len(listedVoters) > 0 {
-		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable; waiting for quorum (config lists voter(s) %s: only voters the config dropped are replaced)", labels(listedVoters))}
-	}
 	if in.Failures < in.MinFailures || in.FailingFor < in.Confirm {
-		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable and config lists no other old voter; confirming for %s and %d failed observations (%s, %d so far) before reconfiguring",
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable; confirming for %s and %d failed observations (%s, %d so far) before reconfiguring",
 			in.Confirm, in.MinFailures, in.FailingFor.Round(100*time.Millisecond), in.Failures)}
+	}
+	isListed := map[uint64]bool{}
+	for _, m := range listed {
+		isListed[m.ID] = true
 	}
 	var oldVoters []Member
 	for _, m := range in.Members {
@@ -139,25 +154,53 @@ func Recover(in RecoverInput) RecoverDecision {
 	if !in.Probed && len(oldVoters) > 0 {
 		return RecoverDecision{Probe: true, Reason: "probing the old voters before reconfiguring"}
 	}
-	var alive []Member
+	if in.LeaderAt != "" {
+		return RecoverDecision{Reason: fmt.Sprintf("a leader answers at %s: waiting to reach it rather than reconfiguring", in.LeaderAt)}
+	}
+	var paused, dropped, silent []Member
 	for _, m := range oldVoters {
-		if m.Online {
-			alive = append(alive, m)
+		p := in.Probes[m.ID]
+		switch {
+		case p.Accepted && !p.Answered:
+			paused = append(paused, m)
+		case !isListed[m.ID] && p.Accepted:
+			dropped = append(dropped, m)
+		case isListed[m.ID] && !p.Answered:
+			silent = append(silent, m)
 		}
 	}
-	if len(alive) > 0 {
-		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable, but old voter(s) %s still accept connections: not replacing voters that may be alive (paused or restarting)", labels(alive))}
+	switch {
+	case len(paused) > 0:
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable, but old voter(s) %s still accept connections without answering: not replacing voters that may be alive (paused or restarting)", labels(paused))}
+	case len(dropped) > 0:
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable, but old voter(s) %s that the config dropped are still alive: not reconfiguring while they may come back", labels(dropped))}
+	case len(silent) > 0:
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable; waiting for quorum (config lists voter(s) %s, which do not answer: the charm still wants them)", labels(silent))}
+	}
+	var gone []Member
+	for _, m := range oldVoters {
+		if !isListed[m.ID] {
+			gone = append(gone, m)
+		}
+	}
+	if len(gone) == 0 {
+		return RecoverDecision{Reason: "no leader reachable; waiting for quorum (the config dropped none of the old voters: there is nobody to replace)"}
 	}
 	nodes := []Member{{ID: self.ID, Address: self.Address, Role: Voter, ControllerID: in.ControllerID}}
 	var others []string
 	for _, m := range listed {
 		if m.ID != in.SelfID {
+			if m.Role == Voter {
+				// A listed voter that answers without a leader follows
+				// the new configuration; Dqlite promotes it again.
+				m.Role = StandBy
+			}
 			nodes = append(nodes, m)
 			others = append(others, fmt.Sprintf("%s (%s)", m.ControllerID, m.Role))
 		}
 	}
-	reason := fmt.Sprintf("no leader reachable for %s (%d failed observations), config lists no other old voter and the old voters %s are gone: reconfiguring this node as the sole voter",
-		in.FailingFor.Round(100*time.Millisecond), in.Failures, labels(oldVoters))
+	reason := fmt.Sprintf("no leader reachable for %s (%d failed observations) and the old voters the config dropped (%s) are gone: reconfiguring this node as the sole voter",
+		in.FailingFor.Round(100*time.Millisecond), in.Failures, labels(gone))
 	if len(others) > 0 {
 		reason += ", keeping the listed members " + strings.Join(others, ", ")
 	}

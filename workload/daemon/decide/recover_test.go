@@ -9,12 +9,20 @@ import (
 )
 
 func TestRecover(t *testing.T) {
-	three := func(online bool) []decide.Member {
+	three := func(bool) []decide.Member {
 		return []decide.Member{
 			member(1, "10.0.0.1:17666", decide.Voter, "", false),
-			member(2, "10.0.0.2:17666", decide.Voter, "", online),
-			member(3, "10.0.0.3:17666", decide.Voter, "", online),
+			member(2, "10.0.0.2:17666", decide.Voter, "", false),
+			member(3, "10.0.0.3:17666", decide.Voter, "", false),
 		}
+	}
+	paused := map[uint64]decide.Probe{2: {Accepted: true}, 3: {Accepted: true}}
+	answering := func(ids ...uint64) map[uint64]decide.Probe {
+		out := map[uint64]decide.Probe{}
+		for _, id := range ids {
+			out[id] = decide.Probe{Accepted: true, Answered: true}
+		}
+		return out
 	}
 	// 3 voters (0, 1, 2) and 2 stand-bys (3, 4).
 	five := []decide.Member{
@@ -57,8 +65,28 @@ func TestRecover(t *testing.T) {
 		probe:   true, reason: "probing",
 	}, {
 		summary: "old voters still accept connections (paused): wait",
-		in:      ok(decide.RecoverInput{Config: only0, Members: three(true), Probed: true}),
-		reason:  "still accept connections",
+		in:      ok(decide.RecoverInput{Config: only0, Members: three(true), Probed: true, Probes: paused}),
+		reason:  "still accept connections without answering",
+	}, {
+		summary: "a dropped old voter is alive and answers: wait",
+		in:      ok(decide.RecoverInput{Config: only0, Members: three(true), Probed: true, Probes: answering(2)}),
+		reason:  "that the config dropped are still alive",
+	}, {
+		summary: "a leader answers: wait",
+		in:      ok(decide.RecoverInput{Config: only0, Members: three(false), Probed: true, LeaderAt: "10.0.0.2:17666"}),
+		reason:  "a leader answers",
+	}, {
+		summary: "a listed old voter does not answer (rebooting?): wait for quorum",
+		in:      ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Members: three(false), Probed: true}),
+		reason:  "which do not answer",
+	}, {
+		summary: "a listed old voter answers without a leader, the dropped one is gone: recover, keeping it as a stand-by",
+		in:      ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Members: three(false), Probed: true, Probes: answering(2)}),
+		recover: true, nodes: 2,
+	}, {
+		summary: "every old voter listed and answering, nobody dropped: wait for quorum",
+		in:      ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), Members: three(false), Probed: true, Probes: answering(2, 3)}),
+		reason:  "dropped none of the old voters",
 	}, {
 		summary: "long enough but too few failures in a row: confirming",
 		in:      ok(decide.RecoverInput{Config: only0, Members: three(false), Probed: true, FailingFor: time.Minute, Failures: 2}),
@@ -67,10 +95,6 @@ func TestRecover(t *testing.T) {
 		summary: "many failures but not for long enough: confirming",
 		in:      ok(decide.RecoverInput{Config: only0, Members: three(false), Probed: true, FailingFor: 2 * time.Second, Failures: 20}),
 		reason:  "confirming",
-	}, {
-		summary: "config lists another old voter: wait for quorum",
-		in:      ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Members: three(false), Probed: true}),
-		reason:  "waiting for quorum",
 	}, {
 		summary: "config does not list this controller: wait",
 		in:      ok(decide.RecoverInput{Config: conf("1", "1", "10.0.0.2"), Members: three(false), Probed: true}),
@@ -88,6 +112,11 @@ func TestRecover(t *testing.T) {
 	}, {
 		summary: "five lose two voters: the listed voter recovers with the two stand-bys",
 		in:      ok(decide.RecoverInput{Config: survivors, Members: five, Probed: true}),
+		recover: true, nodes: 3,
+	}, {
+		summary: "five lose two voters while the leader promoted a stand-by (uncommitted): recover all the same",
+		in: ok(decide.RecoverInput{Config: survivors, Probed: true, Probes: answering(5), Members: []decide.Member{
+			five[0], five[1], five[2], five[3], member(5, "10.0.0.5:17666", decide.Voter, "", false)}}),
 		recover: true, nodes: 3,
 	}, {
 		summary: "five lose two voters: a listed stand-by waits for the listed voter",

@@ -752,12 +752,21 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 				voters = append(voters, m.Address)
 			}
 		}
-		accepted := map[string]bool{}
-		for _, a := range d.askAll(ctx, voters) {
-			accepted[a.Address] = a.Accepted
+		answers := d.askAll(ctx, voters)
+		byAddress := map[string]Answer{}
+		for _, a := range answers {
+			byAddress[a.Address] = a
 		}
-		for i := range in.Members {
-			in.Members[i].Online = accepted[in.Members[i].Address]
+		in.Probes = map[uint64]decide.Probe{}
+		for _, m := range in.Members {
+			if a, ok := byAddress[m.Address]; ok {
+				in.Probes[m.ID] = decide.Probe{Accepted: a.Accepted, Answered: a.Answered}
+			}
+		}
+		// A follower keeps naming a dead leader for a while (a stand-by
+		// for ever): only a leader that says so itself counts.
+		if la, ok := d.leaderView(ctx, answers); ok {
+			in.LeaderAt = la.Address
 		}
 		in.Probed = true
 		dec = decide.Recover(in)
