@@ -18,8 +18,8 @@ package node
 //	                └─────┴──────► running ◄───┴──────────┘
 //	                              │  ▲   │ no leader
 //	        own id left config    │  │   ▼
-//	      ┌───────── leaving ◄────┘  └─ no-quorum ── old voters gone, config
-//	      │                               │          lists no other old voter
+//	      ┌───────── leaving ◄────┘  └─ no-quorum ── the voters the config
+//	      │                               │          dropped are gone (decide.Recover)
 //	      │ removed by the leader         │                 ▼
 //	      ▼                               │           reconfiguring ──► starting
 //	   removed ◄──────────────────────────┘ (a leader's configuration
