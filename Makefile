@@ -40,8 +40,13 @@ vet: setup
 test: charm vet
 	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 1 ./...
 
+# Every benchmark (each repeats its measurement and reports the median and
+# the spread with b.ReportMetric), then one table of them all
+# (tests/cmd/benchtable); raw output in build/bench.txt.
 bench: charm
-	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 1 -run '^$$' -bench . -benchtime 1x ./...
+	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 1 -run '^$$' -bench . -benchtime 1x ./... 2>&1 | tee $(BUILD)/bench.txt; \
+		test $${PIPESTATUS[0]} -eq 0
+	@$(GO) run ./tests/cmd/benchtable < $(BUILD)/bench.txt | tee $(BUILD)/bench-table.md
 
 # Every fuzz target for FUZZTIME each; the corpora (seeds and the inputs
 # of crashes found) are kept in each package's testdata/fuzz.
