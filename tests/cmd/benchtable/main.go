@@ -24,6 +24,7 @@ type row struct {
 
 var rows = []row{
 	{"BenchmarkHook_UpdateStatus", "hook-ms", "P1: one update-status hook, fast tools (Go dispatch, incl. its start-up)"},
+	{"BenchmarkHook_UpdateStatus", "hook-serial-ms", "P1: the same hook, every tool call one after the other"},
 	{"BenchmarkHook_UpdateStatus", "python-ms", "P1: the same tool calls from a minimal Python dispatch"},
 	{"BenchmarkHook_UpdateStatus", "python/go", "P1: Python ÷ Go"},
 	{"BenchmarkHook_UpdateStatus", "tool-calls", "P1: tool calls per hook"},
