@@ -37,6 +37,7 @@ var rows = []row{
 	{"BenchmarkLeaseHolderFailover", "kill9-to-new-holder-ms", "singular lease holder kill -9 → new holder (3 processes)"},
 	{"BenchmarkLeaseHolderFailover", "sigterm-to-new-holder-ms", "singular lease holder SIGTERM → new holder (3 processes)"},
 	{"BenchmarkLeaseFailover", "failover-ms", "lease worker cut off → new holder (in-process)"},
+	{"BenchmarkLeaseFailover", "stop-before-takeover-ms", "lease worker cut off: its flag down before the new holder's (in-process)"},
 	{"BenchmarkLeaseFailover", "graceful-handover-ms", "lease worker stopped → new holder (in-process)"},
 	{"BenchmarkLeaseFailoverWithDqliteLeader", "failover-ms", "lease holder that is also the Dqlite leader cut off → new holder"},
 	{"BenchmarkWriteThroughput/nodes=1", "tx-per-s", "write throughput, 1 node, one row per explicit transaction (tx/s)"},
@@ -83,11 +84,17 @@ func parse(r io.Reader) map[string]map[string]*figure {
 				continue
 			}
 			fig := &figure{median: v}
-			if i := strings.LastIndex(unit, "-"); i > 0 {
+			// name-unit has name-min-unit and name-max-unit; the unit
+			// may itself hold a dash (tx-per-s).
+			for i := 1; i < len(unit); i++ {
+				if unit[i] != '-' {
+					continue
+				}
 				lo, okLo := metrics[unit[:i]+"-min"+unit[i:]]
 				hi, okHi := metrics[unit[:i]+"-max"+unit[i:]]
 				if okLo && okHi {
 					fig.min, fig.max, fig.hasSpread = lo, hi, true
+					break
 				}
 			}
 			figs[unit] = fig
