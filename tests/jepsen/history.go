@@ -118,9 +118,12 @@ func NewHistory(path string, seed uint64) (*History, error) {
 // Now is the campaign's clock, nanoseconds since it began.
 func (h *History) Now() int64 { return int64(time.Since(h.start)) }
 
+// write appends one line and flushes it, so that a campaign killed
+// half-way leaves a history that can still be checked.
 func (h *History) write(r record) {
 	data, _ := json.Marshal(r)
 	h.w.Write(append(data, '\n'))
+	h.w.Flush()
 }
 
 // AddOp records a completed operation.
@@ -173,10 +176,16 @@ func ReadHistory(path string) (seed uint64, ops []Op, faults []Fault, err error)
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	var bad error
 	for sc.Scan() {
+		if bad != nil {
+			// Only the last line may be cut short (a killed campaign).
+			return 0, nil, nil, bad
+		}
 		var r record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return 0, nil, nil, fmt.Errorf("cannot parse history line %q: %w", sc.Text(), err)
+			bad = fmt.Errorf("cannot parse history line %q: %w", sc.Text(), err)
+			continue
 		}
 		switch {
 		case r.Op != nil:
