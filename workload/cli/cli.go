@@ -102,8 +102,9 @@ func ExitCode(err error) int {
 		return ExitOK
 	case errors.Is(err, control.ErrOutcomeUnknown):
 		return ExitUnknown
-	case errors.As(err, &usage), strings.HasPrefix(err.Error(), "unknown command "):
-		// cobra reports an unknown subcommand with this plain error.
+	case errors.As(err, &usage), strings.HasPrefix(err.Error(), "unknown command "), strings.HasPrefix(err.Error(), "required flag"):
+		// cobra reports an unknown subcommand and a missing required
+		// flag with these plain errors.
 		return ExitUsage
 	}
 	return ExitFailed

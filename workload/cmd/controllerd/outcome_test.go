@@ -65,7 +65,7 @@ func TestSQL_DaemonKilledBeforeAnsweringIsUnknownExit3(t *testing.T) {
 	if !isExitCode(err, cli.ExitFailed) || !strings.Contains(errOut, "controllerd is not running") {
 		t.Fatalf("sql without a daemon: %v, stderr %q; want exit %d", err, errOut, cli.ExitFailed)
 	}
-	for _, args := range [][]string{{"sql"}, {"sql", "--data-dir", d.data, "--format=xml", "SELECT 1"}, {"nosuchcommand"}, {"status", "--nosuchflag"}} {
+	for _, args := range [][]string{{"sql"}, {"sql", "--data-dir", d.data, "--format=xml", "SELECT 1"}, {"nosuchcommand"}, {"status", "--nosuchflag"}, {"run"}, {"run", "--controller-id", "x"}} {
 		if _, errOut, err := runCLI(t, args...); !isExitCode(err, cli.ExitUsage) {
 			t.Errorf("controllerd %q: %v, stderr %q; want exit %d", args, err, errOut, cli.ExitUsage)
 		}
