@@ -255,7 +255,7 @@ func TestCheck_SavedHistory(t *testing.T) {
 	t.Logf("seed %d, %d operations, %d faults", s, len(ops), len(faults))
 	for ph := range phases {
 		v := jepsen.Check(ph, ops, 2*time.Minute)
-		t.Logf("%s: valid %v, ok %d failed %d indeterminate %d, register %s", ph, v.Valid, v.OK, v.Failed, v.Unknown, v.Register)
+		t.Logf("%s: valid %v, ok %d failed %d indeterminate %d, register %s, longest write outage %s", ph, v.Valid, v.OK, v.Failed, v.Unknown, v.Register, v.LongestWriteOutage.Round(time.Millisecond))
 		for _, x := range v.Violations {
 			t.Errorf("%s: %s", ph, x)
 		}

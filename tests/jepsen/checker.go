@@ -28,7 +28,7 @@ type Verdict struct {
 	// ByWorkload counts ok/fail/info per workload.
 	ByWorkload map[string][3]int
 	// LongestWriteOutage is the longest time without an acknowledged
-	// write, between the first and the last one of the phase.
+	// write after the first one, up to the clients' last completion.
 	LongestWriteOutage time.Duration
 	// Register is porcupine's answer ("Ok", "Illegal", "Unknown").
 	Register porcupine.CheckResult
@@ -75,15 +75,27 @@ func Check(phase string, ops []Op, registerTimeout time.Duration) Verdict {
 	return v
 }
 
+// longestWriteOutage is the longest time without an acknowledged write
+// while the clients ran: between two acknowledged writes, and from the
+// last one to the clients' last completion (a cluster that stopped taking
+// writes for good counts until the end).
 func longestWriteOutage(ops []Op) time.Duration {
 	var done []int64
+	var end int64
 	for _, o := range ops {
+		if o.F == "final-read" {
+			continue
+		}
+		end = max(end, o.Complete)
 		if o.IsWrite() && o.Outcome == OK {
 			done = append(done, o.Complete)
 		}
 	}
+	if len(done) == 0 {
+		return 0
+	}
 	slices.Sort(done)
-	var longest int64
+	longest := end - done[len(done)-1]
 	for i := 1; i < len(done); i++ {
 		longest = max(longest, done[i]-done[i-1])
 	}
