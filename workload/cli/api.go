@@ -43,7 +43,7 @@ func splitAddresses(flag, s string) ([]string, error) {
 		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" || port == "" {
-			return nil, fmt.Errorf("invalid %s address %q: want host:port", flag, a)
+			return nil, usagef("invalid %s address %q: want host:port", flag, a)
 		}
 		if !slices.Contains(out, a) {
 			out = append(out, a)
@@ -76,7 +76,7 @@ connects to a controller (the file's addresses and --controllers, in random
 order, a new parallel attempt every 50 ms), long-polls the agent address
 list and rewrites the file atomically when the list changes. An empty list
 from the controllers keeps the file's list. Runs until SIGTERM.`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			seeds, err := splitAddresses("--controllers", controllers)
 			if err != nil {
@@ -154,10 +154,10 @@ first, the others after it (a new parallel attempt every 50 ms). On success
 the store takes the controller's client address list and the address used
 becomes the last good one. --addresses seeds the store (added to a known
 controller's list). Prints the address used and the list.`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "json" && format != "table" {
-				return fmt.Errorf("unknown format %q (want table or json)", format)
+				return usagef("unknown format %q (want table or json)", format)
 			}
 			seeds, err := splitAddresses("--addresses", addresses)
 			if err != nil {

@@ -175,7 +175,7 @@ func TestNewNode_NonBootstrapNeverBootstraps(t *testing.T) {
 	// Once the bootstrap agent runs, it joins that one cluster.
 	c.writeConfig(c.config("0", "1"), "0")
 	c.start("0")
-	c.waitRoles("0", 2, 1, 0)
+	c.waitRoles("0", 2, 1, 1)
 	c.waitState("1", "running")
 	if st := c.mustStatus("1"); st.Leader == nil || st.Leader.NodeID != bootstrapNodeID {
 		t.Fatalf("joined node's leader = %+v", st.Leader)
@@ -191,13 +191,17 @@ func TestGrow_ThreeVoters(t *testing.T) {
 	}
 	c.writeConfig(c.config(ids(3)...), ids(3)...)
 	c.start("2")
-	st = c.waitRoles("0", 3, 3, 0)
+	c.waitRoles("0", 3, 3, 0)
 	for _, id := range ids(3) {
-		if s := c.waitState(id, "running"); s.Role != "voter" {
-			t.Fatalf("controller %s role = %s", id, s.Role)
-		}
+		// Each node learns its own role at its next pass.
+		c.waitFor("controller "+id+" to run as a voter", func() (bool, string) {
+			s, err := c.status(id)
+			if err != nil {
+				return false, err.Error()
+			}
+			return s.State == "running" && s.Role == "voter", s.State + " " + s.Role
+		})
 	}
-	_ = st
 }
 
 func TestGrow_FiveWithTwoStandBys(t *testing.T) {
@@ -316,6 +320,7 @@ func TestScaleDown_ToOneReconfiguresSurvivor(t *testing.T) {
 	}
 	c.kill("1")
 	c.kill("2")
+	killed := time.Now()
 	// The charm now lists only the survivor.
 	c.writeConfig(c.config("0"), "0")
 	c.waitFor("the survivor to be the sole voter", func() (bool, string) {
@@ -330,9 +335,11 @@ func TestScaleDown_ToOneReconfiguresSurvivor(t *testing.T) {
 		t.Fatalf("committed rows after reconfiguration = %d, %v", n, err)
 	}
 	c.mustSQL("0", "INSERT INTO d VALUES (50)")
-	if _, ok := c.node("0").lineAfter(time.Time{}, "reconfiguring this node as the sole voter"); !ok {
+	at, ok := c.node("0").lineAfter(time.Time{}, "reconfiguring this node as the sole voter")
+	if !ok {
 		t.Fatalf("no reconfiguration decision logged")
 	}
+	t.Logf("forced reconfiguration decided %s after the other two voters were killed", at.Sub(killed).Round(100*time.Millisecond))
 	// cluster.yaml was fixed (go-dqlite#311) so a restart finds itself alone.
 	if err := c.stop("0"); err != nil {
 		t.Fatal(err)
@@ -357,7 +364,7 @@ func TestRemovedNode_RestartOnOldDataNeverResurrects(t *testing.T) {
 	c.kill("2")
 	// While 2 is down, it is removed (its unit left).
 	c.writeConfig(c.config("0", "1"), "0", "1")
-	c.waitRoles("0", 2, 1, 0)
+	c.waitRoles("0", 2, 1, 1)
 	c.mustSQL("0", "INSERT INTO o VALUES (2)")
 	// It comes back on its old data, its own config still listing only
 	// the others: it must find out it was removed and wipe, not serve.
@@ -470,7 +477,7 @@ func TestConfig_ConcurrentRewritesConverge(t *testing.T) {
 	}
 	c.writeConfig(c.config("0", "1"), "0", "1")
 	c.waitState("1", "running")
-	c.waitRoles("0", 2, 1, 0)
+	c.waitRoles("0", 2, 1, 1)
 	if st := c.mustStatus("1"); st.ConfigError != "" {
 		t.Fatalf("config error after the final good write: %q", st.ConfigError)
 	}
@@ -566,7 +573,7 @@ func TestShrink_DepartingLeaderHandsOverAndIsRemoved(t *testing.T) {
 	if _, ok := c.node(leader).lineAfter(time.Time{}, "action=leave"); !ok {
 		t.Fatalf("the departing leader did not decide to leave")
 	}
-	c.waitRoles(keep[0], 2, 1, 0)
+	c.waitRoles(keep[0], 2, 1, 1)
 	c.writeUntilOK(keep[1], "INSERT INTO l VALUES (1) ON CONFLICT DO NOTHING")
 }
 

@@ -408,48 +408,64 @@ func (d *Daemon) ListBackups(ctx context.Context) ([]control.BackupInfo, error) 
 }
 
 // RemoveMember implements control.Operations: it removes one member from
-// the Raft configuration through the Dqlite leader.
+// the Raft configuration through the Dqlite leader. It runs on the node's
+// loop (call), like the daemon's own membership changes, through this
+// run's node and its leader observation.
 //
 // Safe because: the change goes through the leader (Raft commits it only
 // with a majority of the new configuration); it is refused unless the
 // voters left keep an online majority, so the cluster never loses quorum by
-// it; the leader itself is never removed (it would have to step down
-// first); without force, only a member whose controller is gone from the
-// relation (the config) and that is not a voter that stopped answering
-// (whose data may be the newest) is removed. The removed node can never
-// rejoin on its old data: a running one finds itself missing from the
-// leader's configuration and wipes its data dir, and one that was down
-// asks the members before it starts (removedWhileAway) and wipes.
+// it; neither the leader (it would have to step down first) nor this node
+// (it would serve on until it noticed) is removed; without force, only a
+// member whose controller is gone from the relation (the config) and that
+// is not a voter that stopped answering (whose data may be the newest) is
+// removed. The removed node can never rejoin on its old data: a running
+// one finds itself missing from the leader's configuration and wipes its
+// data dir, and one that was down asks the members before it starts
+// (removedWhileAway) and wipes. RemoveNode is the leader-only, by-id form
+// under the daemon's own removal rules (decide.PickRemoval).
 func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberRequest) (control.RemoveMemberResult, error) {
-	var res control.RemoveMemberResult
 	if (req.AgentID == "") == (req.Address == "") {
-		return res, errors.New("cannot remove a member: give exactly one of agent-id and address")
+		return control.RemoveMemberResult{}, errors.New("cannot remove a member: give exactly one of agent-id and address")
 	}
+	type result struct {
+		res control.RemoveMemberResult
+		err error
+	}
+	out := make(chan result, 1)
+	err := d.call(ctx, func(ctx context.Context) error {
+		res, err := d.removeMemberByOperator(ctx, req)
+		out <- result{res, err}
+		return err
+	})
+	select {
+	case r := <-out:
+		return r.res, r.err
+	default:
+	}
+	if ctx.Err() != nil {
+		// The request may have reached the loop before ctx ended.
+		return control.RemoveMemberResult{}, fmt.Errorf("outcome unknown: remove-member did not finish: %w; run cluster-status to see whether the member is still there, then retry", err)
+	}
+	return control.RemoveMemberResult{}, fmt.Errorf("cannot remove a member: %w", err)
+}
+
+// removeMemberByOperator runs on the loop.
+func (d *Daemon) removeMemberByOperator(ctx context.Context, req control.RemoveMemberRequest) (control.RemoveMemberResult, error) {
+	var res control.RemoveMemberResult
 	st := d.Status(ctx)
-	if !st.Member || st.Leader == nil {
+	r := d.run
+	if r == nil || !r.member || r.leader == nil {
 		return res, fmt.Errorf("cannot remove a member: no quorum: controller %s reaches no Dqlite leader (%s: %s); a Raft membership change needs a majority of the voters; if they are lost for good, run recover-from-quorum-loss", d.o.ControllerID, st.State, st.Message)
-	}
-	store := client.NewInmemNodeStore()
-	var infos []client.NodeInfo
-	for _, m := range st.Members {
-		infos = append(infos, client.NodeInfo{Address: m.Address})
 	}
 	lctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	store.Set(lctx, infos)
-	cli, err := d.findLeader(lctx, store)
+	obs, err := r.node.Observe(lctx)
 	if err != nil {
 		return res, fmt.Errorf("cannot remove a member: no quorum: cannot reach the Dqlite leader: %v; retry, or run recover-from-quorum-loss if a majority of voters is lost for good", err)
 	}
-	defer cli.Close()
-	leader, err := cli.Leader(lctx)
-	if err != nil || leader == nil {
-		return res, fmt.Errorf("cannot remove a member: no quorum: the cluster has no leader (%v); retry", err)
-	}
-	members, err := cli.Cluster(lctx)
-	if err != nil {
-		return res, fmt.Errorf("cannot remove a member: cannot list the members: %w; retry", err)
-	}
+	defer obs.Close()
+	cli, leader, members := obs.Client, &obs.Leader, obs.Members
 	ids := d.controllerIDs(ctx, nil)
 	var target *client.NodeInfo
 	for i, m := range members {
@@ -480,6 +496,9 @@ func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberReque
 		Address: target.Address, Role: decide.Role(target.Role).String()}
 	if target.ID == leader.ID {
 		return res, fmt.Errorf("cannot remove a member: %s (node %s) is the Dqlite leader; remove its unit with juju remove-unit (it hands leadership over), or stop its controllerd so another member leads, then retry", target.Address, res.NodeID)
+	}
+	if target.ID == r.node.ID() {
+		return res, fmt.Errorf("cannot remove a member: %s (node %s) is this controller's own node; run remove-member on another unit, or remove this unit with juju remove-unit", target.Address, res.NodeID)
 	}
 	listed := false
 	if cfg, err := controllerconf.Read(d.o.ConfigPath); err == nil {
@@ -518,7 +537,7 @@ func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberReque
 		}
 		return res, fmt.Errorf("cannot remove %s: %w; run cluster-status and retry", target.Address, err)
 	}
-	d.log.Info("member removed by the operator", "node-id", res.NodeID, "address", res.Address, "controller-id", res.ControllerID, "force", req.Force, "was-online", res.WasOnline)
+	d.decision("remove-member", "requested by the operator", "node-id", res.NodeID, "address", res.Address, "controller-id", res.ControllerID, "force", req.Force, "was-online", res.WasOnline)
 	nid := res.NodeID
 	if err := d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
@@ -529,6 +548,7 @@ func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberReque
 	}); err != nil {
 		d.log.Warn("cannot delete the removed node's controller_node row; the leader's clean-up retries", "err", err)
 	}
+	d.plane.configChanged()
 	res.Message = fmt.Sprintf("removed %s %s (node %s, controller %s) from the Raft configuration; it wipes its data dir if it ever runs again", res.Role, res.Address, res.NodeID, orUnknown(res.ControllerID))
 	if listed {
 		res.Message += "; its unit is still in the relation: remove it with juju remove-unit --force, or it rejoins as a new node"

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	dqlite "github.com/canonical/go-dqlite"
-	"github.com/canonical/go-dqlite/app"
 	"github.com/canonical/go-dqlite/client"
 
 	"github.com/juju/dqlite-controller/controllerconf"
@@ -132,7 +130,7 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 		switch {
 		case !ok || p.State == "":
 			return res, fmt.Errorf("cannot recover: controller %s answers but has not published its Raft position since quorum was lost; wait for its next hook (update-status) and retry", id)
-		case p.State != StateNoQuorum && p.State != StateReconfiguring:
+		case p.State != string(StateNoQuorum) && p.State != string(StateReconfiguring):
 			return res, fmt.Errorf("cannot recover: controller %s published state %q, not %q: its position may be stale; wait for its next hook (update-status) and retry", id, p.State, StateNoQuorum)
 		case p.HasData && p.Role != "spare" && (RaftPosition{Term: p.Term, Index: p.Index}).Newer(mine):
 			return res, fmt.Errorf("cannot recover: controller %s has a more up-to-date Raft log (term %d, index %d) than this one (%s); run recover-from-quorum-loss on its unit (dqlite-controller/%s) instead", id, p.Term, p.Index, mine, id)
@@ -140,25 +138,29 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 	}
 	d.log.Warn("recovering from quorum loss on the operator's request: this node becomes the sole voter",
 		"position", mine.String(), "survivors", res.Survivors, "unreachable", res.Unreachable)
-	var opErr error
-	done := make(chan struct{})
+	copied := make(chan string, 1)
+	err = d.call(ctx, func(ctx context.Context) error {
+		dir, err := d.recoverByOperator(ctx, cfg)
+		copied <- dir
+		return err
+	})
 	select {
-	case d.ops <- func() {
-		defer close(done)
-		res.SafetyCopy, opErr = d.recoverByOperator()
-	}:
-	case <-ctx.Done():
-		return res, fmt.Errorf("cannot recover: %w; nothing was changed", ctx.Err())
+	case res.SafetyCopy = <-copied:
+	default:
+		if ctx.Err() != nil {
+			// The request may have reached the loop before ctx ended.
+			return res, fmt.Errorf("outcome unknown: recover-from-quorum-loss did not finish: %w; run cluster-status and see journalctl -u controllerd", err)
+		}
+		return res, fmt.Errorf("cannot recover: %w; nothing was changed", err)
 	}
-	<-done
-	if opErr != nil {
-		return res, opErr
+	if err != nil {
+		return res, err
 	}
 	backup := res.SafetyCopy
 	deadline := time.Now().Add(recoverRestartWait)
 	for {
 		st := d.Status(ctx)
-		if st.State == StateRunning && st.Member {
+		if st.State == string(StateRunning) && st.Member {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -180,32 +182,39 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 	return res, nil
 }
 
-// recoverByOperator runs on the loop: it stops the node, copies its dir
-// aside, forces the configuration to this node alone and starts it again.
-// A failure before the reconfiguration restarts the node unchanged.
-func (d *Daemon) recoverByOperator() (string, error) {
-	if d.app == nil {
+// recoverByOperator runs on the loop: it checks again that no leader
+// answers (this run's last pass, then every listed peer and member), then
+// forces the configuration to this node alone (forceConfiguration) with a
+// copy of its node dir aside first. A failure before the reconfiguration
+// restarts the node unchanged. It returns the copy's path.
+func (d *Daemon) recoverByOperator(ctx context.Context, cfg *controllerconf.Config) (string, error) {
+	r := d.run
+	if r == nil {
 		return "", fmt.Errorf("cannot recover: the Dqlite node stopped meanwhile (%s); retry", d.state)
 	}
-	self := client.NodeInfo{ID: d.app.ID(), Address: d.app.Address(), Role: client.Voter}
-	d.decision("reconfigure", "the operator ran recover-from-quorum-loss: no leader reachable and this node has the most up-to-date log of the survivors")
-	d.setState(StateReconfiguring, "reconfiguring this node as the sole voter (recover-from-quorum-loss)")
-	d.publish()
-	d.closeApp()
-	backup, err := d.copyNodeDir()
-	if err != nil {
-		d.start(false, app.WithAddress(self.Address))
-		return "", fmt.Errorf("cannot recover: cannot copy the node dir aside: %w; nothing was changed", err)
+	if r.leader != nil {
+		return "", fmt.Errorf("cannot recover: this node reached the Dqlite leader %s meanwhile, so quorum is not lost; nothing was changed", r.leader.Address)
 	}
-	if err := dqlite.ReconfigureMembershipExt(d.nodeDir, []dqlite.NodeInfo{self}); err != nil {
-		d.start(false, app.WithAddress(self.Address))
+	if addr, ok := d.reachableLeader(ctx, cfg); ok {
+		return "", fmt.Errorf("cannot recover: a Dqlite leader is reachable (%s), so quorum is not lost; nothing was changed", addr)
+	}
+	d.decision("reconfigure", "the operator ran recover-from-quorum-loss: no leader reachable and this node has the most up-to-date log of the survivors")
+	var backup string
+	err := d.forceConfiguration("reconfiguring this node as the sole voter (recover-from-quorum-loss)", nil, func() error {
+		dir, err := d.copyNodeDir()
+		if err != nil {
+			return fmt.Errorf("cannot recover: cannot copy the node dir aside: %w; nothing was changed", err)
+		}
+		backup = dir
+		return nil
+	})
+	switch {
+	case err != nil && backup == "":
+		return "", err
+	case err != nil:
 		return backup, fmt.Errorf("outcome unknown: cannot force the new Raft configuration: %w; the node dir before it is in %s", err, backup)
 	}
-	if err := writeStore(d.nodeDir, []client.NodeInfo{self}); err != nil {
-		d.log.Warn("cannot rewrite cluster.yaml after the recovery", "err", err)
-	}
-	d.log.Info("reconfigured this node as the sole voter on the operator's request; restarting it", "node-id", strconv.FormatUint(self.ID, 10), "safety-copy", backup)
-	d.start(false, app.WithAddress(self.Address))
+	d.log.Info("reconfigured this node as the sole voter on the operator's request", "safety-copy", backup)
 	return backup, nil
 }
 
