@@ -17,6 +17,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/controlplane/lease"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/dqlitetest"
+	"github.com/juju/dqlite-controller/workload/internal/testwait"
 )
 
 // Short durations for tests: the rules are the same as with the defaults,
@@ -143,18 +144,6 @@ func newNode(t *testing.T) *dqlitetest.Node {
 	return n
 }
 
-// waitFor polls cond until it holds or the generous deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(dqlitetest.Patience)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func holders(cs ...*controller) []*controller {
 	var out []*controller
 	for _, c := range cs {
@@ -170,7 +159,7 @@ func TestSingular_ExactlyOneOfTwoControllersHoldsAndWorks(t *testing.T) {
 	ev := &events{}
 	a := startController(t, n, "controller-0", nil, ev)
 	b := startController(t, n, "controller-1", nil, ev)
-	waitFor(t, "a holder", func() bool { return len(holders(a, b)) > 0 })
+	testwait.For(t, "a holder", func() bool { return len(holders(a, b)) > 0 })
 	// Through several extension rounds, never two holders.
 	for i := 0; i < 100; i++ {
 		if h := holders(a, b); len(h) != 1 {
@@ -179,7 +168,7 @@ func TestSingular_ExactlyOneOfTwoControllersHoldsAndWorks(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	h := holders(a, b)[0]
-	waitFor(t, "the holder's worker to start", func() bool { return len(ev.snapshot()) == 1 })
+	testwait.For(t, "the holder's worker to start", func() bool { return len(ev.snapshot()) == 1 })
 	if log := ev.snapshot(); log[0] != (event{h.name, "start"}) {
 		t.Fatalf("work log %v, want one start by the holder %s", log, h.name)
 	}
@@ -238,8 +227,8 @@ func TestSingular_HolderCutOffStopsItsWorkBeforeAnotherStarts(t *testing.T) {
 				return startController(t, n, name, c, ev)
 			}
 			a, b := start("controller-0"), start("controller-1")
-			waitFor(t, "a holder", func() bool { return len(holders(a, b)) == 1 })
-			waitFor(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
+			testwait.For(t, "a holder", func() bool { return len(holders(a, b)) == 1 })
+			testwait.For(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
 			holder, other := a, b
 			if b.s.Check() {
 				holder, other = b, a
@@ -250,7 +239,7 @@ func TestSingular_HolderCutOffStopsItsWorkBeforeAnotherStarts(t *testing.T) {
 			} else {
 				hang[holder.name].cut.Store(true)
 			}
-			waitFor(t, "the other controller's work to start", func() bool {
+			testwait.For(t, "the other controller's work to start", func() bool {
 				for _, e := range ev.snapshot() {
 					if e == (event{other.name, "start"}) {
 						return true
@@ -276,7 +265,7 @@ func TestSingular_GracefulStopHandsOverBeforeExpiry(t *testing.T) {
 	store := lease.New(n.DB)
 	ev := &events{}
 	a := startController(t, n, "controller-0", nil, ev)
-	waitFor(t, "controller-0 to hold", a.s.Check)
+	testwait.For(t, "controller-0 to hold", a.s.Check)
 	b := startController(t, n, "controller-1", nil, ev)
 	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
 	defer cancel()
@@ -285,7 +274,7 @@ func TestSingular_GracefulStopHandsOverBeforeExpiry(t *testing.T) {
 		t.Fatalf("no lease row: %v", err)
 	}
 	a.stop() // revokes after its worker stopped
-	waitFor(t, "controller-1 to hold", b.s.Check)
+	testwait.For(t, "controller-1 to hold", b.s.Check)
 	l, _, err := store.Get(ctx, lease.NamespaceSingularController, singular.DefaultName)
 	if err != nil {
 		t.Fatal(err)
@@ -318,7 +307,7 @@ func TestSingular_FailingWorkerIsRestartedWhileHolding(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- s.Run(ctx) }()
-	waitFor(t, "the worker to be restarted", func() bool { return runs.Load() >= 3 })
+	testwait.For(t, "the worker to be restarted", func() bool { return runs.Load() >= 3 })
 	cancel()
 	<-done
 	if s.Check() {
@@ -441,7 +430,7 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 		t.Fatalf("first call %d", got)
 	}
 	for i := 2; i <= 3; i++ {
-		waitFor(t, "the periodic wait", func() bool { return clock.pending() == 1 })
+		testwait.For(t, "the periodic wait", func() bool { return clock.pending() == 1 })
 		select {
 		case <-calls:
 			t.Fatal("called before the interval passed")
@@ -479,19 +468,19 @@ func TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap(t
 	ev := &events{}
 	cut := &hangingClaimer{store: lease.New(nodes[leader].DB)}
 	doomed := startController(t, nodes[leader], fmt.Sprintf("controller-%d", leader), cut, ev)
-	waitFor(t, "the controller on the Dqlite leader to hold", doomed.s.Check)
+	testwait.For(t, "the controller on the Dqlite leader to hold", doomed.s.Check)
 	var survivors []*controller
 	for i, n := range nodes {
 		if i != leader {
 			survivors = append(survivors, startController(t, n, fmt.Sprintf("controller-%d", i), nil, ev))
 		}
 	}
-	waitFor(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
+	testwait.For(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
 
 	cut.cut.Store(true)
 	nodes[leader].Close()
 
-	waitFor(t, "a survivor to take over", func() bool { return len(holders(survivors...)) > 0 })
+	testwait.For(t, "a survivor to take over", func() bool { return len(holders(survivors...)) > 0 })
 	// Let a few extension rounds pass under the new Dqlite leader.
 	time.Sleep(3 * short.ExtendInterval)
 	if h := holders(survivors...); len(h) != 1 {
