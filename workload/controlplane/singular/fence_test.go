@@ -68,7 +68,8 @@ func runSingular(t *testing.T, c singular.Claimer, o singular.Options) *singular
 	return s
 }
 
-func TestSingular_WorkersGetTheTokenOfTheirTenureAndRestartWhenItChanges(t *testing.T) {
+// Workers get the token of their tenure and restart when it changes.
+func TestSingular_WorkersGetTenureToken(t *testing.T) {
 	n := newNode(t)
 	c := &skewedClaimer{store: lease.New(n.DB)}
 	k := &tokens{}
@@ -190,7 +191,8 @@ func TestSingular_RestartedRunWaitsForThePreviousRunsWorkers(t *testing.T) {
 	}
 }
 
-func TestSingular_ViewIsTheLastAnsweredClaimAgedByTheLocalClock(t *testing.T) {
+// The view is the last answered claim, aged by the local clock.
+func TestSingular_ViewAgesLastClaim(t *testing.T) {
 	n := newNode(t)
 	o := short
 	o.Holder = "controller-0"

@@ -154,7 +154,8 @@ func holders(cs ...*controller) []*controller {
 	return out
 }
 
-func TestSingular_ExactlyOneOfTwoControllersHoldsAndWorks(t *testing.T) {
+// Exactly one of two controllers holds the lease and works.
+func TestSingular_ExactlyOneHolds(t *testing.T) {
 	n := newNode(t)
 	ev := &events{}
 	a := startController(t, n, "controller-0", nil, ev)
@@ -211,7 +212,8 @@ func (h *hangingClaimer) Revoke(ctx context.Context, ns, name, holder string) er
 	return h.store.Revoke(ctx, ns, name, holder)
 }
 
-func TestSingular_HolderCutOffStopsItsWorkBeforeAnotherStarts(t *testing.T) {
+// A holder cut off stops its work before another starts.
+func TestSingular_HolderCutOff(t *testing.T) {
 	for _, mode := range []string{"closed-database", "hanging-requests"} {
 		t.Run(mode, func(t *testing.T) {
 			n := newNode(t)
@@ -411,7 +413,8 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.waiters = keep
 }
 
-func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
+// Periodic runs at once, then every interval, and survives errors.
+func TestPeriodic_Schedule(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(0, 0)}
 	calls := make(chan int, 10)
 	var n int
@@ -447,13 +450,13 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 	}
 }
 
-// TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap
-// kills (stops without hand-over, and cuts off) the controller that both
+// TestSingular_HolderOnLeaderDies: the holder that also hosts the Dqlite
+// leader dies, and another takes over without overlap. It kills (stops without hand-over, and cuts off) the controller that both
 // holds the lease and hosts the Dqlite leader of a 3-node cluster: the
 // survivors elect a new Dqlite leader, whose clock then judges the expiry,
 // and exactly one of them takes over, after the dead holder stopped its
 // work.
-func TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap(t *testing.T) {
+func TestSingular_HolderOnLeaderDies(t *testing.T) {
 	nodes := dqlitetest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
 	defer cancel()
