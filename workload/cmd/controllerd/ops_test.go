@@ -46,6 +46,10 @@ func TestRemoveMember_ForcedRemovalOfAFrozenVoterNeverServesOldData(t *testing.T
 	if !isExitCode(err, 1) || !strings.Contains(stderr, "is the Dqlite leader") {
 		t.Fatalf("remove-member of the leader: err %v, stderr %q", err, stderr)
 	}
+	_, stderr, err = runCLI(t, "remove-member", "--data-dir", data, "--agent-id", asker, "--force")
+	if !isExitCode(err, 1) || !strings.Contains(stderr, "is this controller's own node") {
+		t.Fatalf("remove-member of the asking node itself: err %v, stderr %q", err, stderr)
+	}
 	stdout, stderr, err := runCLI(t, "remove-member", "--data-dir", data, "--agent-id", victim, "--force", "--format=json")
 	if err != nil {
 		t.Fatalf("remove-member --force: %v: %s", err, stderr)

@@ -149,8 +149,13 @@ func registerOperations(mux *http.ServeMux, ops Operations) {
 }
 
 // answer writes a result or an operation's error (422, the message as is:
-// it names the problem and the fix).
+// it names the problem and the fix; 503 with outcome "unknown" for a
+// membership change whose answer was lost).
 func answer(w http.ResponseWriter, v any, err error) {
+	if err != nil && isOutcomeUnknown(err) {
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error(), Outcome: outcomeUnknown})
+		return
+	}
 	if err != nil {
 		writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: err.Error()})
 		return

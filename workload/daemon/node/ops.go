@@ -445,7 +445,7 @@ func (d *Daemon) RemoveMember(ctx context.Context, req control.RemoveMemberReque
 	}
 	if ctx.Err() != nil {
 		// The request may have reached the loop before ctx ended.
-		return control.RemoveMemberResult{}, fmt.Errorf("outcome unknown: remove-member did not finish: %w; run cluster-status to see whether the member is still there, then retry", err)
+		return control.RemoveMemberResult{}, fmt.Errorf("%w: remove-member did not finish: %w; run cluster-status to see whether the member is still there, then retry", control.ErrOutcomeUnknown, err)
 	}
 	return control.RemoveMemberResult{}, fmt.Errorf("cannot remove a member: %w", err)
 }
@@ -533,7 +533,7 @@ func (d *Daemon) removeMemberByOperator(ctx context.Context, req control.RemoveM
 	defer rcancel()
 	if err := cli.Remove(rctx, target.ID); err != nil {
 		if errors.Is(rctx.Err(), context.DeadlineExceeded) {
-			return res, fmt.Errorf("outcome unknown: the removal of %s was sent but not answered within %s: %v; run cluster-status to see whether it is still a member, then retry", target.Address, removeTimeout, err)
+			return res, fmt.Errorf("%w: the removal of %s was sent but not answered within %s: %v; run cluster-status to see whether it is still a member, then retry", control.ErrOutcomeUnknown, target.Address, removeTimeout, err)
 		}
 		return res, fmt.Errorf("cannot remove %s: %w; run cluster-status and retry", target.Address, err)
 	}

@@ -149,7 +149,7 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 	default:
 		if ctx.Err() != nil {
 			// The request may have reached the loop before ctx ended.
-			return res, fmt.Errorf("outcome unknown: recover-from-quorum-loss did not finish: %w; run cluster-status and see journalctl -u controllerd", err)
+			return res, fmt.Errorf("%w: recover-from-quorum-loss did not finish: %w; run cluster-status and see journalctl -u controllerd", control.ErrOutcomeUnknown, err)
 		}
 		return res, fmt.Errorf("cannot recover: %w; nothing was changed", err)
 	}
@@ -164,7 +164,7 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 			break
 		}
 		if time.Now().After(deadline) {
-			return res, fmt.Errorf("outcome unknown: the node was reconfigured as the sole voter but is %s (%s) after %s; see journalctl -u controllerd and run cluster-status", st.State, st.Message, recoverRestartWait)
+			return res, fmt.Errorf("%w: the node was reconfigured as the sole voter but is %s (%s) after %s; see journalctl -u controllerd and run cluster-status", control.ErrOutcomeUnknown, st.State, st.Message, recoverRestartWait)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -212,7 +212,7 @@ func (d *Daemon) recoverByOperator(ctx context.Context, cfg *controllerconf.Conf
 	case err != nil && backup == "":
 		return "", err
 	case err != nil:
-		return backup, fmt.Errorf("outcome unknown: cannot force the new Raft configuration: %w; the node dir before it is in %s", err, backup)
+		return backup, fmt.Errorf("%w: cannot force the new Raft configuration: %w; the node dir before it is in %s", control.ErrOutcomeUnknown, err, backup)
 	}
 	d.log.Info("reconfigured this node as the sole voter on the operator's request", "safety-copy", backup)
 	return backup, nil
