@@ -323,7 +323,7 @@ func TestAPIAddresses_AgentAndClientFollowControllerChanges(t *testing.T) {
 
 	// An agent machine starting from controller 0 learns all three.
 	agentConf := filepath.Join(t.TempDir(), "agent.conf")
-	if err := os.WriteFile(agentConf, []byte("tag: machine-7\n"), 0o600); err != nil {
+	if err := os.WriteFile(agentConf, []byte("tag: machine-7\ncacert: |\n  "+strings.ReplaceAll(strings.TrimSpace(string(c.ca.CertPEM)), "\n", "\n  ")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	agent := startAgent(t, agentConf, c.apiAddress("0"))
@@ -339,7 +339,7 @@ func TestAPIAddresses_AgentAndClientFollowControllerChanges(t *testing.T) {
 	// A client that knows only controller 2 connects there and learns
 	// the others; the next connection tries the last good one first.
 	store := filepath.Join(t.TempDir(), "clients.json")
-	out := runClient(t, "--store", store, "--controller", "ctl", "--addresses", c.apiAddress("2"))
+	out := runClient(t, "--store", store, "--controller", "ctl", "--ca-cert", c.caFile(), "--addresses", c.apiAddress("2"))
 	if out.Connected != c.apiAddress("2") || out.LastGood != c.apiAddress("2") || !slices.Equal(sortedCopy(out.Addresses), all) {
 		t.Fatalf("first client connection = %+v", out)
 	}

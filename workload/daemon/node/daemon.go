@@ -103,6 +103,8 @@ type Daemon struct {
 	baton  singular.Baton
 	gate   memberGate
 	apiErr string
+
+	tls tlsState // tls.go
 }
 
 // New returns a daemon; Run starts it.
@@ -334,10 +336,14 @@ func (d *Daemon) removedWhileAway(ctx context.Context, info client.NodeInfo, sto
 	}
 	probe := client.NewInmemNodeStore()
 	probe.Set(ctx, nodes)
+	asked := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	cli, err := d.findLeader(ctx, probe)
 	if err != nil {
+		if by, out := d.lockedOut(asked); out {
+			return "peers that refuse this node (" + by + ")", true
+		}
 		return "", false
 	}
 	defer cli.Close()
@@ -389,7 +395,14 @@ func (d *Daemon) start(fresh bool, opts ...app.Option) {
 		d.failStart(fmt.Errorf("cannot create node dir: %w", err))
 		return
 	}
-	a, err := app.New(d.nodeDir, append(d.appOptions(), opts...)...)
+	tlsOpts, err := d.tlsOptions()
+	if err != nil {
+		d.decision("wait", err.Error())
+		d.setState(StateWaiting, err.Error())
+		d.retryAt = time.Now().Add(time.Second)
+		return
+	}
+	a, err := app.New(d.nodeDir, append(append(d.appOptions(), opts...), tlsOpts...)...)
 	if err != nil {
 		d.failStart(fmt.Errorf("cannot start Dqlite node: %w", err))
 		return
@@ -571,15 +584,9 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 			d.rebind(client.NodeInfo{ID: selfID, Address: d.app.Address()}, dec.Address)
 			return
 		}
-		host := d.cfg.DBBindAddresses[d.o.ControllerID]
-		if decide.IsIPv6(host) {
-			d.decision("refuse-address-change", dec.Reason)
-			d.setState(StateAddressMismatch, dec.Reason)
-		} else {
-			reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", d.app.Address(), want, d.app.Address(), want)
-			d.decision("move", reason)
-			d.setState(StateMoving, reason)
-		}
+		reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", d.app.Address(), want, d.app.Address(), want)
+		d.decision("move", reason)
+		d.setState(StateMoving, reason)
 		if obs.leader.ID == selfID {
 			d.stepAside(ctx, obs)
 		}
@@ -617,6 +624,10 @@ func (d *Daemon) runningMessage() string {
 // successful observation (a leader that lost its quorum may still answer
 // for a moment, and database calls block until their deadline meanwhile).
 func (d *Daemon) noLeaderReachable(since time.Time, err error) {
+	if by, out := d.lockedOut(d.leaderSeen); out && !d.fresh {
+		d.handleRemoved(fmt.Sprintf("node %d is locked out: the config does not list this controller and its peers (%s) refuse its certificate, so they removed it; wiping its data dir so it never serves stale state", d.app.ID(), by))
+		return
+	}
 	now := time.Now()
 	if d.noLeader.IsZero() {
 		d.noLeader = since
@@ -822,6 +833,7 @@ func (d *Daemon) publish() {
 	d.status = st
 	d.mu.Unlock()
 	d.setMember(d.member && d.app != nil)
+	d.updateTrust()
 }
 
 // Status returns the last published status.
