@@ -190,6 +190,7 @@ type Model struct {
 	ctxSeq    int
 	faults    []*hookFault
 	closed    bool
+	secrets   secretState // secrets.go
 }
 
 // New creates the run's fabric namespace and subnets. Close tears everything
