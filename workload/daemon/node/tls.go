@@ -79,6 +79,9 @@ func (d *Daemon) tlsOptions() ([]app.Option, error) {
 		return nil, nil // a test's plaintext node
 	}
 	d.loadTLS()
+	// The view before the node starts: its first dials (a join) must not
+	// find only itself trusted.
+	d.updateTrust()
 	g := d.tls.guard.Load()
 	if g == nil {
 		msg := "no TLS material yet"
