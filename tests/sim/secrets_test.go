@@ -41,7 +41,7 @@ func (h *openHook) end(exit int) {
 // lookupOwnedSecretURIByLabel; jujuc/secret-add.go, secret-get.go;
 // core/secrets/secret.go).
 func TestSecrets_JujuSemantics(t *testing.T) {
-	m := newToyModel(t, Options{})
+	m := newToyModel(t, Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(2); err != nil {
 		t.Fatal(err)
 	}
