@@ -17,7 +17,7 @@ CHARM_DIR := $(BUILD)/charm
 CHARM_ZIP := $(BUILD)/dqlite-controller.charm
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all setup build charm test bench demo fuzz vet clean
+.PHONY: all setup build charm test bench demo fuzz jepsen vet clean
 
 all: charm
 
@@ -38,13 +38,43 @@ vet: setup
 # Unit, process-level and end-to-end tests. The end-to-end scenarios run the
 # built charm in build/charm, so the charm is built first.
 test: charm vet
-	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 1 ./...
+	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 3 ./...
 
+# Every benchmark (each repeats its measurement and reports the median and
+# the spread with b.ReportMetric), then one table of them all
+# (tests/cmd/benchtable); raw output in build/bench.txt.
 bench: charm
-	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 1 -run '^$$' -bench . -benchtime 1x ./...
+	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 1 -run '^$$' -bench . -benchtime 1x ./... 2>&1 | tee $(BUILD)/bench.txt; \
+		test $${PIPESTATUS[0]} -eq 0
+	@$(GO) run ./tests/cmd/benchtable < $(BUILD)/bench.txt | tee $(BUILD)/bench-table.md
 
+# Every fuzz target for FUZZTIME each; the corpora (seeds and the inputs
+# of crashes found) are kept in each package's testdata/fuzz.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := ./controllerconf:FuzzParse \
+	./charm:FuzzReconcile_PeerAndAppData ./charm:FuzzReconcile_NetworkGet \
+	./workload/controlplane/apiserver:FuzzHandler_Request \
+	./workload/daemon/control:FuzzServe_Request \
+	./workload/consumer/apiagent:FuzzAgentConfig \
+	./workload/controlplane/backup:FuzzList_Prune
 fuzz: setup
-	$(GO) test -tags $(TAGS) -run '^$$' -fuzz FuzzParse -fuzztime 60s ./controllerconf
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -tags $(TAGS) -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
+# The Jepsen-style campaign (tests/jepsen): a 3-node then a 5-node cluster on
+# the simulator, clients running `controllerd sql` on every machine, one
+# fault at a time (kill -9, SIGSTOP, link cut, one-way drop, remove/add
+# unit, full disk) for JEPSEN_FAULT_TIME each, at least 200 faults. Needs
+# root. History, seed and summary go to build/jepsen/<time>-seed-<seed>/.
+JEPSEN_FAULT_TIME ?= 10m
+jepsen: charm
+	@mkdir -p $(BUILD)/jepsen
+	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) DQC_JEPSEN=full DQC_JEPSEN_FAULT_TIME=$(JEPSEN_FAULT_TIME) \
+		DQC_JEPSEN_OUT=$(abspath $(BUILD))/jepsen $(GO) test -tags $(TAGS) -count=1 -timeout 45m -v \
+		-run '^TestCampaign_Full$$' ./tests/jepsen 2>&1 | tee $(BUILD)/jepsen/last.log | grep -E '^(jepsen|  [0-9]|    (note|VIOLATION|register)|verdict|history|--- |ok|FAIL|PASS)'; \
+		test $${PIPESTATUS[0]} -eq 0
 
 # A narrated session on a simulated Juju model (tests/sim): the built charm and
 # controllerd on network-namespace machines. Needs root; cleans up on Ctrl-C.

@@ -3,6 +3,7 @@ module github.com/juju/dqlite-controller
 go 1.26.8
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/canonical/go-dqlite v1.11.5
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/ghodss/yaml v1.0.0

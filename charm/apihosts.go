@@ -94,6 +94,10 @@ func (h *hook) apiBindingAddresses(ctx context.Context) (map[netip.Addr]bool, er
 			h.log.Debug("cannot get the api binding's addresses", "err", strings.TrimPrefix(exitErr.Stderr, "ERROR "))
 			return nil, nil
 		}
+		if errors.Is(err, hooktools.ErrBadOutput) {
+			h.log.Warn("cannot read the api binding's addresses", "err", err)
+			return nil, nil
+		}
 		return nil, err
 	}
 	var values []string

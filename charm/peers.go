@@ -89,6 +89,11 @@ func (h *hook) resolveAddress(ctx context.Context, relID string) (string, error)
 			h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot get the db-cluster binding's addresses (%s); check juju bind", strings.TrimPrefix(exitErr.Stderr, "ERROR ")))
 			return "", nil
 		}
+		if errors.Is(err, hooktools.ErrBadOutput) {
+			h.log.Error("cannot read the db-cluster binding's addresses", "err", err)
+			h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot read network-get db-cluster's answer (%v); check juju bind", err))
+			return "", nil
+		}
 		return "", err
 	}
 	binding := bindaddr.Binding{Ingress: network.IngressAddresses}

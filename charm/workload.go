@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/juju/dqlite-controller/charm/hooktools"
@@ -183,6 +184,32 @@ func (h *hook) stopService(ctx context.Context) error {
 	return nil
 }
 
+// wipeDir removes dir and everything in it; when dir is a mount point (a
+// disk of its own for Dqlite), which cannot be unlinked (EBUSY), it
+// empties it and leaves it: an empty data dir is a new node's.
+func wipeDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, syscall.EBUSY) && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // remove stops controllerd if it still runs, removes its unit, and wipes the
 // node's Dqlite data dir: a node removed from the cluster must never come
 // back on its old data (docs/dqlite.md "Removing members and losing quorum").
@@ -193,7 +220,7 @@ func (h *hook) remove(ctx context.Context) error {
 	if err := h.svc.Uninstall(ctx); err != nil {
 		return h.serviceFailed(err)
 	}
-	if err := os.RemoveAll(h.cfg.DataDir()); err != nil {
+	if err := wipeDir(h.cfg.DataDir()); err != nil {
 		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("cannot wipe the Dqlite data dir %s: %v", h.cfg.DataDir(), err))
 		return fmt.Errorf("cannot wipe the Dqlite data dir: %w", err)
 	}

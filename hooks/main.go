@@ -31,7 +31,10 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	runner := hooktools.ExecRunner{}
+	// The reads every hook makes that do not depend on each other start
+	// at once (hooktools.Prefetch says which calls may).
+	runner := hooktools.NewPrefetch(hooktools.ExecRunner{}, charm.PrefetchCalls(env)...)
+	defer runner.Close()
 	logger := slog.New(hooktools.NewLogHandler(hooktools.New(runner), slog.LevelInfo, os.Stderr))
 	cfg := charm.Config{
 		JujuDir:        "/var/lib/juju",

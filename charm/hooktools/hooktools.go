@@ -110,13 +110,19 @@ func (c *Client) output(ctx context.Context, name string, args ...string) ([]byt
 	return out, nil
 }
 
+// ErrBadOutput marks a tool's output that cannot be parsed: the tool ran
+// and exited 0, so, like a tool's own error, it is an answer about this
+// hook's environment, which a status can explain, not a reason to fail the
+// hook.
+var ErrBadOutput = errors.New("unexpected output")
+
 func (c *Client) json(ctx context.Context, v any, name string, args ...string) error {
 	out, err := c.output(ctx, name, args...)
 	if err != nil {
 		return err
 	}
 	if err := json.Unmarshal(out, v); err != nil {
-		return fmt.Errorf("cannot parse %s output %q: %w", name, abbreviate(out), err)
+		return fmt.Errorf("cannot parse %s output %q: %w: %w", name, abbreviate(out), ErrBadOutput, err)
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ func splitAddresses(flag, s string) ([]string, error) {
 		}
 		host, port, err := net.SplitHostPort(a)
 		if err != nil || host == "" || port == "" {
-			return nil, fmt.Errorf("invalid %s address %q: want host:port", flag, a)
+			return nil, usagef("invalid %s address %q: want host:port", flag, a)
 		}
 		if !slices.Contains(out, a) {
 			out = append(out, a)
@@ -87,7 +87,7 @@ connects to a controller over HTTPS, verified against the file's cacert:
 attempt every 50 ms), long-polls the agent address
 list and rewrites the file atomically when the list changes. An empty list
 from the controllers keeps the file's list. Runs until SIGTERM.`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			seeds, err := splitAddresses("--controllers", controllers)
 			if err != nil {
@@ -175,10 +175,10 @@ the store takes the controller's client address list and the address used
 becomes the last good one. The controller is verified against the CA
 certificate stored for it (--ca-cert stores it). --addresses seeds the store (added to a known
 controller's list). Prints the address used and the list.`,
-		Args: cobra.NoArgs,
+		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "json" && format != "table" {
-				return fmt.Errorf("unknown format %q (want table or json)", format)
+				return usagef("unknown format %q (want table or json)", format)
 			}
 			seeds, err := splitAddresses("--addresses", addresses)
 			if err != nil {

@@ -43,15 +43,72 @@ const (
 	DefaultBackupDir = "/var/lib/juju/backups"
 )
 
-// Execute runs the command line with args and returns the exit code.
+// Exit codes. A caller may retry a command that exited ExitFailed; after
+// ExitUnknown it must first learn whether the write was applied (re-read),
+// or retry only an idempotent statement.
+const (
+	// ExitOK: the command did what was asked.
+	ExitOK = 0
+	// ExitFailed: the command failed and changed nothing it was asked to
+	// change (no daemon answered, the database refused the statement).
+	ExitFailed = 1
+	// ExitUsage: the command line is wrong (unknown command or flag,
+	// missing argument, invalid flag value).
+	ExitUsage = 2
+	// ExitUnknown: the request reached the daemon, or the daemon's COMMIT
+	// reached Dqlite, and the answer was lost: the write may or may not
+	// have been applied.
+	ExitUnknown = 3
+)
+
+// usageError is an error in the command line itself.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usagef is a usageError with a formatted message.
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// usageArgs marks a positional-argument check's errors as usage errors.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+// Execute runs the command line with args and returns the exit code
+// (ExitOK, ExitFailed, ExitUsage or ExitUnknown).
 func Execute(args []string, stdout, stderr io.Writer) int {
 	root := NewRoot(stdout, stderr)
 	root.SetArgs(args)
-	if err := root.Execute(); err != nil {
-		fmt.Fprintf(stderr, "error: %v\n", err)
-		return 1
+	err := root.Execute()
+	if err == nil {
+		return ExitOK
 	}
-	return 0
+	fmt.Fprintf(stderr, "error: %v\n", err)
+	return ExitCode(err)
+}
+
+// ExitCode is the exit code for a command's error.
+func ExitCode(err error) int {
+	var usage usageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, control.ErrOutcomeUnknown):
+		return ExitUnknown
+	case errors.As(err, &usage), strings.HasPrefix(err.Error(), "unknown command "), strings.HasPrefix(err.Error(), "required flag"):
+		// cobra reports an unknown subcommand and a missing required
+		// flag with these plain errors.
+		return ExitUsage
+	}
+	return ExitFailed
 }
 
 // NewRoot builds the command tree.
@@ -63,6 +120,7 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.CompletionOptions.DisableDefaultCmd = true
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(runCmd(stderr), statusCmd(stdout), sqlCmd(stdout), agentCmd(stderr), clientCmd(stdout, stderr), versionCmd(stdout))
@@ -79,13 +137,13 @@ func runCmd(stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run --controller-id N",
 		Short: "Run the daemon: watch the controller config and drive the Dqlite node",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := controllerconf.ValidateAgentID(controllerID); err != nil {
-				return fmt.Errorf("invalid --controller-id: %w", err)
+				return usagef("invalid --controller-id: %w", err)
 			}
 			if port <= 0 || port > 65535 {
-				return fmt.Errorf("invalid --port %d", port)
+				return usagef("invalid --port %d", port)
 			}
 			if configPath == "" {
 				configPath = controllerconf.Path(controllerconf.DefaultAgentsDir, controllerID)
@@ -101,7 +159,7 @@ func runCmd(stderr io.Writer) *cobra.Command {
 			o.ControllerID, o.ConfigPath, o.DataDir, o.Port, o.Log, o.DqliteDebug = controllerID, configPath, dataDir, port, log, verbose
 			o.TLSDir = tlsDir
 			if err := o.Validate(); err != nil {
-				return fmt.Errorf("invalid options: %w", err)
+				return usagef("invalid options: %w", err)
 			}
 			return run(log, o)
 		},
@@ -169,7 +227,7 @@ func statusCmd(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show this node's state, role, leader and members",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -192,7 +250,7 @@ func statusCmd(stdout io.Writer) *cobra.Command {
 			case "table":
 				return printStatusTable(stdout, st)
 			}
-			return fmt.Errorf("unknown format %q (want json, yaml or table)", format)
+			return usagef("unknown format %q (want json, yaml or table)", format)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "data dir of the daemon to ask")
@@ -293,14 +351,18 @@ func sqlCmd(stdout io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "sql STATEMENT",
 		Short: "Run one statement on the controller database",
-		Args:  cobra.ExactArgs(1),
+		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if format != "json" && format != "table" {
-				return fmt.Errorf("unknown format %q (want json or table)", format)
+				return usagef("unknown format %q (want json or table)", format)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			res, err := control.NewClient(dataDir).SQL(ctx, args[0])
+			if errors.Is(err, control.ErrOutcomeUnknown) {
+				detail := strings.TrimPrefix(err.Error(), control.ErrOutcomeUnknown.Error()+": ")
+				return fmt.Errorf("%w: the statement may or may not have been applied; read the database before retrying it (%s)", control.ErrOutcomeUnknown, detail)
+			}
 			if err != nil {
 				return notRunning(err, dataDir)
 			}
@@ -356,7 +418,7 @@ func versionCmd(stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print controllerd's version",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := fmt.Fprintln(stdout, Version)
 			return err

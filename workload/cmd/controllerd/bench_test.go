@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,6 +39,18 @@ func median(xs []float64) float64 {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// reportSpread reports the median of xs as name-unit and its spread as
+// name-min-unit and name-max-unit (make bench prints them as one row).
+func reportSpread(b *testing.B, xs []float64, name, unit string) {
+	b.Helper()
+	if len(xs) == 0 {
+		return
+	}
+	b.ReportMetric(median(xs), name+"-"+unit)
+	b.ReportMetric(slices.Min(xs), name+"-min-"+unit)
+	b.ReportMetric(slices.Max(xs), name+"-max-"+unit)
+}
 
 // waitLine waits for a log line containing s written after t.
 func waitLine(b *testing.B, d *daemon, t time.Time, s string) time.Time {
@@ -73,7 +86,7 @@ func BenchmarkConfigChangeToAction(b *testing.B) {
 			c.writeConfig(cfg, "1")
 			decisions = append(decisions, ms(waitLine(b, c.node("1"), at, "msg=decision").Sub(at)))
 		}
-		b.ReportMetric(median(decisions), "decision-ms")
+		reportSpread(b, decisions, "decision", "ms")
 		c.stop("1")
 
 		c2 := newCluster(b)
@@ -101,7 +114,7 @@ func BenchmarkConfigChangeToAction(b *testing.B) {
 			c2.waitRoles(leader, 3, 3, 0)
 			c2.waitState(victim, "running")
 		}
-		b.ReportMetric(median(removals), "removal-ms")
+		reportSpread(b, removals, "removal", "ms")
 	}
 }
 
@@ -131,7 +144,7 @@ func BenchmarkAddNodeToVoter(b *testing.B) {
 				c.stop(id)
 			}
 		}
-		b.ReportMetric(median(runs), "add-to-voter-ms")
+		reportSpread(b, runs, "add-to-voter", "ms")
 	}
 }
 
@@ -168,7 +181,7 @@ func BenchmarkLeaderKillToWritable(b *testing.B) {
 			c.waitState(leader, "running")
 			c.waitRoles(survivor, 3, 3, 0)
 		}
-		b.ReportMetric(median(runs), "kill-to-write-ms")
+		reportSpread(b, runs, "kill-to-write", "ms")
 	}
 }
 
@@ -206,7 +219,7 @@ func BenchmarkReconfigureToWritable(b *testing.B) {
 			runs = append(runs, ms(time.Since(at)))
 			c.stop("0")
 		}
-		b.ReportMetric(median(runs), "reconfigure-to-write-ms")
+		reportSpread(b, runs, "reconfigure-to-write", "ms")
 	}
 }
 
@@ -260,6 +273,55 @@ func insertTx(b *testing.B, db *sql.DB, table string, from, to int) {
 	}
 }
 
+// insertBatches writes rows [from, to) in explicit transactions of batch
+// rows each (one multi-row INSERT per transaction).
+func insertBatches(b *testing.B, db *sql.DB, table string, from, to, batch int) {
+	b.Helper()
+	payload := strings.Repeat("x", 100)
+	for i := from; i < to; i += batch {
+		n := min(batch, to-i)
+		args := make([]any, 0, 2*n)
+		for j := i; j < i+n; j++ {
+			args = append(args, j, payload)
+		}
+		stmt := "INSERT INTO " + table + " (id, v) VALUES " + strings.TrimSuffix(strings.Repeat("(?, ?), ", n), ", ") + " ON CONFLICT DO NOTHING"
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, stmt, args...)
+			return err
+		})
+		cancel()
+		if err != nil {
+			b.Fatalf("insert batch at %d: %v", i, err)
+		}
+	}
+}
+
+// BenchmarkWriteThroughputBatches measures 100-row transactions (one
+// multi-row INSERT each, 100-byte rows) on 1 and 3 nodes, in rows/s.
+func BenchmarkWriteThroughputBatches(b *testing.B) {
+	for _, n := range []int{1, 3} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				c := newCluster(b)
+				c.form(n)
+				db := openDirect(b, c, n)
+				if _, err := db.Exec("CREATE TABLE wb (id INTEGER PRIMARY KEY, v TEXT)"); err != nil {
+					b.Fatal(err)
+				}
+				const rows = 10000
+				var rates []float64
+				for r := 0; r < 3; r++ {
+					at := time.Now()
+					insertBatches(b, db, "wb", r*rows, (r+1)*rows, 100)
+					rates = append(rates, rows/time.Since(at).Seconds())
+				}
+				reportSpread(b, rates, "rows", "per-s")
+			}
+		})
+	}
+}
+
 // BenchmarkWriteThroughput measures sequential single-row transactions
 // (100-byte rows) on 1 and 3 nodes.
 func BenchmarkWriteThroughput(b *testing.B) {
@@ -279,7 +341,7 @@ func BenchmarkWriteThroughput(b *testing.B) {
 					insertTx(b, db, "w", r*rows, (r+1)*rows)
 					rates = append(rates, rows/time.Since(at).Seconds())
 				}
-				b.ReportMetric(median(rates), "tx/s")
+				reportSpread(b, rates, "tx", "per-s")
 			}
 		})
 	}
@@ -302,8 +364,9 @@ func rssMB(b *testing.B, pid int) float64 {
 	return 0
 }
 
-// BenchmarkRSS reports a single node's resident memory when idle and after
-// 10,000 small writes (the snapshot parameters bound the second figure).
+// BenchmarkRSS reports a single node's resident memory when idle, after
+// 10,000 small single-row transactions and after 100,000 rows (the
+// snapshot parameters bound the last two figures).
 func BenchmarkRSS(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		c := newCluster(b)
@@ -318,6 +381,11 @@ func BenchmarkRSS(b *testing.B) {
 		insertTx(b, db, "m", 0, 10000)
 		time.Sleep(2 * time.Second)
 		b.ReportMetric(rssMB(b, pid), "after-10k-writes-MB")
+		// 100,000 rows: the next 90,000 in 100-row transactions (as many
+		// single-row ones would take minutes here).
+		insertBatches(b, db, "m", 10000, 100000, 100)
+		time.Sleep(2 * time.Second)
+		b.ReportMetric(rssMB(b, pid), "after-100k-writes-MB")
 	}
 }
 
@@ -368,8 +436,8 @@ func BenchmarkLeaseHolderFailover(b *testing.B) {
 			c.waitState(holder, "running")
 			c.waitRoles(holder, 3, 3, 0)
 		}
-		b.ReportMetric(median(kills), "kill9-to-new-holder-ms")
-		b.ReportMetric(median(terms), "sigterm-to-new-holder-ms")
+		reportSpread(b, kills, "kill9-to-new-holder", "ms")
+		reportSpread(b, terms, "sigterm-to-new-holder", "ms")
 	}
 }
 

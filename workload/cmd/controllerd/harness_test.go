@@ -405,11 +405,12 @@ func (c *cluster) form(n int) {
 	for _, id := range ids {
 		c.start(id)
 	}
-	voters := min(n, 3)
+	voters, standbys := min(n, 3), min(max(n-3, 0), 3)
 	if n == 2 {
-		voters = 1
+		// One voter and one stand-by (go-dqlite would leave a spare).
+		voters, standbys = 1, 1
 	}
-	c.waitRoles("0", n, voters, min(max(n-3, 0), 3))
+	c.waitRoles("0", n, voters, standbys)
 	for _, id := range ids {
 		c.waitState(id, "running")
 	}

@@ -176,7 +176,7 @@ func TestNewNode_NonBootstrapNeverBootstraps(t *testing.T) {
 	// Once the bootstrap agent runs, it joins that one cluster.
 	c.writeConfig(c.config("0", "1"), "0")
 	c.start("0")
-	c.waitRoles("0", 2, 1, 0)
+	c.waitRoles("0", 2, 1, 1)
 	c.waitState("1", "running")
 	if st := c.mustStatus("1"); st.Leader == nil || st.Leader.NodeID != bootstrapNodeID {
 		t.Fatalf("joined node's leader = %+v", st.Leader)
@@ -193,8 +193,8 @@ func TestGrow_ThreeVoters(t *testing.T) {
 	c.writeConfig(c.config(ids(3)...), ids(3)...)
 	c.start("2")
 	c.waitRoles("0", 3, 3, 0)
-	// Each node learns its own promotion at its next membership check.
 	for _, id := range ids(3) {
+		// Each node learns its own role at its next pass.
 		c.waitFor("controller "+id+" to run as a voter", func() (bool, string) {
 			s, err := c.status(id)
 			if err != nil {
@@ -321,6 +321,7 @@ func TestScaleDown_ToOneReconfiguresSurvivor(t *testing.T) {
 	}
 	c.kill("1")
 	c.kill("2")
+	killed := time.Now()
 	// The charm now lists only the survivor.
 	c.writeConfig(c.config("0"), "0")
 	c.waitFor("the survivor to be the sole voter", func() (bool, string) {
@@ -335,9 +336,11 @@ func TestScaleDown_ToOneReconfiguresSurvivor(t *testing.T) {
 		t.Fatalf("committed rows after reconfiguration = %d, %v", n, err)
 	}
 	c.mustSQL("0", "INSERT INTO d VALUES (50)")
-	if _, ok := c.node("0").lineAfter(time.Time{}, "reconfiguring this node as the sole voter"); !ok {
+	at, ok := c.node("0").lineAfter(time.Time{}, "reconfiguring this node as the sole voter")
+	if !ok {
 		t.Fatalf("no reconfiguration decision logged")
 	}
+	t.Logf("forced reconfiguration decided %s after the other two voters were killed", at.Sub(killed).Round(100*time.Millisecond))
 	// cluster.yaml was fixed (go-dqlite#311) so a restart finds itself alone.
 	if err := c.stop("0"); err != nil {
 		t.Fatal(err)
@@ -362,7 +365,7 @@ func TestRemovedNode_RestartOnOldDataNeverResurrects(t *testing.T) {
 	c.kill("2")
 	// While 2 is down, it is removed (its unit left).
 	c.writeConfig(c.config("0", "1"), "0", "1")
-	c.waitRoles("0", 2, 1, 0)
+	c.waitRoles("0", 2, 1, 1)
 	c.mustSQL("0", "INSERT INTO o VALUES (2)")
 	// It comes back on its old data, its own config still listing only
 	// the others: it must find out it was removed and wipe, not serve.
@@ -475,7 +478,7 @@ func TestConfig_ConcurrentRewritesConverge(t *testing.T) {
 	}
 	c.writeConfig(c.config("0", "1"), "0", "1")
 	c.waitState("1", "running")
-	c.waitRoles("0", 2, 1, 0)
+	c.waitRoles("0", 2, 1, 1)
 	if st := c.mustStatus("1"); st.ConfigError != "" {
 		t.Fatalf("config error after the final good write: %q", st.ConfigError)
 	}
@@ -577,7 +580,7 @@ func TestShrink_DepartingLeaderHandsOverAndIsRemoved(t *testing.T) {
 	if _, ok := c.node(leader).lineAfter(time.Time{}, "action=leave"); !ok {
 		t.Fatalf("the departing leader did not decide to leave")
 	}
-	c.waitRoles(keep[0], 2, 1, 0)
+	c.waitRoles(keep[0], 2, 1, 1)
 	c.writeUntilOK(keep[1], "INSERT INTO l VALUES (1) ON CONFLICT DO NOTHING")
 }
 

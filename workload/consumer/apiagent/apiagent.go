@@ -83,7 +83,10 @@ func WriteAddresses(path string, addrs []string) (changed bool, err error) {
 		if val.Decode(&old) == nil && slices.Equal(old, addrs) {
 			return false, nil
 		}
-		seq.Style = val.Style
+		// An anchor on the old list stays on the new one: an alias
+		// elsewhere in the file would otherwise point nowhere and the
+		// whole file would no longer parse.
+		seq.Style, seq.Anchor = val.Style, val.Anchor
 		*val = *seq
 	} else {
 		key = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: Key}

@@ -5,6 +5,7 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,9 +14,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -152,6 +155,29 @@ type Backend interface {
 
 type errorBody struct {
 	Error string `json:"error"`
+	// Outcome is "unknown" when the statement may or may not have been
+	// applied (its COMMIT was sent to Dqlite and no answer came back);
+	// absent when it certainly was not.
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// outcomeUnknown is errorBody.Outcome for an error of unknown outcome.
+const outcomeUnknown = "unknown"
+
+// ErrOutcomeUnknown marks an error after which a write may or may not have
+// been applied: a COMMIT whose answer the daemon did not get from Dqlite, or
+// a request the client sent whose answer it did not get (the daemon died,
+// the connection broke, the deadline passed). A caller may retry only an
+// idempotent write, or re-read to learn the outcome. A Backend wraps it
+// around such errors; the client returns it for them.
+var ErrOutcomeUnknown = errors.New("the outcome is unknown")
+
+// isOutcomeUnknown reports whether a Backend's error leaves the outcome
+// unknown. The phrase match covers the wording of workload/daemon/node's
+// failed COMMIT ("cannot commit (the outcome is unknown): ...") until it
+// wraps ErrOutcomeUnknown.
+func isOutcomeUnknown(err error) bool {
+	return errors.Is(err, ErrOutcomeUnknown) || strings.Contains(err.Error(), "(the outcome is unknown)")
 }
 
 // Serve listens on the control socket of dataDir and serves b until ctx is
@@ -184,6 +210,10 @@ func Serve(ctx context.Context, dataDir string, b Backend, log *slog.Logger) (<-
 			return
 		}
 		res, err := b.SQL(r.Context(), req.Statement)
+		if err != nil && isOutcomeUnknown(err) {
+			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error(), Outcome: outcomeUnknown})
+			return
+		}
 		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: err.Error()})
 			return
@@ -236,11 +266,20 @@ func NewClient(dataDir string) *Client {
 					var d net.Dialer
 					return d.DialContext(ctx, "unix", path)
 				},
+				// One request per connection: a request is never re-sent
+				// on another connection behind the caller's back.
+				DisableKeepAlives: true,
 			},
 		},
 	}
 }
 
+// do sends one request on a fresh connection. Only a connection that was
+// never made is a plain failure (ErrNotRunning when nothing listens); once
+// the request may have reached the daemon, a lost answer (EOF, reset,
+// deadline) is ErrOutcomeUnknown, as is the daemon's own answer that its
+// COMMIT's outcome is unknown. A GET changes nothing, so its lost answer is
+// a plain error.
 func (c *Client) do(ctx context.Context, method, route string, body any, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -248,33 +287,49 @@ func (c *Client) do(ctx context.Context, method, route string, body any, out any
 		if err != nil {
 			return err
 		}
-		rd = strings.NewReader(string(data))
+		rd = bytes.NewReader(data)
 	}
+	var connected atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true) },
+	})
 	req, err := http.NewRequestWithContext(ctx, method, "http://controllerd"+route, rd)
 	if err != nil {
 		return err
 	}
 	resp, err := c.http.Do(req)
-	if err != nil {
+	if err != nil && !connected.Load() {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 			return fmt.Errorf("%w (no daemon answers on %s)", ErrNotRunning, c.path)
 		}
-		return fmt.Errorf("cannot reach controllerd on %s: %w", c.path, err)
+		return fmt.Errorf("cannot connect to controllerd on %s: %w", c.path, err)
+	}
+	lost := func(err error) error {
+		if method == http.MethodGet {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+	}
+	if err != nil {
+		return lost(fmt.Errorf("controllerd on %s got the request but no answer came back: %w", c.path, err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return fmt.Errorf("cannot read controllerd response: %w", err)
+		return lost(fmt.Errorf("cannot read controllerd's answer: %w", err))
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e errorBody
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			if e.Outcome == outcomeUnknown {
+				return fmt.Errorf("%w: %s", ErrOutcomeUnknown, e.Error)
+			}
 			return errors.New(e.Error)
 		}
 		return fmt.Errorf("controllerd answered %s", resp.Status)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("cannot decode controllerd response: %w", err)
+		return lost(fmt.Errorf("cannot decode controllerd's answer: %w", err))
 	}
 	return nil
 }

@@ -72,6 +72,9 @@ type StartInput struct {
 	// member (it survives wiping the node dir): such a node never
 	// bootstraps again, it only rejoins.
 	WasMember bool
+	// RemovedHere is true when this data dir's node was removed at the
+	// address the config gives it now, under the same config.
+	RemovedHere bool
 }
 
 // StartDecision is the outcome of Start.
@@ -112,6 +115,11 @@ func Start(in StartInput) StartDecision {
 		return StartDecision{Action: Wait, Reason: "address for this Dqlite node to bind to not found in config"}
 	}
 	own := JoinHostPort(host, in.Port)
+	if in.RemovedHere {
+		// The charm freezes a departing unit's config, which still lists
+		// it: rejoining on it would bring a removed unit back for ever.
+		return StartDecision{Action: Wait, Reason: fmt.Sprintf("removed from the cluster at %s and the config has not changed since: not rejoining at the same address (a departing unit's config still lists it; a changed config lets it join as a new node)", own)}
+	}
 	if in.Config.BootstrapAgentID == in.ControllerID && !in.WasMember {
 		return StartDecision{Action: Bootstrap, Address: own,
 			Reason: "this controller is the bootstrap agent and its data dir is empty"}
@@ -372,58 +380,6 @@ func onlineWord(b bool) string {
 		return "online"
 	}
 	return "offline"
-}
-
-// RecoverInput is what a node that cannot reach a leader knows.
-type RecoverInput struct {
-	ControllerID string
-	Config       *controllerconf.Config
-	// HasData is true when the node has a data dir with committed state.
-	HasData bool
-	// Fresh is true for a node started by bootstrap or join in this process
-	// that never became ready: it has nothing to recover.
-	Fresh bool
-	// NoLeaderFor is how long no leader has been reachable.
-	NoLeaderFor time.Duration
-	// Confirm is how long that must last before acting.
-	Confirm time.Duration
-	// LastRole is this node's role as last recorded in its cluster.yaml.
-	LastRole Role
-	// KnownMembers is how many nodes the node's cluster.yaml lists.
-	KnownMembers int
-}
-
-// RecoverDecision is the outcome of Recover.
-type RecoverDecision struct {
-	Recover bool
-	Reason  string
-}
-
-// Recover decides whether a node without a reachable leader should make
-// itself the sole voter of its cluster (Juju's back-stop, after seconds
-// instead of a minute). It does so only when the config lists this
-// controller alone, the leader has been unreachable for the confirmation
-// period, and the node holds replicated data: a spare is not replicated to,
-// so promoting it would silently lose every committed write.
-func Recover(in RecoverInput) RecoverDecision {
-	if !in.HasData || in.Fresh {
-		return RecoverDecision{Reason: "nothing to recover: the node has no committed data"}
-	}
-	ids := in.Config.AgentIDs()
-	if len(ids) != 1 || ids[0] != in.ControllerID {
-		return RecoverDecision{Reason: "no leader reachable; waiting for quorum (config does not list this controller alone)"}
-	}
-	if in.KnownMembers <= 1 {
-		return RecoverDecision{Reason: "no leader reachable although this node is the only member; waiting for it to elect itself"}
-	}
-	if in.NoLeaderFor < in.Confirm {
-		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable and config lists only this controller; confirming for %s before reconfiguring", in.Confirm)}
-	}
-	if in.LastRole == Spare {
-		return RecoverDecision{Reason: "quorum lost and config lists only this controller, but this node was a spare and holds no replicated data: refusing to reconfigure it as the sole voter"}
-	}
-	return RecoverDecision{Recover: true,
-		Reason: fmt.Sprintf("config lists only this controller and no leader was reachable for %s: reconfiguring this node as the sole voter", in.NoLeaderFor.Round(time.Millisecond))}
 }
 
 // JoinHostPort joins a host and a port.

@@ -239,55 +239,6 @@ func TestRemoval(t *testing.T) {
 	}
 }
 
-func TestRecover(t *testing.T) {
-	only0 := conf("0", "0", "10.0.0.1")
-	tests := []struct {
-		summary string
-		in      decide.RecoverInput
-		recover bool
-		reason  string
-	}{{
-		summary: "config lists only self, no leader for long enough: recover",
-		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: 4 * time.Second, Confirm: 3 * time.Second, KnownMembers: 3},
-		recover: true,
-	}, {
-		summary: "still confirming",
-		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: time.Second, Confirm: 3 * time.Second, KnownMembers: 3},
-		reason:  "confirming",
-	}, {
-		summary: "config lists others: wait for quorum",
-		in:      decide.RecoverInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 3},
-		reason:  "waiting for quorum",
-	}, {
-		summary: "config lists another controller alone: wait",
-		in:      decide.RecoverInput{ControllerID: "0", Config: conf("1", "1", "10.0.0.2"), HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 3},
-		reason:  "waiting for quorum",
-	}, {
-		summary: "a spare holds no replicated data: refuse",
-		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, LastRole: decide.Spare, KnownMembers: 2},
-		reason:  "spare",
-	}, {
-		summary: "a fresh joiner has nothing to recover",
-		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, Fresh: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 2},
-		reason:  "nothing to recover",
-	}, {
-		summary: "already the only member: nothing to reconfigure",
-		in:      decide.RecoverInput{ControllerID: "0", Config: only0, HasData: true, NoLeaderFor: time.Minute, Confirm: 3 * time.Second, KnownMembers: 1},
-		reason:  "only member",
-	}}
-	for _, tt := range tests {
-		t.Run(tt.summary, func(t *testing.T) {
-			got := decide.Recover(tt.in)
-			if got.Recover != tt.recover {
-				t.Fatalf("recover = %v (%s), want %v", got.Recover, got.Reason, tt.recover)
-			}
-			if !strings.Contains(got.Reason, tt.reason) {
-				t.Errorf("reason = %q, want it to mention %q", got.Reason, tt.reason)
-			}
-		})
-	}
-}
-
 func TestMove(t *testing.T) {
 	moved := conf("0", "0", "10.0.0.1", "1", "10.1.0.2", "2", "10.0.0.3")
 	three := []decide.Member{

@@ -14,101 +14,95 @@ import (
 	"sync"
 	"time"
 
-	dqlite "github.com/canonical/go-dqlite"
 	"github.com/canonical/go-dqlite/app"
 	"github.com/canonical/go-dqlite/client"
 
 	"github.com/juju/dqlite-controller/controllerconf"
-	"github.com/juju/dqlite-controller/workload/controlplane/apiaddr"
-	"github.com/juju/dqlite-controller/workload/controlplane/lease"
-	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"github.com/juju/dqlite-controller/workload/daemon/decide"
 	"github.com/juju/dqlite-controller/workload/dbtx"
 )
 
-// States reported in status.
-const (
-	StateWaiting         = "waiting"
-	StateRefused         = "refused"
-	StateBootstrapping   = "bootstrapping"
-	StateJoining         = "joining"
-	StateStarting        = "starting"
-	StateRunning         = "running"
-	StateNoQuorum        = "no-quorum"
-	StateLeaving         = "leaving"
-	StateRemoved         = "removed"
-	StateReconfiguring   = "reconfiguring"
-	StateRebinding       = "rebinding"
-	StateAddressMismatch = "address-mismatch"
-	StateMoving          = "moving"
-	StateError           = "error"
-	StateStopping        = "stopping"
-)
-
-// Daemon owns one Dqlite node. Run's loop is the only writer of the fields
-// above mu; the control socket reads the published status and the database
-// handle under mu.
+// Daemon owns one Dqlite node. Run's loop is the only writer of its fields
+// (and of its run's); the control socket and the HTTP API read the
+// published status and the database handle under mu.
 type Daemon struct {
 	o       Options
 	log     *slog.Logger
 	nodeDir string
+	engine  Engine
+	plane   controlPlane
 
-	cfg         *controllerconf.Config
-	configErr   string
-	everListed  map[string]bool
-	app         *app.App
-	peers       *peerStore // how the daemon reaches the running node's cluster
-	fresh       bool       // started by bootstrap/join in this process, never member
-	ready       bool
-	member      bool
-	role        string
-	leader      *client.NodeInfo
-	members     []client.NodeInfo
-	state       string
-	message     string
-	registered  string
-	noLeader    time.Time // zero while a leader is reachable
-	leaderSeen  time.Time // last successful observation (or node start)
-	candidates  map[uint64]time.Time
-	decided     map[string]bool // decisions of this pass
-	prevDecided map[string]bool // decisions of the previous pass
-	removed     bool
+	cfg        *controllerconf.Config
+	configErr  string
+	everListed map[string]bool
+	state      State
+	message    string
+	// run is everything from one Engine.Start to its Close; nil while no
+	// node runs.
+	run *nodeRun
+
+	// Across runs.
+	candidates  map[uint64]time.Time // removal candidates (leader) since
+	decided     map[string]bool      // decisions of this pass
+	prevDecided map[string]bool      // decisions of the previous pass
+	removed     bool                 // this process found its node removed
 	removals    int
 	rejoinAt    time.Time
 	retryAt     time.Time
-	handedOver  bool
-	joinHints   []string // addresses of the members when this node was removed
-	readyCh     chan *app.App
+	joinHints   []string        // addresses of the members when this node was removed
+	awaySince   time.Time       // first unanswered "still a member?" round before a start
+	watchCtx    context.Context // ends with Run: the address lists' watcher
+	listedAt    time.Time       // when a removed node may next ask whether the leader lists it
+	readyCh     chan Node
+	requests    chan request
 	quit        chan struct{}
-
-	// Control plane (plane.go).
-	leases      *lease.Store
-	addrs       *apiaddr.Store
-	watcher     *apiaddr.Watcher
-	watchCtx    context.Context // ends with Run; the watcher starts at the first ready
-	watching    bool
-	published   *apiaddr.Controller // last published own addresses; nil: publish
-	publishedAt time.Time
-	pruneDue    bool
-	prunedAt    time.Time
-	apiNote     string
 
 	mu     sync.RWMutex
 	db     *sql.DB
 	status control.Status
-	sing   *singularRun // written by the loop under mu
-	// baton keeps a restarted singular worker's workers from starting
-	// before the previous run's have returned.
-	baton  singular.Baton
 	gate   memberGate
 	apiErr string
 
 	tls tlsState // tls.go
 }
 
+// nodeRun is one run of the Dqlite node: from Engine.Start to Close.
+type nodeRun struct {
+	node  Node
+	fresh bool // started by bootstrap or join in this run, never a member yet
+	// readyCancel ends the goroutine waiting for Ready when the run
+	// closes before the node was ready.
+	readyCancel context.CancelFunc
+	started     bool // Ready returned
+	ready       bool // and the database is open
+	db          *sql.DB
+	member      bool
+	role        string
+	leader      *client.NodeInfo
+	members     []client.NodeInfo
+	registered  string
+	handedOver  bool
+	// listed is the config digest last published to controller_listed
+	// (leader), listedAt when.
+	listed   string
+	listedAt time.Time
+	// failingSince is the first of the failed observations in a row,
+	// failures their number (zero while a leader answers).
+	failingSince time.Time
+	failures     int
+	// leaderSeen is the last successful observation (or the start of
+	// the run): certificate refusals since then lock this node out
+	// (lockedOut).
+	leaderSeen time.Time
+}
+
 // New returns a daemon; Run starts it.
 func New(o Options) *Daemon {
+	return newDaemon(o, nil)
+}
+
+func newDaemon(o Options, engine Engine) *Daemon {
 	o.setDefaults()
 	d := &Daemon{
 		o:          o,
@@ -117,16 +111,30 @@ func New(o Options) *Daemon {
 		cfg:        &controllerconf.Config{DBBindAddresses: map[string]string{}},
 		everListed: map[string]bool{},
 		candidates: map[uint64]time.Time{},
-		readyCh:    make(chan *app.App, 4),
+		readyCh:    make(chan Node, 4),
+		requests:   make(chan request),
 		quit:       make(chan struct{}),
 		state:      StateWaiting,
 		gate:       memberGate{changed: make(chan struct{})},
+		engine:     engine,
 	}
-	d.leases = lease.NewFrom(d.dbSource)
-	d.addrs = apiaddr.NewStoreFrom(d.dbSource)
-	d.watcher = apiaddr.NewWatcher(d.addrs, o.AddressPoll, o.Log.With("component", "api-addresses"))
+	if d.engine == nil {
+		d.engine = goDqlite{d: d}
+	}
+	d.plane = newPlane(o, d.dbSource)
 	d.publish()
 	return d
+}
+
+// dbSource gives the current database handle to the control-plane stores:
+// the handle changes when the node restarts or rejoins.
+func (d *Daemon) dbSource() (*sql.DB, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.db == nil {
+		return nil, fmt.Errorf("the controller database is not open: this node is %s", d.status.State)
+	}
+	return d.db, nil
 }
 
 // Run drives the node until ctx is done, then hands over (bounded) and
@@ -152,17 +160,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for {
 		d.reconcile(ctx)
 		if ctx.Err() == nil {
-			d.syncSingular()
+			d.syncPlane()
 		}
 		d.publish()
 		select {
 		case <-ctx.Done():
-			d.shutdown()
+			d.becomeStopping()
 			return nil
 		case <-d.o.Changes:
 			d.readConfig()
-		case a := <-d.readyCh:
-			d.onReady(a)
+		case n := <-d.readyCh:
+			d.onReady(n)
+		case req := <-d.requests:
+			req.done <- req.do(ctx)
 		case <-tick.C:
 		}
 	}
@@ -190,7 +200,7 @@ func (d *Daemon) readConfig() {
 		return
 	}
 	d.cfg = c
-	d.pruneDue = true
+	d.plane.configChanged()
 	for id := range c.DBBindAddresses {
 		d.everListed[id] = true
 	}
@@ -208,7 +218,7 @@ func (d *Daemon) decision(action, reason string, attrs ...any) {
 	d.log.Info("decision", append([]any{"action", action, "reason", reason}, attrs...)...)
 }
 
-func (d *Daemon) setState(state, message string) {
+func (d *Daemon) setState(state State, message string) {
 	d.state, d.message = state, message
 }
 
@@ -217,7 +227,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		return
 	}
 	d.prevDecided, d.decided = d.decided, map[string]bool{}
-	if d.app == nil {
+	if d.run == nil {
 		d.reconcileStopped(ctx)
 		return
 	}
@@ -232,9 +242,20 @@ func (d *Daemon) ownAddress() (string, bool) {
 	return decide.JoinHostPort(host, d.o.Port), true
 }
 
+// reconcileStopped decides what a stopped node does: wait, bootstrap,
+// join, start on its data, or rebind.
 func (d *Daemon) reconcileStopped(ctx context.Context) {
 	now := time.Now()
 	if now.Before(d.retryAt) {
+		return
+	}
+	// Every dial below (asking the members, joining) is over TLS: without
+	// this node's certificate no peer can be asked, and no answer must not
+	// read as "nobody knows".
+	if err := d.tlsReady(); err != nil {
+		d.decision("wait", err.Error())
+		d.setState(StateWaiting, err.Error())
+		d.retryAt = now.Add(time.Second)
 		return
 	}
 	info, hasData, err := readInfo(d.nodeDir)
@@ -246,7 +267,7 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 	}
 	store, _ := readStore(d.nodeDir)
 	sole := len(store) == 1 && store[0].ID == info.ID
-	dec := decide.Start(decide.StartInput{
+	in := decide.StartInput{
 		ControllerID:  d.o.ControllerID,
 		Config:        d.cfg,
 		Port:          d.o.Port,
@@ -254,12 +275,16 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 		StoredAddress: info.Address,
 		SoleMember:    sole,
 		WasMember:     fileExists(filepath.Join(d.o.DataDir, markerName)),
-	})
+	}
+	if own, ok := d.ownAddress(); ok && !hasData {
+		in.RemovedHere = d.removedAt(own) && !d.wantedByLeader(ctx)
+	}
+	dec := decide.Start(in)
 	switch dec.Action {
 	case decide.Wait, decide.Refuse:
 		d.decision(dec.Action.String(), dec.Reason)
 		switch {
-		case d.removed:
+		case d.removed || in.RemovedHere:
 			d.setState(StateRemoved, "this node was removed from the cluster and its data dir wiped; "+dec.Reason)
 		case dec.Action == decide.Refuse:
 			d.setState(StateRefused, dec.Reason)
@@ -267,100 +292,147 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 			d.setState(StateWaiting, dec.Reason)
 		}
 	case decide.Bootstrap:
-		d.decision(dec.Action.String(), dec.Reason, "address", dec.Address)
-		if err := d.markMember(); err != nil {
-			d.failStart(err)
-			return
-		}
-		d.setState(StateBootstrapping, "bootstrapping a new cluster at "+dec.Address)
-		d.start(true, app.WithAddress(dec.Address))
+		d.bootstrapOrJoin(ctx, dec)
 	case decide.Join:
 		if d.removed && now.Before(d.rejoinAt) {
 			d.decision("wait", "removed from the cluster; rejoining as a new node after a back-off")
 			d.setState(StateRemoved, fmt.Sprintf("this node was removed from the cluster and its data dir wiped; rejoining as a new node in %s", time.Until(d.rejoinAt).Round(100*time.Millisecond)))
 			return
 		}
-		peers := dec.Peers
-		for _, h := range d.joinHints {
-			// The old members' addresses help when the peers moved too
-			// and do not serve at their new addresses yet.
-			if h != dec.Address && !slices.Contains(peers, h) {
-				peers = append(peers, h)
-			}
-		}
-		d.decision(dec.Action.String(), dec.Reason, "address", dec.Address, "peers", peers)
-		d.setState(StateJoining, fmt.Sprintf("joining the cluster through %v", peers))
-		d.start(true, app.WithAddress(dec.Address), app.WithCluster(peers))
+		d.becomeJoining(ctx, dec.Address, dec.Peers, dec.Reason)
 	case decide.StartExisting:
-		if leader, gone := d.removedWhileAway(ctx, info, store); gone {
-			d.handleRemoved(fmt.Sprintf("node %d is not a member of the cluster led by %s (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, leader))
-			return
-		}
-		d.decision(dec.Action.String(), dec.Reason, "node-id", strconv.FormatUint(info.ID, 10), "address", info.Address)
-		d.setState(StateStarting, dec.Reason)
-		// A node whose join never completed is still joining, not a
-		// member that was removed.
-		d.start(fileExists(filepath.Join(d.nodeDir, "join")), app.WithAddress(info.Address))
+		d.startExisting(ctx, info, store, dec)
 	case decide.Rebind:
 		d.decision(dec.Action.String(), dec.Reason)
-		d.rebind(info, dec.Address)
+		d.becomeRebinding(info, dec.Address)
 	}
 }
 
-// removedWhileAway asks the peers an existing node knows of (cluster.yaml
-// and the config) whether it is still a member, before the node starts: a
-// node removed while it was down must not rejoin Raft with its old
-// configuration (it could help old members outvote a reconfigured one).
-func (d *Daemon) removedWhileAway(ctx context.Context, info client.NodeInfo, store []client.NodeInfo) (string, bool) {
-	seen := map[string]bool{info.Address: true}
-	var nodes []client.NodeInfo
-	for _, n := range store {
-		if !seen[n.Address] {
-			seen[n.Address] = true
-			nodes = append(nodes, client.NodeInfo{Address: n.Address})
+// bootstrapOrJoin runs when decide.Start says bootstrap: the config names
+// this controller the bootstrap agent and its data dir never belonged to a
+// cluster. That marker lives in the data dir, so a wiped or replaced disk
+// loses it: before bootstrapping, the listed peers are asked directly.
+// If any of them is or knows a cluster, this node joins it instead; if one
+// accepts a connection but does not answer (paused, overloaded), the node
+// waits rather than risk a second cluster.
+func (d *Daemon) bootstrapOrJoin(ctx context.Context, dec decide.StartDecision) {
+	var peers []string
+	for id, host := range d.cfg.DBBindAddresses {
+		if id != d.o.ControllerID {
+			peers = append(peers, decide.JoinHostPort(host, d.o.Port))
 		}
 	}
-	// Only when cluster.yaml names nobody else, ask the configured peers:
-	// they are the cluster this node was told to be part of.
-	if len(nodes) == 0 {
-		for id, host := range d.cfg.DBBindAddresses {
-			addr := decide.JoinHostPort(host, d.o.Port)
-			if id != d.o.ControllerID && !seen[addr] {
-				seen[addr] = true
-				nodes = append(nodes, client.NodeInfo{Address: addr})
+	slices.Sort(peers)
+	answers := d.askAll(ctx, peers)
+	var silent []string
+	for _, a := range answers {
+		if a.Leader.ID != 0 || len(a.Members) > 0 {
+			d.becomeJoining(ctx, dec.Address, peers, fmt.Sprintf("this controller is the bootstrap agent, but listed peer %s is a member of a cluster (leader %q): joining it instead of bootstrapping a second one", a.Address, a.Leader.Address))
+			return
+		}
+		if a.Accepted && !a.Answered {
+			silent = append(silent, a.Address)
+		}
+	}
+	if len(silent) > 0 {
+		reason := fmt.Sprintf("this controller is the bootstrap agent, but listed peer(s) %v accept connections without answering: not bootstrapping while they may hold a cluster", silent)
+		d.decision("wait", reason)
+		d.setState(StateWaiting, reason)
+		return
+	}
+	d.becomeBootstrapping(dec.Address, dec.Reason)
+}
+
+// askAll asks every address at once (each bounded by askNode's deadline).
+func (d *Daemon) askAll(ctx context.Context, addresses []string) []Answer {
+	out := make([]Answer, len(addresses))
+	var wg sync.WaitGroup
+	for i, a := range addresses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = d.engine.Ask(ctx, a)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// becomeBootstrapping starts a new single-node cluster. Safe because the
+// config names exactly one bootstrap agent (the charm writes it once,
+// README "Exactly one bootstrap"), this data dir never belonged to a
+// cluster (the was-member marker) and no listed peer is or knows a
+// cluster (bootstrapOrJoin).
+func (d *Daemon) becomeBootstrapping(address, reason string) {
+	d.decision("bootstrap", reason, "address", address)
+	if err := d.markMember(); err != nil {
+		d.failStart(err)
+		return
+	}
+	d.setState(StateBootstrapping, "bootstrapping a new cluster at "+address)
+	d.startRun(true, address, nil)
+}
+
+// becomeJoining starts a brand new node (new id) that joins through peers.
+// Safe because a new node joins as a spare and only the leader's Raft
+// configuration change makes it a member. A member still registered at
+// this very address (the node of a wiped data dir, or of a dead machine
+// whose address this one now has) is removed first: see removeFormerNode.
+func (d *Daemon) becomeJoining(ctx context.Context, address string, peers []string, reason string) {
+	for _, h := range d.joinHints {
+		// The old members' addresses help when the peers moved too
+		// and do not serve at their new addresses yet.
+		if h != address && !slices.Contains(peers, h) {
+			peers = append(peers, h)
+		}
+	}
+	if !d.removeFormerNode(ctx, address, peers) {
+		return
+	}
+	d.decision("join", reason, "address", address, "peers", peers)
+	d.setState(StateJoining, fmt.Sprintf("joining the cluster through %v", peers))
+	d.startRun(true, address, peers)
+}
+
+// startExisting starts the node on its data dir, unless a leader says it
+// was removed while it was down (then it wipes), or nobody could say yet.
+func (d *Daemon) startExisting(ctx context.Context, info client.NodeInfo, store []client.NodeInfo, dec decide.StartDecision) {
+	verdict, reason := d.stillMember(ctx, info, store)
+	switch verdict {
+	case removedVerdict:
+		d.awaySince = time.Time{}
+		d.becomeRemoved(info.Address, reason)
+		return
+	case unknownVerdict:
+		if d.awaySince.IsZero() {
+			d.awaySince = time.Now()
+		}
+		waited := time.Since(d.awaySince)
+		_, listed := d.cfg.DBBindAddresses[d.o.ControllerID]
+		if !listed || waited < d.o.AwayWindow {
+			why := fmt.Sprintf("%s; asking again before starting on this data dir (%s of %s)", reason, waited.Round(100*time.Millisecond), d.o.AwayWindow)
+			if !listed {
+				why = reason + "; this controller is not in the config: not starting on this data dir until a member answers"
 			}
+			d.decision("wait", why)
+			d.setState(StateWaiting, why)
+			return
 		}
+		dec.Reason += fmt.Sprintf(" (no member answered for %s and the config lists this controller: the whole cluster may be restarting)", waited.Round(100*time.Millisecond))
 	}
-	if len(nodes) == 0 {
-		return "", false
-	}
-	probe := client.NewInmemNodeStore()
-	probe.Set(ctx, nodes)
-	asked := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	cli, err := d.findLeader(ctx, probe)
-	if err != nil {
-		if by, out := d.lockedOut(asked); out {
-			return "peers that refuse this node (" + by + ")", true
-		}
-		return "", false
-	}
-	defer cli.Close()
-	leader, err := cli.Leader(ctx)
-	if err != nil || leader == nil {
-		return "", false
-	}
-	members, err := cli.Cluster(ctx)
-	if err != nil || len(members) == 0 {
-		return "", false
-	}
-	for _, m := range members {
-		if m.ID == info.ID {
-			return "", false
-		}
-	}
-	return leader.Address, true
+	d.awaySince = time.Time{}
+	d.becomeStarting(info, dec)
+}
+
+// becomeStarting starts the node on its data dir. Safe because the node
+// is, as far as any member could tell, still in the Raft configuration
+// (stillMember): a leader that no longer lists it would have made it wipe.
+func (d *Daemon) becomeStarting(info client.NodeInfo, dec decide.StartDecision) {
+	d.decision(dec.Action.String(), dec.Reason, "node-id", strconv.FormatUint(info.ID, 10), "address", info.Address)
+	d.setState(StateStarting, dec.Reason)
+	// A node whose join never completed is still joining, not a member
+	// that was removed.
+	d.startRun(fileExists(filepath.Join(d.nodeDir, "join")), info.Address, nil)
 }
 
 func (d *Daemon) appOptions() []app.Option {
@@ -390,34 +462,33 @@ func (d *Daemon) dqliteLog(l client.LogLevel, format string, a ...interface{}) {
 	}
 }
 
-func (d *Daemon) start(fresh bool, opts ...app.Option) {
-	if err := os.MkdirAll(d.nodeDir, 0o700); err != nil {
-		d.failStart(fmt.Errorf("cannot create node dir: %w", err))
-		return
-	}
-	tlsOpts, err := d.tlsOptions()
-	if err != nil {
+// startRun starts a node and a run around it.
+func (d *Daemon) startRun(fresh bool, address string, join []string) {
+	n, err := d.engine.Start(d.nodeDir, address, join)
+	if errors.Is(err, errNoTLSMaterial) {
 		d.decision("wait", err.Error())
 		d.setState(StateWaiting, err.Error())
 		d.retryAt = time.Now().Add(time.Second)
 		return
 	}
-	a, err := app.New(d.nodeDir, append(append(d.appOptions(), opts...), tlsOpts...)...)
 	if err != nil {
-		d.failStart(fmt.Errorf("cannot start Dqlite node: %w", err))
+		d.failStart(err)
 		return
 	}
-	d.app, d.fresh, d.ready, d.member, d.handedOver = a, fresh, false, false, false
-	d.peers = newPeerStore(a.Address(), d.nodeDir)
-	d.noLeader, d.leaderSeen = time.Time{}, time.Now()
-	d.log.Info("Dqlite node started", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
+	ctx, cancel := context.WithCancel(context.Background())
+	d.run = &nodeRun{node: n, fresh: fresh, readyCancel: cancel, leaderSeen: time.Now()}
+	d.log.Info("Dqlite node started", "node-id", strconv.FormatUint(n.ID(), 10), "address", n.Address())
 	go func() {
-		// Ready returns when the node is ready or closed; the loop
-		// ignores a node it has closed in the meantime.
-		a.Ready(context.Background())
+		// Ready returns when the node is ready or the run closed (the
+		// context ends then: go-dqlite's Ready does not watch Close);
+		// the loop ignores a node of a run it has closed.
+		if n.Ready(ctx) != nil {
+			return
+		}
 		select {
-		case d.readyCh <- a:
+		case d.readyCh <- n:
 		case <-d.quit:
+		case <-ctx.Done():
 		}
 	}()
 }
@@ -428,28 +499,31 @@ func (d *Daemon) failStart(err error) {
 	d.retryAt = time.Now().Add(2 * time.Second)
 }
 
-func (d *Daemon) onReady(a *app.App) {
-	if a != d.app || d.ready {
+func (d *Daemon) onReady(n Node) {
+	r := d.run
+	if r == nil || r.node != n || r.started {
 		return
 	}
-	db, err := d.openDB(d.peers)
+	r.started = true
+	d.log.Info("Dqlite node ready", "node-id", strconv.FormatUint(n.ID(), 10), "address", n.Address())
+	d.openRunDB()
+}
+
+// openRunDB opens the run's database once its node is ready; an error is
+// retried on the next pass.
+func (d *Daemon) openRunDB() {
+	r := d.run
+	db, err := r.node.OpenDB()
 	if err != nil {
-		d.log.Error("cannot open the controller database", "err", err)
+		d.log.Error("cannot open the controller database; will retry", "err", err)
 		return
 	}
 	db.SetMaxIdleConns(dbtx.IdleConns) // what dbtx.Flush restores
-	d.ready = true
+	r.db, r.ready = db, true
 	d.mu.Lock()
 	d.db = db
 	d.mu.Unlock()
-	if !d.watching {
-		// From now on the served lists are re-read from the database for
-		// the life of the process; while it cannot be read (the node
-		// restarts, is removed) the last known ones stay.
-		d.watching = true
-		go d.watcher.Run(d.watchCtx)
-	}
-	d.log.Info("Dqlite node ready", "node-id", strconv.FormatUint(a.ID(), 10), "address", a.Address())
+	d.plane.watch(d.watchCtx)
 }
 
 // flushDB closes the database pool's idle connections, so that the next
@@ -463,276 +537,376 @@ func (d *Daemon) flushDB() {
 	}
 }
 
-// closeApp stops the node (no hand-over), after the singular worker.
-func (d *Daemon) closeApp() {
+// closeRun stops the node (no hand-over), after the control plane, and
+// ends the run.
+func (d *Daemon) closeRun() {
+	r := d.run
+	if r == nil {
+		return
+	}
 	wait := singularStopWait
-	if !d.noLeader.IsZero() {
+	if r.failures > 0 {
 		// Without a leader the revoke cannot succeed: do not delay a
 		// recovery for it (the flag drops at once either way).
 		wait = 0
 	}
-	d.stopSingular(wait, "the Dqlite node is closing")
-	d.published = nil
+	d.plane.stop(wait, "the Dqlite node is closing")
+	d.plane.closed()
 	d.mu.Lock()
-	db := d.db
 	d.db = nil
 	d.mu.Unlock()
-	if db != nil {
-		db.Close()
+	if r.db != nil {
+		r.db.Close()
 	}
-	if d.app != nil {
-		if err := d.app.Close(); err != nil {
-			d.log.Warn("cannot close Dqlite node cleanly", "err", err)
-		}
+	r.readyCancel()
+	if err := r.node.Close(); err != nil {
+		d.log.Warn("cannot close Dqlite node cleanly", "err", err)
 	}
-	d.app, d.peers, d.ready, d.member, d.leader, d.members, d.role, d.registered = nil, nil, false, false, nil, nil, "", ""
-}
-
-// observation is what the leader says about the cluster.
-type observation struct {
-	cli     *client.Client
-	leader  *client.NodeInfo
-	members []client.NodeInfo
-}
-
-func (d *Daemon) observe(ctx context.Context) (*observation, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	cli, err := d.leaderClient(ctx, d.peers)
-	if err != nil {
-		return nil, err
-	}
-	leader, err := cli.Leader(ctx)
-	if err != nil || leader == nil || leader.ID == 0 {
-		cli.Close()
-		return nil, fmt.Errorf("cannot get leader: %v", err)
-	}
-	members, err := cli.Cluster(ctx)
-	if err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("cannot list cluster members: %w", err)
-	}
-	d.peers.setMembers(members)
-	return &observation{cli: cli, leader: leader, members: members}, nil
+	d.run = nil
 }
 
 func (d *Daemon) reconcileRunning(ctx context.Context) {
-	began := time.Now()
-	obs, err := d.observe(ctx)
+	r := d.run
+	octx, cancel := context.WithTimeout(ctx, time.Second)
+	obs, err := r.node.Observe(octx)
+	cancel()
 	if err != nil {
-		d.noLeaderReachable(began, err)
+		d.noLeaderReachable(ctx, err)
 		return
 	}
-	defer obs.cli.Close()
-	if d.leader == nil || d.leader.ID != obs.leader.ID {
+	defer obs.Close()
+	if r.leader == nil || r.leader.ID != obs.Leader.ID {
 		// Pooled connections reach a former leader (or nobody): one whose
 		// machine vanished never sends a FIN, and each use would wait for
 		// its caller's whole deadline before the pool dropped it.
 		d.flushDB()
 	}
-	d.noLeader, d.leaderSeen = time.Time{}, time.Now()
-	d.leader, d.members = obs.leader, obs.members
-	selfID := d.app.ID()
+	r.failures, r.failingSince, r.leaderSeen = 0, time.Time{}, time.Now()
+	leader := obs.Leader
+	r.leader, r.members = &leader, obs.Members
+	selfID := r.node.ID()
 	var self *client.NodeInfo
-	for i := range obs.members {
-		if obs.members[i].ID == selfID {
-			self = &obs.members[i]
+	for i := range obs.Members {
+		if obs.Members[i].ID == selfID {
+			self = &obs.Members[i]
 		}
 	}
 	if self == nil {
-		if d.fresh && !d.ready {
+		if r.fresh && !r.started {
 			// A joining node is not a member until its join lands.
 			d.setState(StateJoining, "waiting for the leader to add this node")
 			return
 		}
-		d.handleRemoved(fmt.Sprintf("node %d is not in the Raft configuration of the cluster led by %s (Ready does not mean member); stopping it and wiping its data dir so it never serves stale state", selfID, obs.leader.Address))
+		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is not in the Raft configuration of the cluster led by %s (Ready does not mean member); stopping it and wiping its data dir so it never serves stale state", selfID, obs.Leader.Address))
 		return
 	}
-	d.member, d.fresh = true, false
-	if role := decide.Role(self.Role).String(); role != d.role {
+	r.member, r.fresh = true, false
+	if role := decide.Role(self.Role).String(); role != r.role {
 		// Dqlite assigns roles itself; say so when it does.
-		d.log.Info("role", "role", role, "was", d.role, "leader", obs.leader.Address)
-		d.role = role
+		d.log.Info("role", "role", role, "was", r.role, "leader", obs.Leader.Address)
+		r.role = role
 	}
 	if err := d.markMember(); err != nil {
 		d.log.Warn("cannot record membership", "err", err)
 	}
-	if !d.ready {
+	if r.started && !r.ready {
+		d.openRunDB()
+	}
+	if !r.ready {
 		d.setState(StateStarting, "member; waiting for the node to be ready")
 		return
 	}
-	if d.registered != d.app.Address() {
+	if r.registered != r.node.Address() {
 		if err := d.register(ctx); err != nil {
 			d.log.Warn("cannot register this node in controller_node; will retry", "err", err)
 		} else {
-			d.registered = d.app.Address()
+			r.registered = r.node.Address()
 			d.log.Info("registered in controller_node", "controller-id", d.o.ControllerID,
-				"node-id", strconv.FormatUint(selfID, 10), "address", d.app.Address())
+				"node-id", strconv.FormatUint(selfID, 10), "address", r.node.Address())
 		}
 	}
 	if _, listed := d.cfg.DBBindAddresses[d.o.ControllerID]; !listed && len(d.cfg.DBBindAddresses) > 0 {
-		d.leave(ctx, self)
+		d.becomeLeaving(ctx, self)
 		return
 	}
-	d.handedOver = false
-	if want, listed := d.ownAddress(); listed && want != d.app.Address() {
-		sole := len(obs.members) == 1
-		dec := decide.Start(decide.StartInput{ControllerID: d.o.ControllerID, Config: d.cfg, Port: d.o.Port,
-			HasData: true, StoredAddress: d.app.Address(), SoleMember: sole, WasMember: true})
-		if dec.Action == decide.Rebind {
-			d.decision(dec.Action.String(), dec.Reason)
-			d.rebind(client.NodeInfo{ID: selfID, Address: d.app.Address()}, dec.Address)
-			return
-		}
-		reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", d.app.Address(), want, d.app.Address(), want)
-		d.decision("move", reason)
-		d.setState(StateMoving, reason)
-		if obs.leader.ID == selfID {
-			d.stepAside(ctx, obs)
-		}
+	r.handedOver = false
+	if want, listed := d.ownAddress(); listed && want != r.node.Address() {
+		d.addressChanged(ctx, obs, want)
 		return
 	}
-	d.publishAddresses(ctx)
-	if obs.leader.ID == selfID {
-		// The member removals and the API address clean-up stay with
-		// the Dqlite leader: Raft makes it exclusive already.
-		if !d.removeDeparted(ctx, obs) {
-			d.pruneAddresses(ctx, obs)
-		}
+	d.plane.serve(ctx, d.cfg)
+	if obs.Leader.ID == selfID {
+		d.leaderPass(ctx, obs)
 	}
-	d.decision("serve", "member of the cluster", "role", d.role, "leader", obs.leader.Address)
+	d.becomeRunning(obs)
+}
+
+// leaderPass is the Dqlite leader's share of a pass: the member removals,
+// the 2-member stand-by and the API address clean-up stay with it (Raft
+// makes its membership changes exclusive already). Which controllers it
+// lists is published first, so that a member it removes can tell whether
+// it is wanted back. A leader that just lost its quorum still answers as
+// leader for a moment while its database calls block until their
+// deadlines: the first one that fails ends the pass, so that the next
+// observation comes soon.
+func (d *Daemon) leaderPass(ctx context.Context, obs *Observation) {
+	if err := d.publishListedDue(ctx); err != nil {
+		return
+	}
+	removed, err := d.removeDeparted(ctx, obs)
+	if removed || err != nil || d.keepStandBy(ctx, obs) {
+		return
+	}
+	d.plane.lead(ctx, d.cfg, obs)
+}
+
+// publishListedDue publishes controller_listed when this leader's config
+// changed since it last did, and every RepublishInterval.
+func (d *Daemon) publishListedDue(ctx context.Context) error {
+	r := d.run
+	digest := configDigest(d.cfg)
+	if r.listed == digest && time.Since(r.listedAt) < d.o.RepublishInterval {
+		return nil
+	}
+	if err := d.publishListed(ctx); err != nil {
+		d.log.Warn("cannot publish the listed controllers; will retry", "err", err)
+		return err
+	}
+	r.listed, r.listedAt = digest, time.Now()
+	return nil
+}
+
+// becomeRunning: the leader lists this node, it is ready and listed at its
+// address. Nothing changes membership here.
+func (d *Daemon) becomeRunning(obs *Observation) {
+	d.decision("serve", "member of the cluster", "role", d.run.role, "leader", obs.Leader.Address)
 	d.setState(StateRunning, d.runningMessage())
 }
 
+// addressChanged handles a member whose config gives it another address:
+// a single-member cluster rebinds in place, a member of a bigger cluster
+// waits to be removed (stepping aside first if it leads) and rejoins.
+func (d *Daemon) addressChanged(ctx context.Context, obs *Observation, want string) {
+	r := d.run
+	sole := len(obs.Members) == 1
+	dec := decide.Start(decide.StartInput{ControllerID: d.o.ControllerID, Config: d.cfg, Port: d.o.Port,
+		HasData: true, StoredAddress: r.node.Address(), SoleMember: sole, WasMember: true})
+	if dec.Action == decide.Rebind {
+		d.decision(dec.Action.String(), dec.Reason)
+		d.becomeRebinding(client.NodeInfo{ID: r.node.ID(), Address: r.node.Address()}, dec.Address)
+		return
+	}
+	// IPv6 moves like IPv4: over TLS (app.WithTLS) go-dqlite proxies the
+	// C node on an abstract Unix socket, so its address may be IPv6.
+	reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", r.node.Address(), want, r.node.Address(), want)
+	d.decision("move", reason)
+	d.setState(StateMoving, reason)
+	if obs.Leader.ID == r.node.ID() {
+		d.stepAside(ctx, obs)
+	}
+}
+
 func (d *Daemon) runningMessage() string {
-	voters := 0
-	for _, m := range d.members {
-		if m.Role == client.Voter {
+	voters, standbys := 0, 0
+	for _, m := range d.run.members {
+		switch m.Role {
+		case client.Voter:
 			voters++
+		case client.StandBy:
+			standbys++
 		}
 	}
 	switch {
-	case len(d.members) == 1:
+	case len(d.run.members) == 1:
 		return "single-node cluster: no redundancy"
+	case voters == 1 && len(d.run.members) == 2 && standbys == 1:
+		return "2-node cluster has 1 voter and 1 stand-by: no quorum without the voter until a third node joins"
 	case voters == 1:
-		return fmt.Sprintf("%d-node cluster has 1 voter: no redundancy until a third node joins", len(d.members))
+		return fmt.Sprintf("%d-node cluster has 1 voter: no redundancy until a third node joins", len(d.run.members))
 	}
-	return fmt.Sprintf("member (%s) of a %d-node cluster with %d voters", d.role, len(d.members), voters)
+	return fmt.Sprintf("member (%s) of a %d-node cluster with %d voters", d.run.role, len(d.run.members), voters)
 }
 
-// noLeaderReachable counts the time without a leader from the last
-// successful observation (a leader that lost its quorum may still answer
-// for a moment, and database calls block until their deadline meanwhile).
-func (d *Daemon) noLeaderReachable(since time.Time, err error) {
-	if by, out := d.lockedOut(d.leaderSeen); out && !d.fresh {
-		d.handleRemoved(fmt.Sprintf("node %d is locked out: the config does not list this controller and its peers (%s) refuse its certificate, so they removed it; wiping its data dir so it never serves stale state", d.app.ID(), by))
+// noLeaderReachable counts failed observations from the first one in a
+// row (not from the last good pass: one slow pass must not count as time
+// without a leader) and asks decide.Recover whether to force a new
+// configuration.
+func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
+	r := d.run
+	// Peers refusing this node's certificate while no leader answers it
+	// and its config does not list it: they removed it (lockedOut), as
+	// surely as a leader answering without it. A node never a member in
+	// this run (fresh) has nothing stale to wipe.
+	if by, out := d.lockedOut(r.leaderSeen); out && !r.fresh {
+		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is locked out: the config does not list this controller and its peers (%s) refuse its certificate, so they removed it; wiping its data dir so it never serves stale state", r.node.ID(), by))
 		return
 	}
 	now := time.Now()
-	if d.noLeader.IsZero() {
-		d.noLeader = since
+	if r.failures == 0 {
+		r.failingSince = now
 		d.log.Warn("no Dqlite leader reachable", "err", err)
 	}
-	d.leader = nil
+	r.failures++
+	r.leader = nil
 	// The members last reported by a leader are the best knowledge;
 	// cluster.yaml lags by up to the roles adjustment period.
-	known := d.members
+	known := r.members
 	if len(known) == 0 {
 		known, _ = readStore(d.nodeDir)
 	}
-	var lastRole decide.Role = decide.Voter
-	for _, n := range known {
-		if n.ID == d.app.ID() {
-			lastRole = decide.Role(n.Role)
-		}
-	}
-	dec := decide.Recover(decide.RecoverInput{
+	in := decide.RecoverInput{
 		ControllerID: d.o.ControllerID,
 		Config:       d.cfg,
+		Port:         d.o.Port,
 		HasData:      true,
-		Fresh:        d.fresh,
-		NoLeaderFor:  now.Sub(d.leaderSeen),
+		Fresh:        r.fresh,
+		SelfID:       r.node.ID(),
+		FailingFor:   now.Sub(r.failingSince),
+		Failures:     r.failures,
 		Confirm:      d.o.RecoverConfirm,
-		LastRole:     lastRole,
-		KnownMembers: len(known),
-	})
+		MinFailures:  d.o.RecoverFailures,
+	}
+	for _, n := range known {
+		in.Members = append(in.Members, decide.Member{ID: n.ID, Address: n.Address, Role: decide.Role(n.Role)})
+	}
+	dec := decide.Recover(in)
+	if dec.Probe {
+		var voters []string
+		for _, m := range in.Members {
+			if m.Role == decide.Voter && m.ID != in.SelfID {
+				voters = append(voters, m.Address)
+			}
+		}
+		answers := d.askAll(ctx, voters)
+		byAddress := map[string]Answer{}
+		for _, a := range answers {
+			byAddress[a.Address] = a
+		}
+		in.Probes = map[uint64]decide.Probe{}
+		for _, m := range in.Members {
+			if a, ok := byAddress[m.Address]; ok {
+				in.Probes[m.ID] = decide.Probe{Accepted: a.Accepted, Answered: a.Answered}
+			}
+		}
+		// A follower keeps naming a dead leader for a while (a stand-by
+		// for ever): only a leader that says so itself counts.
+		if la, ok := d.leaderView(ctx, answers); ok {
+			in.LeaderAt = la.Address
+		}
+		in.Probed = true
+		dec = decide.Recover(in)
+	}
 	if dec.Recover {
 		d.decision("reconfigure", dec.Reason)
-		d.recoverAlone()
+		d.becomeReconfiguring(dec.Nodes)
 		return
 	}
 	d.decision("wait", dec.Reason)
 	switch {
-	case d.fresh && d.state == StateBootstrapping:
-	case d.fresh:
+	case r.fresh && d.state == StateBootstrapping:
+	case r.fresh:
 		d.setState(StateJoining, "waiting for a leader to join: "+dec.Reason)
 	default:
 		d.setState(StateNoQuorum, dec.Reason)
 	}
 }
 
-// recoverAlone makes this node the sole voter of its cluster: stop it,
-// force a Raft configuration with only itself (keeping every committed
-// entry), fix cluster.yaml, and start it again.
-func (d *Daemon) recoverAlone() {
-	self := client.NodeInfo{ID: d.app.ID(), Address: d.app.Address(), Role: client.Voter}
-	d.setState(StateReconfiguring, "reconfiguring this node as the sole voter")
-	d.publish()
-	d.closeApp()
-	if err := dqlite.ReconfigureMembershipExt(d.nodeDir, []dqlite.NodeInfo{self}); err != nil {
-		d.failStart(fmt.Errorf("cannot reconfigure membership: %w", err))
-		return
-	}
-	if err := writeStore(d.nodeDir, []client.NodeInfo{self}); err != nil {
+// becomeReconfiguring forces a Raft configuration in which this node is
+// the only voter (the other listed members keep their non-voting roles):
+// stop the node, ReconfigureMembershipExt (every committed entry stays),
+// fix cluster.yaml, start it again. Safe only under decide.Recover's
+// conditions: the config dropped every other old voter and none of them
+// accepts a connection, so no old majority can come back and outvote the
+// new configuration; nodes that return later on their old data find that
+// a leader's configuration lacks them and wipe (stillMember).
+func (d *Daemon) becomeReconfiguring(members []decide.Member) {
+	if err := d.forceConfiguration("reconfiguring this node as the sole voter", members, nil); err != nil {
 		d.failStart(err)
-		return
 	}
-	d.log.Info("reconfigured this node as the sole voter; restarting it", "node-id", strconv.FormatUint(self.ID, 10))
-	d.start(false, app.WithAddress(self.Address))
 }
 
-// rebind moves a single-member cluster to a new address: the address is in
-// info.yaml, cluster.yaml and the Raft configuration, so all three change
-// while the node is stopped.
-func (d *Daemon) rebind(info client.NodeInfo, address string) {
+// forceConfiguration closes the run, calls before (a safety copy of the
+// node dir, say; its error restarts the node unchanged), forces a Raft
+// configuration with this node as the only voter plus the given other
+// members with their roles, and starts the node again. It runs on the
+// loop; the caller answers for the safety of the forced configuration
+// (decide.Recover's conditions, or an operator's explicit request).
+func (d *Daemon) forceConfiguration(message string, members []decide.Member, before func() error) error {
+	r := d.run
+	if r == nil {
+		return fmt.Errorf("cannot reconfigure: no Dqlite node runs (this node is %s)", d.state)
+	}
+	self := client.NodeInfo{ID: r.node.ID(), Address: r.node.Address(), Role: client.Voter}
+	nodes := []client.NodeInfo{self}
+	for _, m := range members {
+		if m.ID != self.ID {
+			nodes = append(nodes, client.NodeInfo{ID: m.ID, Address: m.Address, Role: client.NodeRole(m.Role)})
+		}
+	}
+	d.setState(StateReconfiguring, message)
+	d.publish()
+	d.closeRun()
+	if before != nil {
+		if err := before(); err != nil {
+			d.startRun(false, self.Address, nil)
+			return err
+		}
+	}
+	if err := d.engine.Reconfigure(d.nodeDir, nodes); err != nil {
+		d.startRun(false, self.Address, nil)
+		return err
+	}
+	d.log.Info("reconfigured this node as the sole voter; restarting it", "node-id", strconv.FormatUint(self.ID, 10), "members", len(nodes))
+	d.startRun(false, self.Address, nil)
+	return nil
+}
+
+// becomeRebinding moves a single-member cluster to a new address: the
+// address is in info.yaml, cluster.yaml and the Raft configuration, so all
+// three change while the node is stopped. Safe because the node is the
+// only member: no other node holds the old address in its configuration.
+func (d *Daemon) becomeRebinding(info client.NodeInfo, address string) {
 	d.setState(StateRebinding, fmt.Sprintf("moving this single-member cluster from %s to %s", info.Address, address))
 	d.publish()
-	if d.app != nil {
-		d.closeApp()
-	}
+	d.closeRun()
 	self := client.NodeInfo{ID: info.ID, Address: address, Role: client.Voter}
-	if err := dqlite.ReconfigureMembershipExt(d.nodeDir, []dqlite.NodeInfo{self}); err != nil {
-		d.failStart(fmt.Errorf("cannot reconfigure membership: %w", err))
+	if err := d.engine.Reconfigure(d.nodeDir, []client.NodeInfo{self}); err != nil {
+		d.failStart(err)
 		return
 	}
 	if err := writeInfo(d.nodeDir, client.NodeInfo{ID: info.ID, Address: address}); err != nil {
 		d.failStart(err)
 		return
 	}
-	if err := writeStore(d.nodeDir, []client.NodeInfo{self}); err != nil {
-		d.failStart(err)
-		return
-	}
 	d.log.Info("rebound the node; restarting it", "node-id", strconv.FormatUint(info.ID, 10), "address", address)
-	d.start(false, app.WithAddress(address))
+	d.startRun(false, address, nil)
 }
 
-// handleRemoved stops a node that is not a member any more and wipes its
-// node dir; it rejoins as a new node (new id) only while the config lists
-// it, after a back-off that grows with repeated removals.
-func (d *Daemon) handleRemoved(reason string) {
+// becomeRemoved stops a node that is not a member any more and wipes its
+// node dir. Safe because a leader's configuration lacks its id: a removed
+// node restarted on its old data could help old members outvote the
+// current configuration (dqlite.md §2c's hazard), and it can never be a
+// member again under that id. It rejoins as a new node (new id) only
+// while the config lists it, after a back-off that grows with repeated
+// removals, and never at the same address until the config changes (the
+// charm freezes a departing unit's file, which still lists it: see
+// removedAt).
+func (d *Daemon) becomeRemoved(address, reason string) {
 	d.decision("wipe", reason)
 	d.joinHints = nil
-	for _, m := range d.members {
-		if d.app == nil || m.ID != d.app.ID() {
-			d.joinHints = append(d.joinHints, m.Address)
+	if r := d.run; r != nil {
+		for _, m := range r.members {
+			if m.ID != r.node.ID() {
+				d.joinHints = append(d.joinHints, m.Address)
+			}
 		}
-	}
-	if d.app != nil {
-		d.closeApp()
+		d.closeRun()
 	}
 	if err := d.markMember(); err != nil {
 		d.log.Warn("cannot record membership", "err", err)
+	}
+	if err := d.recordRemoval(address); err != nil {
+		d.log.Warn("cannot record the removal", "err", err)
 	}
 	if err := os.RemoveAll(d.nodeDir); err != nil {
 		d.failStart(fmt.Errorf("cannot wipe node dir: %w", err))
@@ -745,19 +919,20 @@ func (d *Daemon) handleRemoved(reason string) {
 	d.setState(StateRemoved, "this node was removed from the cluster; its data dir was wiped")
 }
 
-// leave runs on a member whose controller left the config: it hands its
-// role over (once) and waits for the leader to remove it.
-func (d *Daemon) leave(ctx context.Context, self *client.NodeInfo) {
+// becomeLeaving runs on a member whose controller left the config: it
+// hands its role over (once) and waits for the leader to remove it.
+func (d *Daemon) becomeLeaving(ctx context.Context, self *client.NodeInfo) {
+	r := d.run
 	d.decision("leave", "this controller is not in the config any more: handing over and waiting for the leader to remove this node")
-	if !d.handedOver && (self.Role != client.Spare || (d.leader != nil && d.leader.ID == self.ID)) {
+	if !r.handedOver && (self.Role != client.Spare || (r.leader != nil && r.leader.ID == self.ID)) {
 		hctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
-		err := d.app.Handover(hctx)
+		err := r.node.Handover(hctx)
 		cancel()
 		if err != nil {
 			d.log.Warn("hand-over failed; will retry", "err", err)
 		} else {
 			d.log.Info("handed over", "node-id", strconv.FormatUint(self.ID, 10))
-			d.handedOver = true
+			r.handedOver = true
 		}
 	}
 	d.setState(StateLeaving, "this controller is not in the config: handed over, waiting to be removed")
@@ -771,21 +946,23 @@ func (d *Daemon) markMember() error {
 	return os.WriteFile(path, []byte("this data dir belonged to a Dqlite cluster member; it never bootstraps again\n"), 0o600)
 }
 
-func (d *Daemon) shutdown() {
+// becomeStopping hands over (bounded) and closes the node on SIGTERM.
+func (d *Daemon) becomeStopping() {
 	d.setState(StateStopping, "shutting down")
 	d.publish()
 	// Stop the single-instance work and revoke the lease first, so that
 	// another controller takes over at once rather than after its expiry.
-	d.stopSingular(d.o.HandoverTimeout, "shutting down")
-	if d.app == nil {
+	d.plane.stop(d.o.HandoverTimeout, "shutting down")
+	r := d.run
+	if r == nil {
 		d.log.Info("shutting down; no Dqlite node running")
 		return
 	}
-	if d.member && d.noLeader.IsZero() {
+	if r.member && r.failures == 0 {
 		d.log.Info("shutting down Dqlite node: handing over", "timeout", d.o.HandoverTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), d.o.HandoverTimeout)
 		start := time.Now()
-		err := d.app.Handover(ctx)
+		err := r.node.Handover(ctx)
 		cancel()
 		if err != nil {
 			d.log.Warn("hand-over failed; closing anyway", "err", err)
@@ -795,44 +972,61 @@ func (d *Daemon) shutdown() {
 	} else {
 		d.log.Info("shutting down Dqlite node: skipping hand-over (not a member or no leader reachable)")
 	}
-	d.closeApp()
+	d.closeRun()
 	d.log.Info("Dqlite node closed")
+}
+
+// syncPlane runs the singular worker while, and only while, this node is
+// a running member: Ready does not mean member, and a removed node's
+// driver could still reach the leader and claim. A member that lost its
+// quorum keeps it running: it drops the flag by itself when it cannot
+// extend, and a Dqlite leader election must not cost the lease.
+func (d *Daemon) syncPlane() {
+	r := d.run
+	running := d.plane.running()
+	want := r != nil && r.ready && r.member &&
+		(d.state == StateRunning || (running && d.state == StateNoQuorum))
+	switch {
+	case want && !running:
+		d.plane.start(r)
+	case !want && running:
+		d.plane.stop(singularStopWait, "this node is "+string(d.state))
+	}
 }
 
 func (d *Daemon) publish() {
 	st := control.Status{
 		ControllerID: d.o.ControllerID,
-		State:        d.state,
+		State:        string(d.state),
 		Message:      d.message,
 		ConfigError:  d.configErr,
-		Member:       d.member,
-		Role:         d.role,
 		Members:      []control.Member{},
 		ConfigPath:   d.o.ConfigPath,
 		DataDir:      d.o.DataDir,
-		APINote:      d.apiNote,
 	}
-	if d.app != nil {
-		st.NodeID = strconv.FormatUint(d.app.ID(), 10)
-		st.Address = d.app.Address()
-	}
-	if d.leader != nil {
-		st.Leader = &control.NodeRef{NodeID: strconv.FormatUint(d.leader.ID, 10), Address: d.leader.Address}
-	}
-	for _, m := range d.members {
-		role := decide.Role(m.Role).String()
-		st.Members = append(st.Members, control.Member{NodeID: strconv.FormatUint(m.ID, 10), Address: m.Address, Role: role})
-		switch m.Role {
-		case client.Voter:
-			st.Voters++
-		case client.StandBy:
-			st.StandBys++
+	member := false
+	if r := d.run; r != nil {
+		st.NodeID = strconv.FormatUint(r.node.ID(), 10)
+		st.Address = r.node.Address()
+		st.Member, st.Role, member = r.member, r.role, r.member
+		if r.leader != nil {
+			st.Leader = &control.NodeRef{NodeID: strconv.FormatUint(r.leader.ID, 10), Address: r.leader.Address}
+		}
+		for _, m := range r.members {
+			role := decide.Role(m.Role).String()
+			st.Members = append(st.Members, control.Member{NodeID: strconv.FormatUint(m.ID, 10), Address: m.Address, Role: role})
+			switch m.Role {
+			case client.Voter:
+				st.Voters++
+			case client.StandBy:
+				st.StandBys++
+			}
 		}
 	}
 	d.mu.Lock()
 	d.status = st
 	d.mu.Unlock()
-	d.setMember(d.member && d.app != nil)
+	d.setMember(member)
 	d.updateTrust()
 }
 

@@ -54,8 +54,8 @@ func isBusy(err error) bool {
 // of other controllers that claim this node id or address (left behind by a
 // controller that was removed).
 func (d *Daemon) register(ctx context.Context) error {
-	id := strconv.FormatUint(d.app.ID(), 10)
-	addr := d.app.Address()
+	id := strconv.FormatUint(d.run.node.ID(), 10)
+	addr := d.run.node.Address()
 	return d.inTx(ctx, 5*time.Second, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return fmt.Errorf("cannot create controller_node: %w", err)
@@ -75,10 +75,68 @@ ON CONFLICT (controller_id) DO UPDATE SET
 	})
 }
 
+// listedSchema is the leader's view of which controllers the charm lists:
+// a removed node whose frozen config still lists it rejoins at the same
+// address only if the leader's config lists it too (removedAt).
+const listedSchema = `CREATE TABLE IF NOT EXISTS controller_listed (
+    controller_id TEXT PRIMARY KEY
+)`
+
+// publishListed runs on the leader: it replaces controller_listed with the
+// controllers its config lists (never with an empty config).
+func (d *Daemon) publishListed(ctx context.Context) error {
+	ids := d.cfg.AgentIDs()
+	if len(ids) == 0 {
+		return nil
+	}
+	return d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, listedSchema); err != nil {
+			return fmt.Errorf("cannot create controller_listed: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM controller_listed`); err != nil {
+			return fmt.Errorf("cannot clear controller_listed: %w", err)
+		}
+		for _, id := range ids {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO controller_listed (controller_id) VALUES (?)`, id); err != nil {
+				return fmt.Errorf("cannot fill controller_listed: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// readListed reads controller_listed through db.
+func readListed(ctx context.Context, db *sql.DB) ([]string, error) {
+	var ids []string
+	err := dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
+		ids = nil
+		rows, err := tx.QueryContext(ctx, `SELECT controller_id FROM controller_listed`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	return ids, err
+}
+
 // controllerNodes maps Dqlite node id to controller id.
-func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error) {
+func controllerNodes(ctx context.Context, src dbtx.Source) (map[uint64]string, error) {
+	db, err := src()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	out := map[uint64]string{}
-	err := d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
+	err = dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, schema); err != nil {
 			return err
 		}
@@ -102,19 +160,19 @@ func (d *Daemon) controllerNodes(ctx context.Context) (map[uint64]string, error)
 }
 
 // removalInput gathers what the leader needs to decide on removals.
-func (d *Daemon) removalInput(ctx context.Context, obs *observation) (decide.RemovalInput, error) {
-	rows, err := d.controllerNodes(ctx)
+func (d *Daemon) removalInput(ctx context.Context, obs *Observation) (decide.RemovalInput, error) {
+	rows, err := controllerNodes(ctx, d.dbSource)
 	if err != nil {
 		return decide.RemovalInput{}, err
 	}
-	members := make([]decide.Member, 0, len(obs.members))
-	for _, m := range obs.members {
+	members := make([]decide.Member, 0, len(obs.Members))
+	for _, m := range obs.Members {
 		members = append(members, decide.Member{ID: m.ID, Address: m.Address, Role: decide.Role(m.Role), ControllerID: rows[m.ID]})
 	}
 	return decide.RemovalInput{
 		ControllerID: d.o.ControllerID,
 		Config:       d.cfg,
-		SelfID:       d.app.ID(),
+		SelfID:       d.run.node.ID(),
 		Members:      members,
 		EverListed:   d.everListed,
 		CandidateFor: map[uint64]time.Duration{},
@@ -143,29 +201,16 @@ func (d *Daemon) probeVoters(ctx context.Context, in *decide.RemovalInput, candi
 // removeDeparted runs on the leader: it removes at most one member per
 // pass, keeping quorum: first a member whose controller left the config
 // (decide.PickRemoval), otherwise one whose controller moved to another
-// address (decide.PickMove), which then rejoins there. It reports whether
-// it removed a member (obs is stale then).
-func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
-	// Most passes find every member at a listed address: skip reading
-	// controller_node then.
-	listed := map[string]bool{}
-	for _, host := range d.cfg.DBBindAddresses {
-		listed[decide.JoinHostPort(host, d.o.Port)] = true
-	}
-	consistent := true
-	for _, m := range obs.members {
-		if !listed[m.Address] {
-			consistent = false
-		}
-	}
-	if consistent {
-		clear(d.candidates)
-		return false
-	}
+// address (decide.PickMove), which then rejoins there. Members are
+// resolved through controller_node by node id, not by address alone: an
+// address may be reused (a new unit on a dead one's IP). It reports
+// whether it removed a member (obs is stale then), and the error that
+// kept it from reading controller_node.
+func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) (bool, error) {
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node; not removing anybody this round", "err", err)
-		return false
+		return false, err
 	}
 	unwanted := decide.Unwanted(in)
 	now := time.Now()
@@ -199,14 +244,14 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
 		if dec.Reason != "" {
 			d.decision("keep-members", dec.Reason)
 		}
-		return false
+		return false, nil
 	}
 	d.decision(action, dec.Reason, "node-id", strconv.FormatUint(dec.Victim.ID, 10), "address", dec.Victim.Address)
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := obs.cli.Remove(rctx, dec.Victim.ID); err != nil {
+	if err := obs.Client.Remove(rctx, dec.Victim.ID); err != nil {
 		d.log.Warn("cannot remove member; will retry", "node-id", strconv.FormatUint(dec.Victim.ID, 10), "err", err)
-		return false
+		return false, nil
 	}
 	d.log.Info("removed member from the Raft configuration", "node-id", strconv.FormatUint(dec.Victim.ID, 10),
 		"address", dec.Victim.Address, "controller-id", dec.Victim.ControllerID)
@@ -218,27 +263,27 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *observation) bool {
 	}); err != nil {
 		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
 	}
-	d.pruneDue = true
-	return true
+	d.plane.configChanged()
+	return true, nil
 }
 
 // stepAside runs on a leader whose own controller moved: once no other
 // member is moving and the cluster is settled, it hands leadership over so
 // that the next leader moves it.
-func (d *Daemon) stepAside(ctx context.Context, obs *observation) {
+func (d *Daemon) stepAside(ctx context.Context, obs *Observation) {
 	in, err := d.removalInput(ctx, obs)
 	if err != nil {
 		d.log.Warn("cannot read controller_node", "err", err)
 		return
 	}
-	if len(decide.Unwanted(in)) > 0 || len(decide.Moved(in)) > 0 || !decide.Settled(in) || len(obs.members) < 2 {
+	if len(decide.Unwanted(in)) > 0 || len(decide.Moved(in)) > 0 || !decide.Settled(in) || len(obs.Members) < 2 {
 		d.removeDeparted(ctx, obs)
 		return
 	}
 	d.decision("step-aside", "this leader's controller moved and every other member is settled: handing leadership over so the next leader moves this node")
 	hctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
 	defer cancel()
-	if err := d.app.Handover(hctx); err != nil {
+	if err := d.run.node.Handover(hctx); err != nil {
 		d.log.Warn("hand-over failed; will retry", "err", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 const (
 	nodeDirName  = "node"
 	markerName   = "was-member"
+	removedName  = "removed"
 	infoFile     = "info.yaml"
 	clusterFile  = "cluster.yaml"
 	databaseName = "controller"

@@ -30,18 +30,40 @@ const (
 	// cluster with one voter for up to 30 s after a third node joined and
 	// let cluster.yaml lag membership; 1 s is what Dqlite's Jepsen app uses.
 	DefaultRolesFrequency = time.Second
-	// DefaultRecoverConfirm is how long a node whose config lists it alone
-	// must see no leader before it reconfigures itself as the sole voter.
-	// Several election timeouts, so a leader change is never mistaken for
-	// a lost quorum; Juju waits a full minute.
-	DefaultRecoverConfirm = 3 * time.Second
+	// DefaultRecoverConfirm is how long a node must have seen no leader,
+	// counted from the first failed observation, before it forces a
+	// configuration without the old voters (decide.Recover), and
+	// DefaultRecoverFailures how many failed observations in a row that
+	// takes. A leader election takes 0.3-0.6 s and a hand-over's
+	// leadership transfer one of them (dqlite.md §2b); a loaded host
+	// stalls a pass for a second or two. 6 s and 4 failures outlast both
+	// several times over; the real guard is that no old voter may accept
+	// a connection. Juju waits a full minute.
+	DefaultRecoverConfirm  = 6 * time.Second
+	DefaultRecoverFailures = 4
+	// DefaultAwayWindow is how long a node with data keeps asking the
+	// nodes it knows whether it is still a member before it starts on its
+	// data anyway, when its config lists it and nobody answers (the whole
+	// cluster may be restarting: every node waits for the others). A node
+	// the config does not list never starts unanswered. It must outlast a
+	// survivor's restart: a node removed while down that starts before the
+	// survivor answers could help other returning nodes elect a leader of
+	// the old configuration.
+	DefaultAwayWindow = 15 * time.Second
 	// DefaultTick is how often the loop re-checks membership and leadership
 	// between config changes.
 	DefaultTick = 500 * time.Millisecond
 	// DefaultRemovalGrace is how long a member that this process never saw
 	// in the config may stay unlisted before the leader removes it: a node
-	// that just joined may be listed in its own config before ours.
-	DefaultRemovalGrace = 10 * time.Second
+	// that just joined is listed in its own config before ours when the
+	// leader unit's hook runs later. A unit's hooks run one at a time, and
+	// Juju retries a failed hook after 5 s, then 10 s, 20 s, ... up to
+	// 5 min (juju/juju: apiserver/hookretrystrategy, MinRetryTime 5 s,
+	// RetryTimeFactor 2, MaxRetryTime 5 min): 60 s outlasts a few failed
+	// attempts of the leader unit's relation-changed hook. Removing a
+	// newcomer too early is healed (it rejoins once the leader's config
+	// lists it, controller_listed), but costs a rejoin.
+	DefaultRemovalGrace = 60 * time.Second
 	// DefaultLeaseExpiryInterval is how often the singular-controller
 	// holder deletes expired lease rows. Housekeeping only: an expired
 	// lease never blocks a claim (package lease).
@@ -96,6 +118,8 @@ type Options struct {
 	Snapshot        dqlite.SnapshotParams
 	RolesFrequency  time.Duration
 	RecoverConfirm  time.Duration
+	RecoverFailures int
+	AwayWindow      time.Duration
 	Tick            time.Duration
 	RemovalGrace    time.Duration
 	HandoverTimeout time.Duration
@@ -140,6 +164,8 @@ func (o *Options) setDefaults() {
 	orDefault(&o.Snapshot, DefaultSnapshotParams)
 	orDefault(&o.RolesFrequency, DefaultRolesFrequency)
 	orDefault(&o.RecoverConfirm, DefaultRecoverConfirm)
+	orDefault(&o.RecoverFailures, DefaultRecoverFailures)
+	orDefault(&o.AwayWindow, DefaultAwayWindow)
 	orDefault(&o.Tick, DefaultTick)
 	orDefault(&o.RemovalGrace, DefaultRemovalGrace)
 	orDefault(&o.HandoverTimeout, DefaultHandoverTimeout)

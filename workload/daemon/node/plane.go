@@ -2,30 +2,93 @@ package node
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
-	"github.com/canonical/go-dqlite/client"
-
+	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/controlplane/apiaddr"
 	"github.com/juju/dqlite-controller/workload/controlplane/apiserver"
 	"github.com/juju/dqlite-controller/workload/controlplane/backup"
 	"github.com/juju/dqlite-controller/workload/controlplane/lease"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
+	"github.com/juju/dqlite-controller/workload/dbtx"
 )
 
 // The control plane on top of the Dqlite node: the singular-controller
 // lease and its single-instance workers (backups, lease expiry), and the
-// API addresses this controller publishes and serves.
+// API addresses this controller publishes and serves. The node calls it
+// through controlPlane when a run becomes a running member, on each pass
+// as a member and as the Dqlite leader, and before the run closes.
+type controlPlane interface {
+	// start runs the singular worker on run's node (once per run).
+	start(run *nodeRun)
+	// running reports whether the singular worker runs.
+	running() bool
+	// stop cancels the singular worker and waits (bounded) until it has
+	// revoked the lease; the run's node closes after it.
+	stop(wait time.Duration, why string)
+	// serve runs on every pass of a running member: it publishes this
+	// controller's API addresses when they changed.
+	serve(ctx context.Context, cfg *controllerconf.Config)
+	// lead runs on the Dqlite leader's passes: it removes the API
+	// addresses of controllers that are neither listed nor members.
+	lead(ctx context.Context, cfg *controllerconf.Config, obs *Observation)
+	// configChanged asks for a prune on the leader's next pass.
+	configChanged()
+	// closed forgets what this run published (the next run publishes again).
+	closed()
+	// watch starts serving the address lists from the database (once),
+	// until ctx ends.
+	watch(ctx context.Context)
+	// statusInto adds the live control-plane parts to a status.
+	statusInto(st *control.Status)
+	// lease is the singular-controller lease as the singular worker last
+	// saw it (state says what the node is, for the error without one).
+	lease(state State) (apiserver.Lease, error)
+	// handler is the HTTP API's handler over backend.
+	handler(backend apiserver.Backend) http.Handler
+}
+
+// plane is the controlPlane of a Daemon.
+type plane struct {
+	o   Options
+	log *slog.Logger
+	db  dbtx.Source
+
+	leases      *lease.Store
+	addrs       *apiaddr.Store
+	watcher     *apiaddr.Watcher
+	watching    bool                // the watcher runs (from the first ready on)
+	published   *apiaddr.Controller // last published own addresses; nil: publish
+	publishedAt time.Time
+	pruneDue    bool
+	prunedAt    time.Time
+
+	mu      sync.RWMutex
+	sing    *singularRun
+	apiNote string
+	// baton keeps a restarted singular worker's workers from starting
+	// before the previous run's have returned.
+	baton singular.Baton
+}
+
+func newPlane(o Options, db dbtx.Source) *plane {
+	p := &plane{o: o, log: o.Log, db: db}
+	p.leases = lease.NewFrom(db)
+	p.addrs = apiaddr.NewStoreFrom(db)
+	p.watcher = apiaddr.NewWatcher(p.addrs, o.AddressPoll, o.Log.With("component", "api-addresses"))
+	return p
+}
 
 // Holder is this controller's name in the singular-controller lease.
-func (d *Daemon) Holder() string { return "controller-" + d.o.ControllerID }
+func (p *plane) Holder() string { return "controller-" + p.o.ControllerID }
 
 func (o Options) singularOptions(workers map[string]singular.Worker) singular.Options {
 	return singular.Options{
@@ -39,17 +102,6 @@ func (o Options) singularOptions(workers map[string]singular.Worker) singular.Op
 	}
 }
 
-// dbSource gives the current database handle to the control-plane stores:
-// the handle changes when the node restarts or rejoins.
-func (d *Daemon) dbSource() (*sql.DB, error) {
-	d.mu.RLock()
-	defer d.mu.RUnlock()
-	if d.db == nil {
-		return nil, fmt.Errorf("the controller database is not open: this node is %s", d.status.State)
-	}
-	return d.db, nil
-}
-
 // singularRun is one run of the singular worker.
 type singularRun struct {
 	s      *singular.Singular
@@ -57,34 +109,20 @@ type singularRun struct {
 	done   chan struct{}
 }
 
-// syncSingular runs the singular worker while, and only while, this node
-// is a running member: Ready does not mean member, and a removed node's
-// driver could still reach the leader and claim. A member that lost its
-// quorum keeps it running: it drops the flag by itself when it cannot
-// extend, and a Dqlite leader election must not cost the lease.
-func (d *Daemon) syncSingular() {
-	running := d.sing != nil
-	want := d.app != nil && d.ready && d.member &&
-		(d.state == StateRunning || (running && d.state == StateNoQuorum))
-	switch {
-	case want && !running:
-		d.startSingular()
-	case !want && running:
-		d.stopSingular(singularStopWait, "this node is "+d.state)
+func (p *plane) start(r *nodeRun) {
+	if p.running() {
+		return
 	}
-}
-
-func (d *Daemon) startSingular() {
-	peers := d.peers
-	log := d.log.With("component", "singular")
+	node := r.node
+	log := p.log.With("component", "singular")
 	workers := map[string]singular.Worker{
 		"lease-expiry": singular.Periodic{
 			Name:     "lease-expiry",
-			Interval: d.o.LeaseExpiryInterval,
+			Interval: p.o.LeaseExpiryInterval,
 			Timeout:  5 * time.Second,
 			Log:      log,
 			Func: func(ctx context.Context) error {
-				n, err := d.leases.ExpireLeases(ctx)
+				n, err := p.leases.ExpireLeases(ctx)
 				if n > 0 {
 					log.Info("expired leases deleted", "count", n)
 				}
@@ -92,31 +130,31 @@ func (d *Daemon) startSingular() {
 			},
 		},
 	}
-	if d.o.BackupDir != "" {
-		// Dump from the leader: the most up-to-date copy. The peers are
-		// those of this run's node; the singular stops before it closes.
-		dumper := backup.LeaderDumper(func(ctx context.Context) (*client.Client, error) { return d.leaderClient(ctx, peers) })
-		bw, err := backup.NewFrom(dumper, d.dbSource, backup.Options{
-			Dir:          d.o.BackupDir,
-			ControllerID: d.o.ControllerID,
+	if p.o.BackupDir != "" {
+		// Dump from the leader: the most up-to-date copy, found through
+		// this run's node; the singular stops before it closes.
+		dumper := backup.LeaderDumper(node.LeaderClient)
+		bw, err := backup.NewFrom(dumper, p.db, backup.Options{
+			Dir:          p.o.BackupDir,
+			ControllerID: p.o.ControllerID,
 			Database:     databaseName,
-			Interval:     d.o.BackupInterval,
-			Keep:         d.o.BackupKeep,
-			RecordDelay:  d.o.BackupRecordDelay,
-			Log:          d.log.With("component", "backup"),
+			Interval:     p.o.BackupInterval,
+			Keep:         p.o.BackupKeep,
+			RecordDelay:  p.o.BackupRecordDelay,
+			Log:          p.log.With("component", "backup"),
 		})
 		if err != nil {
-			d.log.Error("backups disabled", "err", err)
+			p.log.Error("backups disabled", "err", err)
 		} else {
 			workers["backup"] = bw
 		}
 	}
-	o := d.o.singularOptions(workers)
+	o := p.o.singularOptions(workers)
 	o.Log = log
-	o.Baton = &d.baton
-	s, err := singular.New(d.leases, o)
+	o.Baton = &p.baton
+	s, err := singular.New(p.leases, o)
 	if err != nil {
-		d.log.Error("cannot start the singular worker", "err", err)
+		p.log.Error("cannot start the singular worker", "err", err)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -125,52 +163,72 @@ func (d *Daemon) startSingular() {
 		defer close(run.done)
 		s.Run(ctx)
 	}()
-	d.mu.Lock()
-	d.sing = run
-	d.mu.Unlock()
-	d.log.Info("singular worker started", "holder", d.Holder(), "lease", lease.NamespaceSingularController)
+	p.mu.Lock()
+	p.sing = run
+	p.mu.Unlock()
+	p.log.Info("singular worker started", "holder", p.Holder(), "lease", lease.NamespaceSingularController)
 }
 
-// stopSingular cancels the singular worker and waits (bounded) until it
+// stop cancels the singular worker and waits (bounded) until it
 // has stopped its workers and revoked the lease, so that another
 // controller takes over at once.
-func (d *Daemon) stopSingular(wait time.Duration, why string) {
-	run := d.sing
+func (p *plane) stop(wait time.Duration, why string) {
+	p.mu.Lock()
+	run := p.sing
+	p.sing = nil
+	p.mu.Unlock()
 	if run == nil {
 		return
 	}
-	d.mu.Lock()
-	d.sing = nil
-	d.mu.Unlock()
 	run.cancel()
 	if wait <= 0 {
-		d.log.Info("singular worker stopping in the background", "reason", why)
+		p.log.Info("singular worker stopping in the background", "reason", why)
 		return
 	}
 	select {
 	case <-run.done:
-		d.log.Info("singular worker stopped", "reason", why)
+		p.log.Info("singular worker stopped", "reason", why)
 	case <-time.After(wait):
-		d.log.Warn("singular worker still stopping; going on (its lease expires by itself)", "reason", why, "waited", wait)
+		p.log.Warn("singular worker still stopping; going on (its lease expires by itself)", "reason", why, "waited", wait)
+	}
+}
+
+func (p *plane) running() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.sing != nil
+}
+
+func (p *plane) configChanged() { p.pruneDue = true }
+
+func (p *plane) closed() { p.published = nil }
+
+func (p *plane) watch(ctx context.Context) {
+	if !p.watching {
+		// From now on the served lists are re-read from the database for
+		// the life of the process; while it cannot be read (the node
+		// restarts, is removed) the last known ones stay.
+		p.watching = true
+		go p.watcher.Run(ctx)
 	}
 }
 
 // ownAPIAddresses are the addresses this controller publishes, from the
 // config the charm writes, and a note for status when they need one.
-func (d *Daemon) ownAPIAddresses() (apiaddr.Controller, string, error) {
+func (p *plane) ownAPIAddresses(cfg *controllerconf.Config) (apiaddr.Controller, string, error) {
 	in := apiaddr.Input{
-		Port:      d.o.APIPort,
-		Hosts:     d.cfg.APIHosts,
-		MgmtSpace: len(d.cfg.APIHosts) > 0,
-		MgmtHosts: d.cfg.APIAgentHosts,
+		Port:      p.o.APIPort,
+		Hosts:     cfg.APIHosts,
+		MgmtSpace: len(cfg.APIHosts) > 0,
+		MgmtHosts: cfg.APIAgentHosts,
 	}
 	note := ""
-	if len(d.cfg.APIHosts) == 0 {
+	if len(cfg.APIHosts) == 0 {
 		// An older charm: the db bind address is the one address known.
-		in.Hosts = []string{d.cfg.DBBindAddresses[d.o.ControllerID]}
+		in.Hosts = []string{cfg.DBBindAddresses[p.o.ControllerID]}
 		note = "the config gives no api-hosts: publishing the db bind address as this controller's only API address"
 	}
-	c, err := apiaddr.Build(d.o.ControllerID, in)
+	c, err := apiaddr.Build(p.o.ControllerID, in)
 	if err != nil {
 		return c, "", err
 	}
@@ -180,27 +238,27 @@ func (d *Daemon) ownAPIAddresses() (apiaddr.Controller, string, error) {
 	return c, note, nil
 }
 
-// publishAddresses publishes this controller's API addresses when they
+// serve publishes this controller's API addresses when they
 // changed (config change, first pass after (re)joining) and every
 // RepublishInterval.
-func (d *Daemon) publishAddresses(ctx context.Context) {
-	c, note, err := d.ownAPIAddresses()
+func (p *plane) serve(ctx context.Context, cfg *controllerconf.Config) {
+	c, note, err := p.ownAPIAddresses(cfg)
 	if err != nil {
-		if d.apiNote != err.Error() {
-			d.log.Warn("cannot build this controller's API addresses; keeping the published ones", "err", err)
+		if p.note() != err.Error() {
+			p.log.Warn("cannot build this controller's API addresses; keeping the published ones", "err", err)
 		}
-		d.apiNote = err.Error()
+		p.setNote(err.Error())
 		return
 	}
-	d.apiNote = note
-	same := d.published != nil && d.published.AgentFallback == c.AgentFallback && slices.Equal(d.published.Addresses, c.Addresses)
-	if same && time.Since(d.publishedAt) < d.o.RepublishInterval {
+	p.setNote(note)
+	same := p.published != nil && p.published.AgentFallback == c.AgentFallback && slices.Equal(p.published.Addresses, c.Addresses)
+	if same && time.Since(p.publishedAt) < p.o.RepublishInterval {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := d.addrs.Publish(pctx, c); err != nil {
-		d.log.Warn("cannot publish API addresses; will retry", "err", err)
+	if err := p.addrs.Publish(pctx, c); err != nil {
+		p.log.Warn("cannot publish API addresses; will retry", "err", err)
 		return
 	}
 	if !same {
@@ -208,32 +266,32 @@ func (d *Daemon) publishAddresses(ctx context.Context) {
 		for _, a := range c.Addresses {
 			list = append(list, fmt.Sprintf("%s(%s,agent=%t)", a.HostPort, a.Scope, a.IsAgent))
 		}
-		d.log.Info("published API addresses", "addresses", list, "agent-fallback", c.AgentFallback)
+		p.log.Info("published API addresses", "addresses", list, "agent-fallback", c.AgentFallback)
 	}
-	d.published, d.publishedAt = &c, time.Now()
+	p.published, p.publishedAt = &c, time.Now()
 }
 
-// pruneAddresses runs on the Dqlite leader, with the member removals: it
+// lead runs on the Dqlite leader, with the member removals: it
 // removes the API addresses of controllers that are neither in the config
 // nor a member (a controller that just joined is a member before it is in
 // everybody's config). An empty config never removes anyone.
-func (d *Daemon) pruneAddresses(ctx context.Context, obs *observation) {
-	if len(d.cfg.DBBindAddresses) == 0 {
+func (p *plane) lead(ctx context.Context, cfg *controllerconf.Config, obs *Observation) {
+	if len(cfg.DBBindAddresses) == 0 {
 		return
 	}
-	if !d.pruneDue && time.Since(d.prunedAt) < d.o.AddressPrune {
+	if !p.pruneDue && time.Since(p.prunedAt) < p.o.AddressPrune {
 		return
 	}
-	rows, err := d.controllerNodes(ctx)
+	rows, err := controllerNodes(ctx, p.db)
 	if err != nil {
-		d.log.Warn("cannot read controller_node; not pruning API addresses this round", "err", err)
+		p.log.Warn("cannot read controller_node; not pruning API addresses this round", "err", err)
 		return
 	}
 	var keep []string
-	for id := range d.cfg.DBBindAddresses {
+	for id := range cfg.DBBindAddresses {
 		keep = append(keep, id)
 	}
-	for _, m := range obs.members {
+	for _, m := range obs.Members {
 		if cid, ok := rows[m.ID]; ok && !slices.Contains(keep, cid) {
 			keep = append(keep, cid)
 		}
@@ -241,15 +299,27 @@ func (d *Daemon) pruneAddresses(ctx context.Context, obs *observation) {
 	sort.Strings(keep)
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	removed, err := d.addrs.RemoveExcept(pctx, keep)
+	removed, err := p.addrs.RemoveExcept(pctx, keep)
 	if err != nil {
-		d.log.Warn("cannot remove the API addresses of departed controllers; will retry", "err", err)
+		p.log.Warn("cannot remove the API addresses of departed controllers; will retry", "err", err)
 		return
 	}
-	d.pruneDue, d.prunedAt = false, time.Now()
+	p.pruneDue, p.prunedAt = false, time.Now()
 	if len(removed) > 0 {
-		d.log.Info("removed the API addresses of departed controllers", "controller-ids", removed, "kept", keep)
+		p.log.Info("removed the API addresses of departed controllers", "controller-ids", removed, "kept", keep)
 	}
+}
+
+func (p *plane) note() string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.apiNote
+}
+
+func (p *plane) setNote(n string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.apiNote = n
 }
 
 // memberGate tells the HTTP API whether this node is a member (it serves
@@ -299,10 +369,17 @@ func (d *Daemon) Health(ctx context.Context) apiserver.Health {
 // Lease implements apiserver.Backend: the singular-controller lease as
 // this node's singular worker last saw it (no database request).
 func (d *Daemon) Lease() (apiserver.Lease, error) {
-	out := apiserver.Lease{Namespace: lease.NamespaceSingularController, Name: singular.DefaultName}
 	d.mu.RLock()
-	run, state := d.sing, d.status.State
+	state := d.status.State
 	d.mu.RUnlock()
+	return d.plane.lease(State(state))
+}
+
+func (p *plane) lease(state State) (apiserver.Lease, error) {
+	out := apiserver.Lease{Namespace: lease.NamespaceSingularController, Name: singular.DefaultName}
+	p.mu.RLock()
+	run := p.sing
+	p.mu.RUnlock()
 	if run == nil {
 		return out, fmt.Errorf("the lease is not known here: the singular worker is not running (this node is %s)", state)
 	}
@@ -322,8 +399,10 @@ func (d *Daemon) Lease() (apiserver.Lease, error) {
 }
 
 // APIHandler is the HTTP API's handler.
-func (d *Daemon) APIHandler() http.Handler {
-	return apiserver.Handler(d, d.watcher)
+func (d *Daemon) APIHandler() http.Handler { return d.plane.handler(d) }
+
+func (p *plane) handler(backend apiserver.Backend) http.Handler {
+	return apiserver.Handler(backend, p.watcher)
 }
 
 // SetAPIError records why the HTTP API does not listen ("" when it does).
@@ -333,18 +412,26 @@ func (d *Daemon) SetAPIError(msg string) {
 	d.apiErr = msg
 }
 
-// controlPlaneStatus adds the live control-plane parts to a status.
-// Called with d.mu held for reading.
+// controlPlaneStatus adds the daemon's and the control plane's live parts
+// to a status. Called with d.mu held for reading.
 func (d *Daemon) controlPlaneStatus(st *control.Status) {
 	st.APIPort = d.o.APIPort
 	st.APIError = d.apiErr
-	if l, ok := d.watcher.Current(); ok {
+	d.plane.statusInto(st)
+}
+
+func (p *plane) statusInto(st *control.Status) {
+	st.APINote = p.note()
+	if l, ok := p.watcher.Current(); ok {
 		st.APIAddresses = &control.APIAddresses{Agents: l.Agents, Clients: l.Clients, AgentFallback: l.AgentFallback, Version: l.Version}
 	}
-	if d.sing == nil {
+	p.mu.RLock()
+	sing := p.sing
+	p.mu.RUnlock()
+	if sing == nil {
 		return
 	}
-	ss := d.sing.s.Status()
+	ss := sing.s.Status()
 	if ss.Holder == "" && !ss.Holding {
 		return
 	}

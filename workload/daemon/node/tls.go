@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/canonical/go-dqlite/app"
+	"github.com/canonical/go-dqlite/client"
 
 	"github.com/juju/dqlite-controller/clustertls"
 )
@@ -70,7 +72,30 @@ func (d *Daemon) loadTLS() {
 		"ips", m.Cert.Leaf.IPAddresses, "cas", len(m.CAs))
 }
 
-// tlsOptions are the app options that carries the Dqlite port over TLS
+// errNoTLSMaterial: the node's certificate has not loaded yet.
+var errNoTLSMaterial = errors.New("waiting for the node's TLS certificate")
+
+// tlsReady loads the material and sets the trust view (the view before
+// the node starts: its first dials, a join or the questions of
+// stillMember, must not find only itself trusted). It fails while no
+// material has loaded: then no peer can be dialled, and a stopped node
+// waits rather than take the silence for "nobody answered".
+func (d *Daemon) tlsReady() error {
+	if !d.o.TLSEnabled() {
+		return nil // a test's plaintext node
+	}
+	d.updateTrust()
+	if d.tls.guard.Load() == nil {
+		msg := "no TLS material yet"
+		if d.tls.err != "" {
+			msg = d.tls.err
+		}
+		return fmt.Errorf("%w in %s (the charm writes it): %s", errNoTLSMaterial, d.o.TLSDir, msg)
+	}
+	return nil
+}
+
+// tlsOptions are the app options that carry the Dqlite port over TLS
 // (app.WithTLS: Go owns the sockets and proxies to the C node on an
 // abstract Unix socket, which is also what lets an IPv6 address work).
 // It fails while no material has loaded.
@@ -78,18 +103,10 @@ func (d *Daemon) tlsOptions() ([]app.Option, error) {
 	if !d.o.TLSEnabled() {
 		return nil, nil // a test's plaintext node
 	}
-	d.loadTLS()
-	// The view before the node starts: its first dials (a join) must not
-	// find only itself trusted.
-	d.updateTrust()
-	g := d.tls.guard.Load()
-	if g == nil {
-		msg := "no TLS material yet"
-		if d.tls.err != "" {
-			msg = d.tls.err
-		}
-		return nil, fmt.Errorf("waiting for the node's TLS certificate in %s (the charm writes it): %s", d.o.TLSDir, msg)
+	if err := d.tlsReady(); err != nil {
+		return nil, err
 	}
+	g := d.tls.guard.Load()
 	return []app.Option{app.WithTLS(g.PeerServerConfig(), g.PeerDialConfig())}, nil
 }
 
@@ -105,9 +122,12 @@ func (d *Daemon) updateTrust() {
 		return
 	}
 	v := clustertls.View{Self: d.o.ControllerID, Listed: d.cfg.DBBindAddresses}
-	members := d.members
-	if len(members) == 0 && d.app != nil {
-		members, _ = readStore(d.nodeDir)
+	var members []client.NodeInfo
+	if d.run != nil {
+		members = d.run.members
+		if len(members) == 0 {
+			members, _ = readStore(d.nodeDir)
+		}
 	}
 	for _, m := range members {
 		if host, _, err := net.SplitHostPort(m.Address); err == nil {
@@ -175,9 +195,9 @@ func (d *Daemon) noteRefusal(address string) {
 	d.tls.refused[address] = time.Now()
 }
 
-// lockedOut tells a node that its peers have locked it out: its own
-// config does not list it (its unit is being removed), and since the time
-// given no leader was reached while peers answered its handshakes by
+// lockedOut tells a running node that its peers have locked it out: its
+// own config does not list it (its unit is being removed), and since the
+// time given no leader was reached while peers answered its handshakes by
 // refusing its certificate, which (the chain being the cluster CA's, as
 // Load checked) a peer does only when its config does not list this
 // controller and the Raft configuration does not hold it (rule of
@@ -188,11 +208,17 @@ func (d *Daemon) lockedOut(since time.Time) (string, bool) {
 	if _, listed := d.cfg.DBBindAddresses[d.o.ControllerID]; listed || len(d.cfg.DBBindAddresses) == 0 {
 		return "", false
 	}
+	return d.refusedBy(since, nil)
+}
+
+// refusedBy lists the peers (among the given addresses; any, when nil)
+// that refused this node's certificate since the time given.
+func (d *Daemon) refusedBy(since time.Time, among []string) (string, bool) {
 	d.tls.mu.Lock()
 	defer d.tls.mu.Unlock()
 	var by []string
 	for addr, at := range d.tls.refused {
-		if !at.Before(since) {
+		if !at.Before(since) && (among == nil || slices.Contains(among, addr)) {
 			by = append(by, addr)
 		}
 	}

@@ -76,7 +76,7 @@ func startBenchCluster(b *testing.B, withTLS bool) *benchCluster {
 		ok := 0
 		for _, d := range bc.daemons {
 			st := d.Status(context.Background())
-			if st.State == node.StateRunning && st.Voters == 3 {
+			if st.State == string(node.StateRunning) && st.Voters == 3 {
 				ok++
 			}
 		}

@@ -1,0 +1,53 @@
+package node
+
+// State is the node's lifecycle state, reported in status.
+//
+// A node is stopped (no Dqlite node runs) in waiting, refused, removed and
+// error; a run (one go-dqlite node, from its start to its Close) is in
+// bootstrapping, joining, starting, running, no-quorum, leaving, moving or
+// address-mismatch; reconfiguring, rebinding and stopping close the run.
+//
+//	                    config lists own address
+//	  waiting ──────────────────────────────────────────┐
+//	    │  bootstrap agent, empty dir, no listed         │ existing data:
+//	    │  peer is or knows a cluster                    │ no leader says "not a member"
+//	    ▼                                                ▼
+//	bootstrapping ──┐   joining ──────────────┐      starting
+//	                │     │ (a listed peer     │          │
+//	                │     │  knows a cluster)  │          │
+//	                └─────┴──────► running ◄───┴──────────┘
+//	                              │  ▲   │ no leader
+//	        own id left config    │  │   ▼
+//	      ┌───────── leaving ◄────┘  └─ no-quorum ── the voters the config
+//	      │                               │          dropped are gone (decide.Recover)
+//	      │ removed by the leader         │                 ▼
+//	      ▼                               │           reconfiguring ──► starting
+//	   removed ◄──────────────────────────┘ (a leader's configuration
+//	      │                                  lacks this node's id)
+//	      │ config changed since the removal (or a new address)
+//	      └──────► joining (new node id)
+//
+// moving (config gives a new address; the leader removes the node, which
+// rejoins there) and rebinding (a single-member cluster changes address in
+// place) follow `juju bind`; refused and address-mismatch wait for a
+// config this build can serve; stopping is SIGTERM.
+type State string
+
+// States reported in status.
+const (
+	StateWaiting         State = "waiting"
+	StateRefused         State = "refused"
+	StateBootstrapping   State = "bootstrapping"
+	StateJoining         State = "joining"
+	StateStarting        State = "starting"
+	StateRunning         State = "running"
+	StateNoQuorum        State = "no-quorum"
+	StateLeaving         State = "leaving"
+	StateRemoved         State = "removed"
+	StateReconfiguring   State = "reconfiguring"
+	StateRebinding       State = "rebinding"
+	StateAddressMismatch State = "address-mismatch"
+	StateMoving          State = "moving"
+	StateError           State = "error"
+	StateStopping        State = "stopping"
+)
