@@ -7,7 +7,7 @@ import (
 )
 
 // juju deploy -n 3: whatever the hook interleaving, exactly one cluster with
-// three voters forms (DESIGN.md: bootstrap-agent-id). One run, made as
+// three voters forms (docs/architecture.md: bootstrap-agent-id). One run, made as
 // unkind as the simulator allows: Juju 3.6 (metadata.yaml allows it:
 // unfiltered ingress lists, private-address in relation data, JUJU_VERSION
 // 3.6.x, 3.6 error texts), and the first leader loses its lease in the

@@ -84,7 +84,7 @@ func (m *Model) appendUnitLog(u *unit, line string) {
 
 // runHook runs the charm's handler for a hook inside the unit's machine:
 // <charm>/dispatch if it exists, else <charm>/hooks/<name>; no handler means
-// the hook succeeds at once (§5.1).
+// the hook succeeds at once (docs/juju.md#relation-data).
 func (m *Model) runHook(u *unit, hc *hookContext) int {
 	h := hc.hook
 	charmDir := m.CharmDirOnMachine(u.name)

@@ -45,7 +45,7 @@ type Options struct {
 	Bindings map[string]string
 	// Juju36Ingress makes network-get list every address of the bound
 	// space in ingress-addresses, as Juju 3.6 does, instead of Juju 4's
-	// best scope tier only (juju-ha.md §1.6).
+	// best scope tier only (docs/juju.md#addresses-and-bindings).
 	Juju36Ingress bool
 	// Juju36 simulates a Juju 3.6 controller: network-get's unfiltered
 	// ingress list (as Juju36Ingress), private-address in the unit's

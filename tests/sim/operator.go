@@ -285,7 +285,7 @@ func (m *Model) MoveLeadership(to string) error {
 
 // Bind binds an endpoint to a space (juju bind app endpoint=space). Like
 // Juju without --force it refuses when a machine has no address in the space.
-// Every unit then runs config-changed (§1.9, §5.5).
+// Every unit then runs config-changed (docs/juju.md#juju-bind-and-config-changed, #removing-a-unit).
 func (m *Model) Bind(endpoint, space string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -30,7 +30,7 @@ type relation struct {
 	// scope holds the units that have entered the relation and not left.
 	scope map[string]bool
 	// unitData survives a unit's departure: departed units' data stays
-	// readable for the relation's lifetime (§5.3 relation-get).
+	// readable for the relation's lifetime (docs/juju.md#hook-tools, relation-get).
 	unitData map[string]map[string]string
 	unitVer  map[string]int
 	appData  map[string]string
@@ -39,7 +39,7 @@ type relation struct {
 
 func (r *relation) idString() string { return fmt.Sprintf("%s:%d", r.endpoint, r.id) }
 
-// hookInfo is one hook to run, with the relation variables of §5.2.
+// hookInfo is one hook to run, with the relation variables of docs/juju.md#hook-dispatch-and-environment.
 type hookInfo struct {
 	name       string
 	rel        *relation
@@ -135,7 +135,7 @@ func (m *Model) newUnitLocked(mc *machine) *unit {
 }
 
 // configHashLocked covers what makes Juju queue config-changed: the config,
-// the machine's addresses and the endpoint bindings (§1.9, §5.4).
+// the machine's addresses and the endpoint bindings (docs/juju.md#juju-bind-and-config-changed, #hook-order).
 func (m *Model) configHashLocked(u *unit) string {
 	cfg, _ := json.Marshal(m.effectiveConfigLocked())
 	b, _ := json.Marshal(m.bindings)
@@ -174,7 +174,7 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 		for _, r := range m.relations {
 			for _, remote := range sortedKeys(u.joined[r.id]) {
 				// The departing unit runs departed once per remaining
-				// peer, naming itself as the departing unit (§5.5).
+				// peer, naming itself as the departing unit (docs/juju.md#removing-a-unit).
 				delete(u.joined[r.id], remote)
 				return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: u.name}
 			}
@@ -254,7 +254,7 @@ func (m *Model) nextRelationHookLocked(u *unit, r *relation) *hookInfo {
 	}
 	if r.appVer != u.seenApp[r.id] {
 		// An app-data change reaches every unit, the writer included,
-		// with no remote unit (§5.4).
+		// with no remote unit (docs/juju.md#hook-order).
 		u.seenApp[r.id] = r.appVer
 		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteApp: m.app}
 	}
@@ -394,7 +394,7 @@ func (m *Model) checkCommitLocked(u *unit, hc *hookContext) string {
 }
 
 // commitLocked applies a hook's effects once it exited 0: relation data
-// written with relation-set becomes visible only now (§5.1).
+// written with relation-set becomes visible only now (docs/juju.md#relation-data).
 func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 	for rid, delta := range hc.unitDelta {
 		r := m.relations[rid]
@@ -425,7 +425,7 @@ func (m *Model) commitLocked(u *unit, h *hookInfo, hc *hookContext) {
 	case h.name == "config-changed":
 		u.seenConfig = h.configHash
 		// Juju refreshes ingress-address and egress-subnets in the unit's
-		// relation data after every config-changed (§1.6).
+		// relation data after every config-changed (docs/juju.md#relation-data).
 		for _, r := range m.relations {
 			if r.scope[u.name] {
 				m.publishNetworkLocked(u, r)

@@ -36,7 +36,8 @@ func deadline(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestClaim_VacantLeaseIsGrantedForTheDatabaseDuration(t *testing.T) {
+// A vacant lease is granted for the duration, timed by the database.
+func TestClaim_Vacant(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := deadline(t)
 	before, err := s.Now(ctx)
@@ -156,7 +157,8 @@ func TestClaim_ExpiredLeaseIsTakenWithoutAnyExpiryPass(t *testing.T) {
 	}
 }
 
-func TestExtend_ExpiredButUntakenLeaseMayBeExtendedByItsHolder(t *testing.T) {
+// An expired but untaken lease may be extended by its holder.
+func TestExtend_ExpiredUntaken(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := deadline(t)
 	l, err := s.Claim(ctx, ns, "controller", "controller-0", 200*time.Millisecond)
@@ -347,7 +349,8 @@ func TestClaim_CreatesTheTableOnFirstUse(t *testing.T) {
 	}
 }
 
-func TestNewFrom_RecreatesTheTableWhenTheHandleMovesToANewCluster(t *testing.T) {
+// The table is re-created when the handle moves to a new cluster.
+func TestNewFrom_NewCluster(t *testing.T) {
 	a, b := dqlitetest.Start(t), dqlitetest.Start(t)
 	var cur atomic.Pointer[sql.DB]
 	cur.Store(a.DB)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/juju/dqlite-controller/workload/controlplane/lease"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
+	"github.com/juju/dqlite-controller/workload/internal/testwait"
 )
 
 // skewedClaimer makes the database clock look ahead of the local one by
@@ -67,7 +68,8 @@ func runSingular(t *testing.T, c singular.Claimer, o singular.Options) *singular
 	return s
 }
 
-func TestSingular_WorkersGetTheTokenOfTheirTenureAndRestartWhenItChanges(t *testing.T) {
+// Workers get the token of their tenure and restart when it changes.
+func TestSingular_WorkersGetTenureToken(t *testing.T) {
 	n := newNode(t)
 	c := &skewedClaimer{store: lease.New(n.DB)}
 	k := &tokens{}
@@ -76,7 +78,7 @@ func TestSingular_WorkersGetTheTokenOfTheirTenureAndRestartWhenItChanges(t *test
 	o.Workers = map[string]singular.Worker{"w": k.worker()}
 	o.Log = testLog(t)
 	s := runSingular(t, c, o)
-	waitFor(t, "the worker to start", func() bool { return len(k.snapshot()) == 1 })
+	testwait.For(t, "the worker to start", func() bool { return len(k.snapshot()) == 1 })
 	first := k.snapshot()[0]
 	if first.Holder != "controller-0" || first.Tenure <= 0 || first.Namespace != lease.NamespaceSingularController {
 		t.Fatalf("worker token = %+v; want controller-0's tenure", first)
@@ -87,7 +89,7 @@ func TestSingular_WorkersGetTheTokenOfTheirTenureAndRestartWhenItChanges(t *test
 	// The database reports another tenure (the lease expired by its
 	// clock and was claimed afresh): the workers' token is void.
 	c.tenureBump.Store(1000)
-	waitFor(t, "the worker to restart with the new tenure", func() bool {
+	testwait.For(t, "the worker to restart with the new tenure", func() bool {
 		seen := k.snapshot()
 		return len(seen) >= 2 && seen[len(seen)-1].Tenure == first.Tenure+1000
 	})
@@ -103,7 +105,7 @@ func TestSingular_RefusesToHoldWhileTheClocksDisagree(t *testing.T) {
 	o.Workers = map[string]singular.Worker{"w": k.worker()}
 	o.Log = testLog(t)
 	s := runSingular(t, c, o)
-	waitFor(t, "the refusal in the status", func() bool {
+	testwait.For(t, "the refusal in the status", func() bool {
 		return strings.Contains(s.Status().LastError, "clock")
 	})
 	if st := s.Status(); st.Holding || st.ClockOffset < 900*time.Millisecond {
@@ -112,7 +114,7 @@ func TestSingular_RefusesToHoldWhileTheClocksDisagree(t *testing.T) {
 	// It stopped extending: the lease lapses so that a controller whose
 	// clock agrees can take it.
 	other := lease.New(n.OpenDB(t))
-	waitFor(t, "the lease to be free for another controller", func() bool {
+	testwait.For(t, "the lease to be free for another controller", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := other.Claim(ctx, lease.NamespaceSingularController, singular.DefaultName, "controller-1", 300*time.Millisecond)
@@ -123,7 +125,7 @@ func TestSingular_RefusesToHoldWhileTheClocksDisagree(t *testing.T) {
 	}
 	// The clocks agree again: it holds again.
 	c.skew.Store(0)
-	waitFor(t, "the worker to start once the clocks agree", func() bool { return len(k.snapshot()) == 1 })
+	testwait.For(t, "the worker to start once the clocks agree", func() bool { return len(k.snapshot()) == 1 })
 }
 
 // TestSingular_RestartedRunWaitsForThePreviousRunsWorkers: a process
@@ -166,13 +168,13 @@ func TestSingular_RestartedRunWaitsForThePreviousRunsWorkers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- first.Run(ctx) }()
-	waitFor(t, "the first run's worker", func() bool { return running.Load() == 1 })
+	testwait.For(t, "the first run's worker", func() bool { return running.Load() == 1 })
 	cancel()
 	<-done // gave up waiting for the worker after StopTimeout
 
 	o.Workers = map[string]singular.Worker{"w": polite}
 	second := runSingular(t, lease.New(n.DB), o)
-	waitFor(t, "the second run to hold", second.Check)
+	testwait.For(t, "the second run to hold", second.Check)
 	select {
 	case <-started:
 		t.Fatal("the second run started its worker while the first run's still ran")
@@ -189,7 +191,8 @@ func TestSingular_RestartedRunWaitsForThePreviousRunsWorkers(t *testing.T) {
 	}
 }
 
-func TestSingular_ViewIsTheLastAnsweredClaimAgedByTheLocalClock(t *testing.T) {
+// The view is the last answered claim, aged by the local clock.
+func TestSingular_ViewAgesLastClaim(t *testing.T) {
 	n := newNode(t)
 	o := short
 	o.Holder = "controller-0"
@@ -204,14 +207,14 @@ func TestSingular_ViewIsTheLastAnsweredClaimAgedByTheLocalClock(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	waitFor(t, "the lease", s.Check)
+	testwait.For(t, "the lease", s.Check)
 	l, age, ok := s.View()
 	if !ok || l.Holder != "controller-0" || l.Tenure <= 0 || l.Expired() || age < 0 || age > o.Duration {
 		t.Fatalf("view of the holder = %+v age %v ok %v", l, age, ok)
 	}
 	// A non-holder's view names the holder, from its refused claims.
 	other := runSingular(t, lease.New(n.OpenDB(t)), func() singular.Options { p := o; p.Holder = "controller-1"; return p }())
-	waitFor(t, "the other controller's view", func() bool {
+	testwait.For(t, "the other controller's view", func() bool {
 		l, _, ok := other.View()
 		return ok && l.Holder == "controller-0" && !l.Expired()
 	})

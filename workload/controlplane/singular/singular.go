@@ -64,7 +64,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -643,13 +644,8 @@ func (g *workerGroup) stopped() bool {
 // when all have returned.
 func (g *workerGroup) start(o Options, tok lease.Token) {
 	ctx := g.ctx
-	names := make([]string, 0, len(o.Workers))
-	for name := range o.Workers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
 	var wg sync.WaitGroup
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(o.Workers)) {
 		w := o.Workers[name]
 		wg.Add(1)
 		go func() {

@@ -17,6 +17,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/controlplane/lease"
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/dqlitetest"
+	"github.com/juju/dqlite-controller/workload/internal/testwait"
 )
 
 // Short durations for tests: the rules are the same as with the defaults,
@@ -143,18 +144,6 @@ func newNode(t *testing.T) *dqlitetest.Node {
 	return n
 }
 
-// waitFor polls cond until it holds or the generous deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(dqlitetest.Patience)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func holders(cs ...*controller) []*controller {
 	var out []*controller
 	for _, c := range cs {
@@ -165,12 +154,13 @@ func holders(cs ...*controller) []*controller {
 	return out
 }
 
-func TestSingular_ExactlyOneOfTwoControllersHoldsAndWorks(t *testing.T) {
+// Exactly one of two controllers holds the lease and works.
+func TestSingular_ExactlyOneHolds(t *testing.T) {
 	n := newNode(t)
 	ev := &events{}
 	a := startController(t, n, "controller-0", nil, ev)
 	b := startController(t, n, "controller-1", nil, ev)
-	waitFor(t, "a holder", func() bool { return len(holders(a, b)) > 0 })
+	testwait.For(t, "a holder", func() bool { return len(holders(a, b)) > 0 })
 	// Through several extension rounds, never two holders.
 	for i := 0; i < 100; i++ {
 		if h := holders(a, b); len(h) != 1 {
@@ -179,7 +169,7 @@ func TestSingular_ExactlyOneOfTwoControllersHoldsAndWorks(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	h := holders(a, b)[0]
-	waitFor(t, "the holder's worker to start", func() bool { return len(ev.snapshot()) == 1 })
+	testwait.For(t, "the holder's worker to start", func() bool { return len(ev.snapshot()) == 1 })
 	if log := ev.snapshot(); log[0] != (event{h.name, "start"}) {
 		t.Fatalf("work log %v, want one start by the holder %s", log, h.name)
 	}
@@ -222,7 +212,8 @@ func (h *hangingClaimer) Revoke(ctx context.Context, ns, name, holder string) er
 	return h.store.Revoke(ctx, ns, name, holder)
 }
 
-func TestSingular_HolderCutOffStopsItsWorkBeforeAnotherStarts(t *testing.T) {
+// A holder cut off stops its work before another starts.
+func TestSingular_HolderCutOff(t *testing.T) {
 	for _, mode := range []string{"closed-database", "hanging-requests"} {
 		t.Run(mode, func(t *testing.T) {
 			n := newNode(t)
@@ -238,8 +229,8 @@ func TestSingular_HolderCutOffStopsItsWorkBeforeAnotherStarts(t *testing.T) {
 				return startController(t, n, name, c, ev)
 			}
 			a, b := start("controller-0"), start("controller-1")
-			waitFor(t, "a holder", func() bool { return len(holders(a, b)) == 1 })
-			waitFor(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
+			testwait.For(t, "a holder", func() bool { return len(holders(a, b)) == 1 })
+			testwait.For(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
 			holder, other := a, b
 			if b.s.Check() {
 				holder, other = b, a
@@ -250,7 +241,7 @@ func TestSingular_HolderCutOffStopsItsWorkBeforeAnotherStarts(t *testing.T) {
 			} else {
 				hang[holder.name].cut.Store(true)
 			}
-			waitFor(t, "the other controller's work to start", func() bool {
+			testwait.For(t, "the other controller's work to start", func() bool {
 				for _, e := range ev.snapshot() {
 					if e == (event{other.name, "start"}) {
 						return true
@@ -276,7 +267,7 @@ func TestSingular_GracefulStopHandsOverBeforeExpiry(t *testing.T) {
 	store := lease.New(n.DB)
 	ev := &events{}
 	a := startController(t, n, "controller-0", nil, ev)
-	waitFor(t, "controller-0 to hold", a.s.Check)
+	testwait.For(t, "controller-0 to hold", a.s.Check)
 	b := startController(t, n, "controller-1", nil, ev)
 	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
 	defer cancel()
@@ -285,7 +276,7 @@ func TestSingular_GracefulStopHandsOverBeforeExpiry(t *testing.T) {
 		t.Fatalf("no lease row: %v", err)
 	}
 	a.stop() // revokes after its worker stopped
-	waitFor(t, "controller-1 to hold", b.s.Check)
+	testwait.For(t, "controller-1 to hold", b.s.Check)
 	l, _, err := store.Get(ctx, lease.NamespaceSingularController, singular.DefaultName)
 	if err != nil {
 		t.Fatal(err)
@@ -318,7 +309,7 @@ func TestSingular_FailingWorkerIsRestartedWhileHolding(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- s.Run(ctx) }()
-	waitFor(t, "the worker to be restarted", func() bool { return runs.Load() >= 3 })
+	testwait.For(t, "the worker to be restarted", func() bool { return runs.Load() >= 3 })
 	cancel()
 	<-done
 	if s.Check() {
@@ -422,7 +413,8 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.waiters = keep
 }
 
-func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
+// Periodic runs at once, then every interval, and survives errors.
+func TestPeriodic_Schedule(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(0, 0)}
 	calls := make(chan int, 10)
 	var n int
@@ -441,7 +433,7 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 		t.Fatalf("first call %d", got)
 	}
 	for i := 2; i <= 3; i++ {
-		waitFor(t, "the periodic wait", func() bool { return clock.pending() == 1 })
+		testwait.For(t, "the periodic wait", func() bool { return clock.pending() == 1 })
 		select {
 		case <-calls:
 			t.Fatal("called before the interval passed")
@@ -458,13 +450,13 @@ func TestPeriodic_RunsAtOnceThenEveryIntervalAndSurvivesErrors(t *testing.T) {
 	}
 }
 
-// TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap
-// kills (stops without hand-over, and cuts off) the controller that both
+// TestSingular_HolderOnLeaderDies: the holder that also hosts the Dqlite
+// leader dies, and another takes over without overlap. It kills (stops without hand-over, and cuts off) the controller that both
 // holds the lease and hosts the Dqlite leader of a 3-node cluster: the
 // survivors elect a new Dqlite leader, whose clock then judges the expiry,
 // and exactly one of them takes over, after the dead holder stopped its
 // work.
-func TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap(t *testing.T) {
+func TestSingular_HolderOnLeaderDies(t *testing.T) {
 	nodes := dqlitetest.StartCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), dqlitetest.Patience)
 	defer cancel()
@@ -479,19 +471,19 @@ func TestSingular_HolderOnTheDqliteLeaderDiesAndAnotherTakesOverWithoutOverlap(t
 	ev := &events{}
 	cut := &hangingClaimer{store: lease.New(nodes[leader].DB)}
 	doomed := startController(t, nodes[leader], fmt.Sprintf("controller-%d", leader), cut, ev)
-	waitFor(t, "the controller on the Dqlite leader to hold", doomed.s.Check)
+	testwait.For(t, "the controller on the Dqlite leader to hold", doomed.s.Check)
 	var survivors []*controller
 	for i, n := range nodes {
 		if i != leader {
 			survivors = append(survivors, startController(t, n, fmt.Sprintf("controller-%d", i), nil, ev))
 		}
 	}
-	waitFor(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
+	testwait.For(t, "the holder's work to start", func() bool { return len(ev.snapshot()) == 1 })
 
 	cut.cut.Store(true)
 	nodes[leader].Close()
 
-	waitFor(t, "a survivor to take over", func() bool { return len(holders(survivors...)) > 0 })
+	testwait.For(t, "a survivor to take over", func() bool { return len(holders(survivors...)) > 0 })
 	// Let a few extension rounds pass under the new Dqlite leader.
 	time.Sleep(3 * short.ExtendInterval)
 	if h := holders(survivors...); len(h) != 1 {

@@ -17,7 +17,6 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -173,11 +172,10 @@ const outcomeUnknown = "unknown"
 var ErrOutcomeUnknown = errors.New("the outcome is unknown")
 
 // isOutcomeUnknown reports whether a Backend's error leaves the outcome
-// unknown. The phrase match covers the wording of workload/daemon/node's
-// failed COMMIT ("cannot commit (the outcome is unknown): ...") until it
-// wraps ErrOutcomeUnknown.
+// unknown (workload/daemon/node wraps ErrOutcomeUnknown around a COMMIT
+// that got no answer).
 func isOutcomeUnknown(err error) bool {
-	return errors.Is(err, ErrOutcomeUnknown) || strings.Contains(err.Error(), "(the outcome is unknown)")
+	return errors.Is(err, ErrOutcomeUnknown)
 }
 
 // Serve listens on the control socket of dataDir and serves b until ctx is

@@ -81,7 +81,7 @@ func TestClientSQL_OutcomeUnknownOnlyAfterTheRequestWasSent(t *testing.T) {
 		l.(*net.UnixListener).SetUnlinkOnClose(false)
 		l.Close() // the socket file stays, nobody listens: ECONNREFUSED
 	}
-	nodeCommitErr := errors.New("cannot commit (the outcome is unknown): driver: bad connection")
+	nodeCommitErr := fmt.Errorf("cannot commit: %w: %w", control.ErrOutcomeUnknown, errors.New("driver: bad connection"))
 	tests := []struct {
 		summary    string
 		dataDir    string
@@ -103,7 +103,7 @@ func TestClientSQL_OutcomeUnknownOnlyAfterTheRequestWasSent(t *testing.T) {
 			c.Close()
 		}), unknown: true},
 		{summary: "daemon never answers, client deadline after sending", dataDir: fakeDaemon(t, func(c net.Conn) { readRequest(c); time.Sleep(time.Minute) }), timeout: 300 * time.Millisecond, unknown: true},
-		{summary: "daemon's COMMIT answer lost (node's wording)", dataDir: serve(t, backend{err: nodeCommitErr}), unknown: true},
+		{summary: "daemon's COMMIT answer lost (node wraps ErrOutcomeUnknown)", dataDir: serve(t, backend{err: nodeCommitErr}), unknown: true},
 		{summary: "daemon's COMMIT answer lost (wrapped)", dataDir: serve(t, backend{err: fmt.Errorf("cannot commit: %w: EOF", control.ErrOutcomeUnknown)}), unknown: true},
 		{summary: "database refuses the statement", dataDir: serve(t, backend{err: errors.New("no such table: t")})},
 	}

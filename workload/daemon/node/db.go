@@ -351,7 +351,7 @@ func runSQL(ctx context.Context, db *sql.DB, statement string) (res control.SQLR
 		}
 		n, _ := r.RowsAffected()
 		if err := tx.Commit(); err != nil {
-			return control.SQLResult{}, true, fmt.Errorf("cannot commit (the outcome is unknown): %w", err)
+			return control.SQLResult{}, true, fmt.Errorf("cannot commit: %w: %w", control.ErrOutcomeUnknown, err)
 		}
 		return control.SQLResult{RowsAffected: &n}, false, nil
 	}

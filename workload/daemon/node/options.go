@@ -35,7 +35,7 @@ const (
 	// configuration without the old voters (decide.Recover), and
 	// DefaultRecoverFailures how many failed observations in a row that
 	// takes. A leader election takes 0.3-0.6 s and a hand-over's
-	// leadership transfer one of them (dqlite.md §2b); a loaded host
+	// leadership transfer one of them (docs/dqlite.md#failover); a loaded host
 	// stalls a pass for a second or two. 6 s and 4 failures outlast both
 	// several times over; the real guard is that no old voter may accept
 	// a connection. Juju waits a full minute.
