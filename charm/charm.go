@@ -290,9 +290,14 @@ func (h *hook) run(ctx context.Context) error {
 		return err
 	}
 	var cluster *controllerconf.Config
+	var caURI string
 	if relID == "" {
 		h.status.add(hooktools.StatusWaiting, "waiting for the db-cluster peer relation")
+	} else if caURI, err = h.ensureCA(ctx, relID); err != nil {
+		return err
 	} else if cluster, err = h.reconcilePeers(ctx, relID); err != nil {
+		return err
+	} else if err := h.reconcileTLS(ctx, relID, caURI); err != nil {
 		return err
 	} else {
 		h.publishRaftPosition(ctx, relID) // recovery.go

@@ -135,7 +135,8 @@ func TestTwoAddresses_BlockedAndNotPublished(t *testing.T) {
 	if u.status != [2]string{"blocked", "multiple possible DB bind addresses; set a suitable db-cluster network binding"} {
 		t.Fatalf("status = %v", u.status)
 	}
-	if len(m.unitData[u.name]) != 0 || len(m.appData) != 0 {
+	// Only the cluster CA's secret is named (it needs no address).
+	if len(m.unitData[u.name]) != 0 || len(m.appData) != 1 || m.appData[charm.KeyCASecretID] == "" {
 		t.Fatalf("published %v / %v", m.unitData[u.name], m.appData)
 	}
 	if !u.logged("10.0.0.1, 192.168.7.1") {
@@ -353,6 +354,7 @@ func TestDepartingLeader_DoesNotStripAppData(t *testing.T) {
 	m.leader = u0.name
 	m.settleScope(u0, u1, u2)
 	m.published(u1, u2)
+	m.seedCA()
 	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name})
 	full := m.appData["db-bind-addresses"]
 
@@ -684,6 +686,7 @@ func TestConfigChange_StatusWaitsForTheDaemonToJoin(t *testing.T) {
 	m.leader = u0.name
 	m.settleScope(u0, u1)
 	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1"}`, "bootstrap-agent-id": "0"}
+	m.seedCA()
 	u1.workload = `{"controller-id":"1","member":false,"state":"waiting","message":"address for this Dqlite node to bind to not found in config"}`
 	m.mustRun(u1, "install")
 	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-created"})
@@ -751,6 +754,7 @@ func TestNonLeader_WaitsUntilTheLeaderListsIt(t *testing.T) {
 	m.leader = u0.name
 	m.settleScope(u0, u1)
 	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1"}`, "bootstrap-agent-id": "0"}
+	m.seedCA()
 	u1.workload = workloadJSON("1", "spare", "0:voter", "1:spare")
 	m.mustRun(u1, "install")
 	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-created"})

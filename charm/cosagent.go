@@ -2,8 +2,10 @@ package charm
 
 import (
 	"context"
+	"path/filepath"
 
 	"github.com/juju/dqlite-controller/charm/cos"
+	"github.com/juju/dqlite-controller/clustertls"
 )
 
 // publishCOS keeps this unit's cos-agent data (package cos: the scrape job
@@ -15,7 +17,7 @@ func (h *hook) publishCOS(ctx context.Context, apiPort int) {
 	if err != nil || len(ids) == 0 {
 		return
 	}
-	want, err := cos.UnitData(apiPort)
+	want, err := cos.UnitData(apiPort, filepath.Join(clustertls.Dir(h.cfg.ConfigPath(h.agentID)), clustertls.CAFile))
 	if err != nil {
 		h.log.Warn("cannot build the cos-agent data", "err", err)
 		return

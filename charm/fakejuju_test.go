@@ -16,6 +16,7 @@ import (
 
 	"github.com/juju/dqlite-controller/charm"
 	"github.com/juju/dqlite-controller/charm/hooktools"
+	"github.com/juju/dqlite-controller/clustertls"
 	"github.com/juju/dqlite-controller/controllerconf"
 )
 
@@ -48,6 +49,10 @@ type model struct {
 	// relation-set --app: the lease lapses after the write, before the
 	// hook commits.
 	loseLeadershipAfterAppSet func(m *model, u *unit)
+	// secrets are the committed application-owned secrets by URI (one
+	// revision each: the charm never updates one).
+	secrets   map[string]map[string]string
+	secretSeq int
 }
 
 type unit struct {
@@ -92,6 +97,7 @@ func newModel(t *testing.T) *model {
 		appData:  map[string]string{},
 		units:    map[string]*unit{},
 		settle:   -1,
+		secrets:  map[string]map[string]string{},
 	}
 }
 
@@ -197,7 +203,7 @@ type hookResult struct {
 // returns nil and, for application data, u is still the leader.
 func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 	m.t.Helper()
-	r := &hookRunner{m: m, u: u, env: h, unitPending: map[string]string{}, appPending: map[string]string{}}
+	r := &hookRunner{m: m, u: u, env: h, unitPending: map[string]string{}, appPending: map[string]string{}, secretPending: map[string]map[string]string{}}
 	cfg := charm.Config{
 		JujuDir:        u.jujuDir(),
 		SystemdDir:     u.systemdDir(),
@@ -216,6 +222,7 @@ func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 	var res hookResult
 	res.unitChanged = apply(m.unitData[u.name], r.unitPending)
 	res.appChanged = apply(m.appData, r.appPending)
+	maps.Copy(m.secrets, r.secretPending)
 	return res, nil
 }
 
@@ -267,6 +274,48 @@ type hookRunner struct {
 	env         hookEnv
 	unitPending map[string]string
 	appPending  map[string]string
+	// secretPending are the secrets this hook added: committed with the
+	// relation data when it exits 0 (Juju: changes commit at hook end).
+	secretPending map[string]map[string]string
+}
+
+// seedCA gives the model a committed cluster CA secret named in the
+// application data, as a leader's earlier hook would have left it.
+func (m *model) seedCA() {
+	m.t.Helper()
+	ca, err := clustertls.NewCA(time.Now())
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.secretSeq++
+	uri := fmt.Sprintf("secret:d4k3s5pkf9d0d6q0%04d", m.secretSeq)
+	m.secrets[uri] = map[string]string{"ca-cert": string(ca.CertPEM), "ca-key": string(ca.KeyPEM)}
+	m.appData[charm.KeyCASecretID] = uri
+}
+
+// secretAdd is secret-add --owner application: leader only (Juju's
+// ErrIsNotLeader), pending until the hook succeeds.
+func (r *hookRunner) secretAdd(args []string) ([]byte, error) {
+	if r.m.leader != r.u.name {
+		return nil, exitErr("secret-add", 1, "ERROR this unit is not the leader", "")
+	}
+	data := map[string]string{}
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--owner", "--label", "--description":
+			i++
+			continue
+		}
+		k, v, ok := strings.Cut(args[i], "=")
+		if !ok {
+			r.m.t.Errorf("unexpected secret-add argument %q", args[i])
+		}
+		data[k] = v
+	}
+	r.m.secretSeq++
+	uri := fmt.Sprintf("secret:d4k3s5pkf9d0d6q0%04d", r.m.secretSeq)
+	r.secretPending[uri] = data
+	return []byte(uri + "\n"), nil
 }
 
 func exitErr(name string, code int, stderr string, stdout string) error {
@@ -334,6 +383,25 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 		return jsonOut(leader), nil
 	case "config-get":
 		return jsonOut(m.config), nil
+	case "secret-add":
+		return r.secretAdd(args)
+	case "secret-get":
+		if len(args) == 0 {
+			return nil, exitErr(name, 2, "ERROR require either a secret URI or label", "")
+		}
+		c, ok := r.secretPending[args[0]]
+		if !ok {
+			c, ok = m.secrets[args[0]]
+		}
+		if !ok {
+			return nil, exitErr(name, 1, fmt.Sprintf("ERROR secret %q not found", strings.TrimPrefix(args[0], "secret:")), "")
+		}
+		return jsonOut(c), nil
+	case "secret-ids":
+		if m.leader != u.name {
+			return []byte("[]\n"), nil
+		}
+		return jsonOut(slices.Sorted(maps.Keys(m.secrets))), nil
 	case "status-set":
 		if len(args) != 3 || args[1] != "--" {
 			m.t.Errorf("unexpected status-set %q", args)

@@ -94,7 +94,7 @@ func describeWorkload(st *WorkloadStatus) (hooktools.Status, string) {
 		switch st.State {
 		case "refused", "address-mismatch", "error":
 			// The daemon will not go on by itself: an operator must act
-			// (e.g. an IPv6-only binding), so the message says how.
+			// (e.g. a node certificate of another controller), so the message says how.
 			return hooktools.StatusBlocked, "controllerd: " + msg
 		}
 		return hooktools.StatusWaiting, "controllerd: " + msg

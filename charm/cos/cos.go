@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/juju/dqlite-controller/clustertls"
 	"gopkg.in/yaml.v3"
 )
 
@@ -52,7 +53,16 @@ type unitData struct {
 type scrapeJob struct {
 	JobName       string         `json:"job_name"`
 	MetricsPath   string         `json:"metrics_path"`
+	Scheme        string         `json:"scheme"`
+	TLSConfig     tlsConfig      `json:"tls_config"`
 	StaticConfigs []staticConfig `json:"static_configs"`
+}
+
+// tlsConfig is a Prometheus scrape job's tls_config: the API serves the
+// node certificate, which carries the pinned name, not "localhost".
+type tlsConfig struct {
+	CAFile     string `json:"ca_file"`
+	ServerName string `json:"server_name"`
 }
 
 type staticConfig struct {
@@ -60,9 +70,9 @@ type staticConfig struct {
 }
 
 // UnitData is the value of Key for a unit whose controllerd serves its API
-// (and /metrics) on apiPort: the subordinate on the same machine scrapes
-// localhost.
-func UnitData(apiPort int) (string, error) {
+// (and /metrics) over TLS on apiPort: the subordinate on the same machine
+// scrapes localhost, verifying against the CA bundle in caFile.
+func UnitData(apiPort int, caFile string) (string, error) {
 	var rules map[string]any
 	if err := yaml.Unmarshal(alertRules, &rules); err != nil {
 		return "", fmt.Errorf("cannot parse the shipped alert rules: %w", err)
@@ -71,7 +81,8 @@ func UnitData(apiPort int) (string, error) {
 		MetricsAlertRules: rules,
 		LogAlertRules:     map[string]any{},
 		Dashboards:        []string{base64.StdEncoding.EncodeToString(storeXZ(dashboard))},
-		MetricsScrapeJobs: []scrapeJob{{JobName: "controllerd", MetricsPath: "/metrics",
+		MetricsScrapeJobs: []scrapeJob{{JobName: "controllerd", MetricsPath: "/metrics", Scheme: "https",
+			TLSConfig:     tlsConfig{CAFile: caFile, ServerName: clustertls.ServerName},
 			StaticConfigs: []staticConfig{{Targets: []string{"localhost:" + strconv.Itoa(apiPort)}}}}},
 		LogSlots: []string{},
 	}

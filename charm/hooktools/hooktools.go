@@ -320,3 +320,51 @@ func (c *Client) Log(ctx context.Context, level LogLevel, message string) error 
 	_, err := c.output(ctx, "juju-log", "--log-level", string(level), "--", message)
 	return err
 }
+
+// SecretAdd runs `secret-add --owner application --label <label>
+// key=value...` (keys sorted) and returns the new secret's URI. Juju
+// allows it on the leader only, and the secret exists once the hook exits
+// 0 (juju/juju: internal/worker/uniter/runner/context/context.go,
+// CreateSecret).
+func (c *Client) SecretAdd(ctx context.Context, label, description string, data map[string]string) (string, error) {
+	args := []string{"--owner", "application", "--label", label}
+	if description != "" {
+		args = append(args, "--description", description)
+	}
+	for _, k := range slices.Sorted(maps.Keys(data)) {
+		args = append(args, k+"="+data[k])
+	}
+	out, err := c.output(ctx, "secret-add", args...)
+	if err != nil {
+		return "", err
+	}
+	uri := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(uri, "secret:") {
+		return "", fmt.Errorf("cannot parse secret-add output %q", abbreviate(out))
+	}
+	return uri, nil
+}
+
+// SecretGet runs `secret-get <uri> --refresh --format=json` (refresh:
+// the latest revision, tracked from now on) or without --refresh.
+func (c *Client) SecretGet(ctx context.Context, uri string, refresh bool) (map[string]string, error) {
+	args := []string{uri}
+	if refresh {
+		args = append(args, "--refresh")
+	}
+	var out map[string]string
+	if err := c.json(ctx, &out, "secret-get", append(args, "--format=json")...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SecretIDs runs `secret-ids --format=json`: the secrets this unit owns
+// (for the leader, the application's).
+func (c *Client) SecretIDs(ctx context.Context) ([]string, error) {
+	var out []string
+	if err := c.json(ctx, &out, "secret-ids", "--format=json"); err != nil {
+		return nil, err
+	}
+	return out, nil
+}

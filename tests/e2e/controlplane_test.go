@@ -289,8 +289,16 @@ type clientResult struct {
 
 func runClient(t *testing.T, m *sim.Model, machine int, extra ...string) clientResult {
 	t.Helper()
+	// The client's CA certificate, as a user would save it next to the
+	// store (the agent's comes from agent.conf).
+	caHost := filepath.Join(filepath.Dir(m.AgentConfigPath(machine)), "controllers-ca.crt")
+	if err := os.WriteFile(caHost, []byte(m.ControllerCACert()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	caOnMachine := filepath.Join(filepath.Dir(sim.AgentConfigPathOnMachine(machine)), "controllers-ca.crt")
 	argv := append([]string{sim.AgentToolsDirOnMachine(machine) + "/controllerd", "client",
-		"--store", "/var/lib/juju/client/controllers.json", "--controller", "ctl", "--format", "json"}, extra...)
+		"--store", "/var/lib/juju/client/controllers.json", "--controller", "ctl", "--format", "json",
+		"--ca-cert", caOnMachine}, extra...)
 	var res clientResult
 	err := probe.Eventually(ctxFor(t, 2*time.Minute), time.Second, func() error {
 		out, errOut, err := m.ExecMachine(context.Background(), machine, argv...)

@@ -35,6 +35,9 @@ type AgentMachineSpec struct {
 	// NoAgent adds the machine without starting `controllerd agent` (a
 	// machine for running `controllerd client`, say).
 	NoAgent bool
+	// CACert is agent.conf's cacert: (PEM). Default: ControllerCACert,
+	// the controllers' CA, as Juju's provisioner writes it.
+	CACert string
 }
 
 // AgentConfigPathOnMachine is the agent config file of machine id as seen on
@@ -59,6 +62,9 @@ func (m *Model) AddAgentMachine(spec AgentMachineSpec) (int, error) {
 	seeds := spec.APIAddresses
 	if len(seeds) == 0 {
 		seeds = m.ControllerAgentAddresses()
+	}
+	if spec.CACert == "" {
+		spec.CACert = m.ControllerCACert()
 	}
 	m.mu.Lock()
 	if m.closed {
@@ -94,7 +100,7 @@ func (m *Model) AddAgentMachine(spec AgentMachineSpec) (int, error) {
 	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
 		return mc.id, fmt.Errorf("cannot create agent dir of machine %d: %w", mc.id, err)
 	}
-	data, err := agentConfig(mc.id, m.uuid, seeds)
+	data, err := agentConfig(mc.id, m.uuid, seeds, spec.CACert)
 	if err != nil {
 		return mc.id, err
 	}
@@ -130,9 +136,10 @@ WantedBy=multi-user.target
 	return mc.id, nil
 }
 
-// agentConfig renders a minimal agent.conf in Juju's format 2.0 shape; only
-// apiaddresses matters to controllerd agent, which must keep the rest.
-func agentConfig(id int, modelUUID string, addrs []string) ([]byte, error) {
+// agentConfig renders a minimal agent.conf in Juju's format 2.0 shape;
+// apiaddresses and cacert (juju/juju agent/agent.go keys) matter to
+// controllerd agent, which must keep the rest.
+func agentConfig(id int, modelUUID string, addrs []string, caCert string) ([]byte, error) {
 	doc := struct {
 		Format       string   `yaml:"format"`
 		Tag          string   `yaml:"tag"`
@@ -141,8 +148,9 @@ func agentConfig(id int, modelUUID string, addrs []string) ([]byte, error) {
 		Nonce        string   `yaml:"nonce"`
 		Model        string   `yaml:"model"`
 		APIAddresses []string `yaml:"apiaddresses"`
+		CACert       string   `yaml:"cacert,omitempty"`
 	}{"2.0", "machine-" + strconv.Itoa(id), "/var/lib/juju", "/var/log/juju", "machine-" + strconv.Itoa(id) + ":sim",
-		"model-" + modelUUID, addrs}
+		"model-" + modelUUID, addrs, caCert}
 	data, err := yaml.Marshal(doc)
 	if err != nil {
 		return nil, fmt.Errorf("cannot render agent config: %w", err)
@@ -318,4 +326,24 @@ func (m *Model) execOn(ctx context.Context, mc *machine, argv []string) ([]byte,
 		}
 	}
 	return []byte(so.String()), []byte(se.String()), err
+}
+
+// ControllerCASecretLabel is the label under which the controller
+// application keeps its cluster CA in an application-owned secret (the
+// charm's choice; here it plays the part of Juju's controller CA, which
+// the provisioner writes into every agent.conf).
+const ControllerCASecretLabel = "dqlite-controller-cluster-ca"
+
+// ControllerCACert returns the controllers' CA certificate (PEM, the
+// ca-cert key of the latest revision of that secret), "" while there is
+// none.
+func (m *Model) ControllerCACert() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.secrets.byID {
+		if s.label == ControllerCASecretLabel && s.kind == ownerApplication {
+			return s.revisions[len(s.revisions)-1]["ca-cert"]
+		}
+	}
+	return ""
 }

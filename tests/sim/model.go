@@ -191,6 +191,7 @@ type Model struct {
 	faults    []*hookFault
 	acts      actionState // actions.go
 	closed    bool
+	secrets   secretState // secrets.go
 }
 
 // New creates the run's fabric namespace and subnets. Close tears everything

@@ -85,6 +85,19 @@ var hookTools = map[string]toolFunc{
 	"unit-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
 		return m.toolUnitGet(hc, req.Args)
 	},
+	// Secrets (secrets.go).
+	"secret-add": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolSecretAdd(hc, req.Args)
+	},
+	"secret-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolSecretGet(hc, req.Args)
+	},
+	"secret-set": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolSecretSet(hc, req.Args)
+	},
+	"secret-ids": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolSecretIDs(hc, req.Args)
+	},
 }
 
 func (m *Model) runToolCommand(hc *hookContext, req toolRequest) toolResponse {

@@ -355,14 +355,18 @@ func (m *Model) runAgent(u *unit) {
 		switch {
 		case m.closed || u.machine.dead:
 			// The agent died with its machine: nothing is committed.
+			m.discardSecretsLocked(hc)
 		case hc.cutOff || u.machine.partitioned:
 			// The agent lost its API connection during the hook: nothing
 			// is committed, and the hook runs again once it reconnects.
 			m.appendUnitLog(u, fmt.Sprintf("%s hook interrupted: the agent lost its API connection; it will run again", h.name))
+			m.discardSecretsLocked(hc)
 			u.interrupted = h
 		case code == 0 && commitErr == "":
 			m.commitLocked(u, h, hc)
+			m.commitSecretsLocked(hc)
 		default:
+			m.discardSecretsLocked(hc)
 			if commitErr != "" {
 				m.appendUnitLog(u, fmt.Sprintf("%s hook failed to commit: %s", h.name, commitErr))
 			}

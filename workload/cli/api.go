@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/signal"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/juju/dqlite-controller/clustertls"
 	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
 	"github.com/juju/dqlite-controller/workload/consumer/apiclient"
 	"github.com/juju/dqlite-controller/workload/consumer/apidial"
@@ -52,15 +54,23 @@ func splitAddresses(flag, s string) ([]string, error) {
 	return out, nil
 }
 
-func httpClient(timeout time.Duration, responseHeader time.Duration) *http.Client {
+// httpClient is an HTTPS client that verifies the controllers against the
+// CA bundle caPEM, with the server name pinned (clustertls.ClientConfig).
+func httpClient(caPEM []byte, timeout time.Duration, responseHeader time.Duration) (*http.Client, error) {
+	pool, err := clustertls.PoolFromPEM(caPEM)
+	if err != nil {
+		return nil, err
+	}
 	return &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
+			TLSClientConfig:       clustertls.ClientConfig(pool),
+			TLSHandshakeTimeout:   dialTimeout,
 			DialContext:           (&net.Dialer{Timeout: dialTimeout}).DialContext,
 			ResponseHeaderTimeout: responseHeader,
 			IdleConnTimeout:       time.Minute,
 		},
-	}
+	}, nil
 }
 
 func agentCmd(stderr io.Writer) *cobra.Command {
@@ -72,8 +82,9 @@ func agentCmd(stderr io.Writer) *cobra.Command {
 		Use:   "agent --config PATH --controllers host:port[,host:port...]",
 		Short: "Keep an agent config file's apiaddresses list current (the api-address-updater of a non-controller machine)",
 		Long: `Keeps the apiaddresses: list of the agent config file PATH current: it
-connects to a controller (the file's addresses and --controllers, in random
-order, a new parallel attempt every 50 ms), long-polls the agent address
+connects to a controller over HTTPS, verified against the file's cacert:
+(the file's addresses and --controllers, in random order, a new parallel
+attempt every 50 ms), long-polls the agent address
 list and rewrites the file atomically when the list changes. An empty list
 from the controllers keeps the file's list. Runs until SIGTERM.`,
 		Args: usageArgs(cobra.NoArgs),
@@ -88,6 +99,14 @@ from the controllers keeps the file's list. Runs until SIGTERM.`,
 			}
 			if len(known) == 0 && len(seeds) == 0 {
 				return fmt.Errorf("no controller address: give --controllers or an agent config %s with %s", path, apiagent.Key)
+			}
+			caPEM, err := apiagent.ReadCACert(path)
+			if err != nil {
+				return err
+			}
+			hc, err := httpClient(caPEM, 0, agentWatchTimeout+15*time.Second)
+			if err != nil {
+				return fmt.Errorf("cannot use the %s of %s: %w", apiagent.CACertKey, path, err)
 			}
 			level := slog.LevelInfo
 			if verbose {
@@ -110,7 +129,8 @@ from the controllers keeps the file's list. Runs until SIGTERM.`,
 					}
 					return addrs, nil
 				},
-				Client:       httpClient(0, agentWatchTimeout+15*time.Second),
+				Client:       hc,
+				Scheme:       "https",
 				WatchTimeout: agentWatchTimeout,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -142,17 +162,18 @@ type clientResult struct {
 
 func clientCmd(stdout, stderr io.Writer) *cobra.Command {
 	var (
-		storePath, name, addresses, format string
-		timeout                            time.Duration
+		storePath, name, addresses, format, caPath string
+		timeout                                    time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "client --store PATH --controller NAME [--addresses host:port,...]",
+		Use:   "client --store PATH --controller NAME [--ca-cert PATH] [--addresses host:port,...]",
 		Short: "Connect to a controller's API like a client: last good address first, then the others; refresh the local address store",
 		Long: `Connects to controller NAME through the addresses kept for it in the
 address store PATH (a JSON file): the last address that worked is tried
 first, the others after it (a new parallel attempt every 50 ms). On success
 the store takes the controller's client address list and the address used
-becomes the last good one. --addresses seeds the store (added to a known
+becomes the last good one. The controller is verified against the CA
+certificate stored for it (--ca-cert stores it). --addresses seeds the store (added to a known
 controller's list). Prints the address used and the list.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -168,8 +189,27 @@ controller's list). Prints the address used and the list.`,
 			if err != nil {
 				return err
 			}
+			if caPath != "" {
+				pem, err := os.ReadFile(caPath)
+				if err != nil {
+					return fmt.Errorf("cannot read --ca-cert: %w", err)
+				}
+				if _, err := clustertls.PoolFromPEM(pem); err != nil {
+					return fmt.Errorf("cannot use --ca-cert %s: %w", caPath, err)
+				}
+				if e.CACert != string(pem) {
+					e.CACert = string(pem)
+					if err := store.Set(name, e); err != nil {
+						return err
+					}
+					ok = true
+				}
+			}
+			if e.CACert == "" {
+				return fmt.Errorf("no CA certificate for controller %q in the store: give --ca-cert", name)
+			}
 			if len(seeds) > 0 {
-				ne := apiclient.Entry{Addresses: e.Addresses, LastGood: e.LastGood}
+				ne := apiclient.Entry{Addresses: e.Addresses, LastGood: e.LastGood, CACert: e.CACert}
 				for _, s := range seeds {
 					if !slices.Contains(ne.Addresses, s) {
 						ne.Addresses = append(ne.Addresses, s)
@@ -188,7 +228,11 @@ controller's list). Prints the address used and the list.`,
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			lists, addr, err := apiclient.Connect(ctx, store, name, apihttp.ClientDial(httpClient(clientRequestTimeout, 0), "http"), nil, apidial.Options{})
+			hc, err := httpClient([]byte(e.CACert), clientRequestTimeout, 0)
+			if err != nil {
+				return fmt.Errorf("cannot use the CA certificate stored for controller %q: %w", name, err)
+			}
+			lists, addr, err := apiclient.Connect(ctx, store, name, apihttp.ClientDial(hc, "https"), nil, apidial.Options{})
 			if addr == "" {
 				return err
 			}
@@ -224,6 +268,7 @@ controller's list). Prints the address used and the list.`,
 	}
 	cmd.Flags().StringVar(&storePath, "store", "", "address store file (JSON; required)")
 	cmd.Flags().StringVar(&name, "controller", "", "controller name in the store (required)")
+	cmd.Flags().StringVar(&caPath, "ca-cert", "", "the controllers' CA certificate (PEM) to store for the controller and verify it against")
 	cmd.Flags().StringVar(&addresses, "addresses", "", "API addresses to add for the controller (host:port, comma-separated)")
 	cmd.Flags().StringVar(&format, "format", "table", "output format: table or json")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "give up connecting after this long")

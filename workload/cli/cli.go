@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/juju/dqlite-controller/clustertls"
 	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/controlplane/apiaddr"
 	"github.com/juju/dqlite-controller/workload/controlplane/apiserver"
@@ -133,11 +134,11 @@ func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 
 func runCmd(stderr io.Writer) *cobra.Command {
 	var (
-		controllerID, configPath, dataDir string
-		port                              int
-		verbose                           bool
-		o                                 node.Options
-		configSocket                      string
+		controllerID, configPath, dataDir, tlsDir string
+		port                                      int
+		verbose                                   bool
+		o                                         node.Options
+		configSocket                              string
 	)
 	cmd := &cobra.Command{
 		Use:   "run --controller-id N",
@@ -158,7 +159,11 @@ func runCmd(stderr io.Writer) *cobra.Command {
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+			if tlsDir == "" {
+				tlsDir = clustertls.Dir(configPath)
+			}
 			o.ControllerID, o.ConfigPath, o.DataDir, o.Port, o.Log, o.DqliteDebug = controllerID, configPath, dataDir, port, log, verbose
+			o.TLSDir = tlsDir
 			if err := o.Validate(); err != nil {
 				return usagef("invalid options: %w", err)
 			}
@@ -173,6 +178,7 @@ func runCmd(stderr io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&configPath, "config", "", "controller config file (default /var/lib/juju/agents/controller-N/controller.conf)")
 	cmd.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "data dir (Dqlite node and control socket)")
 	cmd.Flags().IntVar(&port, "port", DefaultPort, "Dqlite port")
+	cmd.Flags().StringVar(&tlsDir, "tls-dir", "", "node certificate, key and CA bundle (default: tls/ next to the config file); the Dqlite port and the HTTP API serve TLS only")
 	cmd.Flags().BoolVar(&verbose, "verbose", false, "log debug messages, including go-dqlite's")
 	cmd.Flags().IntVar(&o.APIPort, "api-port", apiaddr.DefaultPort, "HTTP API port (listens on 0.0.0.0; published with the api-hosts of the config)")
 	cmd.Flags().StringVar(&o.BackupDir, "backup-dir", DefaultBackupDir, "where this controller keeps the backups it takes as singular-controller lease holder (\"\" disables backups)")
@@ -230,7 +236,7 @@ func run(log *slog.Logger, o node.Options, configSocket string) error {
 	apiDone := make(chan error, 1)
 	go func() {
 		apiDone <- apiserver.Serve(srvCtx, net.JoinHostPort("0.0.0.0", strconv.Itoa(o.APIPort)), withMetrics(m, d.APIHandler()),
-			log.With("component", "api"), d.SetAPIError)
+			d.APITLSConfig(), log.With("component", "api"), d.SetAPIError)
 	}()
 	runErr := d.Run(ctx)
 	srvStop()

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/canonical/go-dqlite/app"
 	"github.com/canonical/go-dqlite/client"
 	"github.com/canonical/go-dqlite/driver"
 
@@ -226,7 +227,9 @@ var driverSeq atomic.Int64
 
 // openDirect opens the cluster's controller database with go-dqlite's
 // driver from the benchmark process, the way a controller's API server
-// would, so the figure is Dqlite's and not the control socket's.
+// would, so the figure is Dqlite's and not the control socket's. It
+// connects over TLS with controller 0's certificate (go-dqlite's own
+// SimpleDialTLSConfig), as a process on that controller would.
 func openDirect(b *testing.B, c *cluster, n int) *sql.DB {
 	b.Helper()
 	store := client.NewInmemNodeStore()
@@ -235,7 +238,8 @@ func openDirect(b *testing.B, c *cluster, n int) *sql.DB {
 		nodes = append(nodes, client.NodeInfo{Address: c.node(id).host + ":" + strconv.Itoa(dqlitePort)})
 	}
 	store.Set(context.Background(), nodes)
-	drv, err := driver.New(store)
+	m := c.material("0")
+	drv, err := driver.New(store, driver.WithDialFunc(client.DialFuncWithTLS(client.DefaultDialFunc, app.SimpleDialTLSConfig(m.Cert, m.Pool))))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -434,5 +438,69 @@ func BenchmarkLeaseHolderFailover(b *testing.B) {
 		}
 		reportSpread(b, kills, "kill9-to-new-holder", "ms")
 		reportSpread(b, terms, "sigterm-to-new-holder", "ms")
+	}
+}
+
+// BenchmarkRemovalToRefused measures, on a 4-node cluster, the time from a
+// unit's removal from every config to its certificate being refused at a
+// remaining node's Dqlite port (a fresh connection every 10 ms), and to
+// its established connection there being closed.
+func BenchmarkRemovalToRefused(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		var refused, closed []float64
+		for r := 0; r < 3; r++ {
+			c := newCluster(b)
+			c.form(4)
+			gone := c.material("3")
+			dial := client.DialFuncWithTLS(client.DefaultDialFunc, app.SimpleDialTLSConfig(gone.Cert, gone.Pool))
+			addr := c.node("0").host + ":" + strconv.Itoa(dqlitePort)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
+			held, err := client.New(ctx, addr, client.WithDialFunc(dial))
+			if err != nil {
+				b.Fatalf("controller 3's certificate refused before its removal: %v", err)
+			}
+			at := time.Now()
+			c.writeConfig(c.config("0", "1", "2"), "0", "1", "2", "3")
+			var refusedAt, closedAt time.Time
+			for (refusedAt.IsZero() || closedAt.IsZero()) && ctx.Err() == nil {
+				if refusedAt.IsZero() {
+					cctx, ccancel := context.WithTimeout(ctx, time.Second)
+					cli, err := client.New(cctx, addr, client.WithDialFunc(dial))
+					if err == nil {
+						_, err = cli.Leader(cctx)
+						cli.Close()
+					}
+					ccancel()
+					if err != nil {
+						refusedAt = time.Now()
+					}
+				}
+				if closedAt.IsZero() {
+					cctx, ccancel := context.WithTimeout(ctx, time.Second)
+					if _, err := held.Leader(cctx); err != nil {
+						closedAt = time.Now()
+					}
+					ccancel()
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			held.Close()
+			cancel()
+			// Two TLS bootstrap nodes cannot share a network namespace
+			// (go-dqlite names the node's socket after its id): end this
+			// cluster before the next.
+			for _, id := range ids(4) {
+				if c.node(id).running() {
+					c.kill(id)
+				}
+			}
+			if refusedAt.IsZero() || closedAt.IsZero() {
+				b.Fatalf("controller 3 still trusted %s after its removal", patience)
+			}
+			refused = append(refused, ms(refusedAt.Sub(at)))
+			closed = append(closed, ms(closedAt.Sub(at)))
+		}
+		b.ReportMetric(median(refused), "removal-to-refused-ms")
+		b.ReportMetric(median(closed), "removal-to-closed-ms")
 	}
 }

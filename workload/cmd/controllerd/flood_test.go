@@ -13,17 +13,22 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/juju/dqlite-controller/clustertls"
 )
 
 // clientFrom is an HTTP client whose connections come from source
 // address ip (any 127/8 address reaches the daemons' 0.0.0.0 listener),
-// so that each kind of client in a flood has an address of its own.
-func clientFrom(ip string, timeout time.Duration) *http.Client {
+// so that each kind of client in a flood has an address of its own. It
+// verifies the server against the cluster CA, as agents do.
+func clientFrom(ca *clustertls.CA, ip string, timeout time.Duration) *http.Client {
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: timeout}
+	pool, _ := clustertls.PoolFromPEM(ca.CertPEM)
 	return &http.Client{
 		Timeout: timeout,
 		Transport: &http.Transport{
 			DialContext:         d.DialContext,
+			TLSClientConfig:     clustertls.ClientConfig(pool),
 			MaxIdleConnsPerHost: 64,
 		},
 	}
@@ -45,7 +50,7 @@ func (c *cluster) leaseTenure(via string) (string, string) {
 // long polls that never see a change, and a tight loop of lease
 // requests, each kind from a source address of its own. It returns how
 // many requests of the tight loop were answered per status code.
-func flood(t testing.TB, addr string, stop <-chan struct{}, wg *sync.WaitGroup, codes *sync.Map) {
+func flood(t testing.TB, ca *clustertls.CA, addr string, stop <-chan struct{}, wg *sync.WaitGroup, codes *sync.Map) {
 	const slow, polls, hammers = 300, 200, 200
 	for range slow {
 		wg.Add(1)
@@ -63,7 +68,8 @@ func flood(t testing.TB, addr string, stop <-chan struct{}, wg *sync.WaitGroup, 
 					time.Sleep(50 * time.Millisecond)
 					continue
 				}
-				conn.Write([]byte("GET /v1/lease HTTP/1.1\r\nHost: x\r\n"))
+				// Over TLS a slow client is one that never finishes its
+				// handshake: send nothing.
 				// Hold it until the server gives up on it (or the flood ends).
 				done := make(chan struct{})
 				go func() { io.Copy(io.Discard, conn); close(done) }()
@@ -75,7 +81,7 @@ func flood(t testing.TB, addr string, stop <-chan struct{}, wg *sync.WaitGroup, 
 			}
 		}()
 	}
-	pollClient := clientFrom("127.0.250.2", 2*time.Minute)
+	pollClient := clientFrom(ca, "127.0.250.2", 2*time.Minute)
 	for range polls {
 		wg.Add(1)
 		go func() {
@@ -90,7 +96,7 @@ func flood(t testing.TB, addr string, stop <-chan struct{}, wg *sync.WaitGroup, 
 					}
 					cancel()
 				}()
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/api-addresses/watch?timeout=60s&version="+version, nil)
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+addr+"/v1/api-addresses/watch?timeout=60s&version="+version, nil)
 				resp, err := pollClient.Do(req)
 				if err == nil {
 					var l struct {
@@ -114,7 +120,7 @@ func flood(t testing.TB, addr string, stop <-chan struct{}, wg *sync.WaitGroup, 
 			}
 		}()
 	}
-	hammer := clientFrom("127.0.250.3", 10*time.Second)
+	hammer := clientFrom(ca, "127.0.250.3", 10*time.Second)
 	for range hammers {
 		wg.Add(1)
 		go func() {
@@ -125,7 +131,7 @@ func flood(t testing.TB, addr string, stop <-chan struct{}, wg *sync.WaitGroup, 
 					return
 				default:
 				}
-				resp, err := hammer.Get("http://" + addr + "/v1/lease")
+				resp, err := hammer.Get("https://" + addr + "/v1/lease")
 				code := "error"
 				if err == nil {
 					io.Copy(io.Discard, resp.Body)
@@ -160,18 +166,18 @@ func TestAPI_FloodAndSlowClientsNeitherStarveOthersNorTheLease(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var codes sync.Map
-	flood(t, addr, stop, &wg, &codes)
+	flood(t, c.ca, addr, stop, &wg, &codes)
 	defer func() { close(stop); wg.Wait() }()
 	time.Sleep(3 * time.Second) // let the flood build up
 
-	other := clientFrom("127.0.251.1", 10*time.Second)
+	other := clientFrom(c.ca, "127.0.251.1", 10*time.Second)
 	var failures []string
 	const asks = 20
 	var lat []time.Duration
 	for i := range asks {
 		for _, path := range []string{"/v1/lease", "/v1/health"} {
 			start := time.Now()
-			resp, err := other.Get("http://" + addr + path)
+			resp, err := other.Get("https://" + addr + path)
 			if err != nil {
 				failures = append(failures, fmt.Sprintf("%d %s: %v", i, path, err))
 				continue
@@ -207,7 +213,7 @@ func TestAPI_FloodAndSlowClientsNeitherStarveOthersNorTheLease(t *testing.T) {
 func sampleLease(client *http.Client, addr string, n int) (lat []float64, fails int) {
 	for range n {
 		start := time.Now()
-		resp, err := client.Get("http://" + addr + "/v1/lease")
+		resp, err := client.Get("https://" + addr + "/v1/lease")
 		if err != nil {
 			fails++
 			continue
@@ -247,14 +253,14 @@ func BenchmarkLeaseRouteUnderFlood(b *testing.B) {
 		holder := c.waitOneHolder("")
 		h0, t0 := c.leaseTenure(holder)
 		addr := c.apiAddress(holder)
-		other := clientFrom("127.0.251.1", 10*time.Second)
+		other := clientFrom(c.ca, "127.0.251.1", 10*time.Second)
 		quiet, _ := sampleLease(other, addr, 50)
 
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		var codes sync.Map
 		began := time.Now()
-		flood(b, addr, stop, &wg, &codes)
+		flood(b, c.ca, addr, stop, &wg, &codes)
 		time.Sleep(3 * time.Second)
 		flooded, fails := sampleLease(other, addr, 100)
 		close(stop)

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/juju/dqlite-controller/clustertls"
 	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 )
@@ -129,14 +130,22 @@ type cluster struct {
 	nodes  map[string]*daemon
 	// args are added to every `controllerd run` (e.g. backup timing).
 	args []string
+	// ca is the cluster's test CA: every daemon gets a node certificate
+	// of it in tls/ next to its config file, as the charm provisions it.
+	ca *clustertls.CA
 }
 
 func newCluster(t testing.TB) *cluster {
+	ca, err := clustertls.NewCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := &cluster{
 		t:      t,
 		prefix: fmt.Sprintf("127.%d.%d.", 10+rand.IntN(240), 1+rand.IntN(250)),
 		dir:    t.TempDir(),
 		nodes:  map[string]*daemon{},
+		ca:     ca,
 	}
 	t.Cleanup(func() {
 		for _, d := range c.nodes {
@@ -171,7 +180,37 @@ func (c *cluster) node(id string) *daemon {
 		backups: filepath.Join(c.dir, "backups-"+id),
 	}
 	c.nodes[id] = d
+	c.provision(d)
 	return d
+}
+
+// provision gives d's controller a node certificate of the cluster's CA for
+// its current host, like the charm.
+func (c *cluster) provision(d *daemon) {
+	c.t.Helper()
+	if _, _, err := clustertls.Provision(clustertls.Dir(d.conf), c.ca, c.ca.CertPEM, d.id, []net.IP{net.ParseIP(d.host)}, time.Now()); err != nil {
+		c.t.Fatalf("cannot provision controller %s's TLS material: %v", d.id, err)
+	}
+}
+
+// caFile writes the CA certificate to a file and returns its path.
+func (c *cluster) caFile() string {
+	c.t.Helper()
+	path := filepath.Join(c.dir, "ca.crt")
+	if err := os.WriteFile(path, c.ca.CertPEM, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	return path
+}
+
+// httpsClient verifies the controllers against the cluster CA, as agents
+// and clients do.
+func (c *cluster) httpsClient() *http.Client {
+	pool, err := clustertls.PoolFromPEM(c.ca.CertPEM)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: clustertls.ClientConfig(pool)}}
 }
 
 // config returns a config listing ids, with controller 0 as bootstrap agent.
@@ -441,11 +480,11 @@ func (c *cluster) apiAddress(id string) string {
 func (c *cluster) apiGet(id, path string, out any) (*http.Response, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.apiAddress(id)+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.apiAddress(id)+path, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.httpsClient().Do(req)
 	if err != nil {
 		return nil, err
 	}

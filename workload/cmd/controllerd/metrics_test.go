@@ -19,8 +19,9 @@ func scrape(t *testing.T, c *cluster, id string) map[string]float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+c.apiAddress(id)+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+c.apiAddress(id)+"/metrics", nil)
+	// The API port serves TLS (the cluster CA): so does /metrics.
+	resp, err := c.httpsClient().Do(req)
 	if err != nil {
 		t.Fatalf("GET /metrics on controller %s: %v", id, err)
 	}

@@ -161,6 +161,8 @@ func TestShrink_VanishedLeaderMachineIsRemovedBySurvivors(t *testing.T) {
 	c.node("0").host, c.node("0").netns = m.host, m.netns
 	c.node("1").host = m.peers[0]
 	c.node("2").host = m.peers[1]
+	c.provision(c.node("1"))
+	c.provision(c.node("2"))
 	c.form(3)
 	c.mustSQL("1", "CREATE TABLE v (id INTEGER PRIMARY KEY)")
 	c.makeLeader("0")
@@ -246,6 +248,8 @@ func TestFailover_BlackholedLeaderMachineCostsNoDialStalls(t *testing.T) {
 			c.node("0").host, c.node("0").netns = m.host, m.netns
 			c.node("1").host = m.peers[0]
 			c.node("2").host = m.peers[1]
+			c.provision(c.node("1"))
+			c.provision(c.node("2"))
 			c.form(3)
 			c.mustSQL("1", "CREATE TABLE v (id INTEGER PRIMARY KEY)")
 			c.makeLeader("0")

@@ -28,6 +28,11 @@ import (
 // agent.conf format 2.0).
 const Key = "apiaddresses"
 
+// CACertKey is the agent config key holding the controllers' CA
+// certificate (PEM), as in Juju's agent.conf (juju/juju:
+// agent/agent.go, format 2.0 key "cacert"), which the provisioner writes.
+const CACertKey = "cacert"
+
 // DefaultRetryDelay is the wait after a failed watch before the next.
 const DefaultRetryDelay = time.Second
 
@@ -38,7 +43,7 @@ func ReadAddresses(path string) ([]string, error) {
 	if err != nil || doc == nil {
 		return nil, err
 	}
-	_, val := find(doc.Content[0])
+	_, val := findKey(doc.Content[0], Key)
 	if val == nil {
 		return nil, nil
 	}
@@ -72,7 +77,7 @@ func WriteAddresses(path string, addrs []string) (changed bool, err error) {
 	for _, a := range addrs {
 		seq.Content = append(seq.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: a})
 	}
-	key, val := find(root)
+	key, val := findKey(root, Key)
 	if val != nil {
 		var old []string
 		if val.Decode(&old) == nil && slices.Equal(old, addrs) {
@@ -124,9 +129,27 @@ func readDoc(path string) (*yaml.Node, error) {
 	return &doc, nil
 }
 
-func find(m *yaml.Node) (key, val *yaml.Node) {
+// ReadCACert returns the CA certificate (PEM) of the agent config file at
+// path; the agent verifies the controllers against it.
+func ReadCACert(path string) ([]byte, error) {
+	doc, err := readDoc(path)
+	if err != nil {
+		return nil, err
+	}
+	if doc == nil {
+		return nil, fmt.Errorf("cannot read the CA certificate: agent config %s is missing or empty", path)
+	}
+	_, val := findKey(doc.Content[0], CACertKey)
+	var pem string
+	if val == nil || val.Decode(&pem) != nil || pem == "" {
+		return nil, fmt.Errorf("agent config %s has no %s: the agent cannot verify the controllers", path, CACertKey)
+	}
+	return []byte(pem), nil
+}
+
+func findKey(m *yaml.Node, name string) (key, val *yaml.Node) {
 	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == Key {
+		if m.Content[i].Value == name {
 			return m.Content[i], m.Content[i+1]
 		}
 	}

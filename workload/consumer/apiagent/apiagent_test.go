@@ -230,3 +230,33 @@ func TestDial_TriesAddressesInShuffledOrder(t *testing.T) {
 		t.Fatalf("only %v ever dialled first", first)
 	}
 }
+
+// Juju's agent.conf carries the controllers' CA as a multi-line cacert:
+// value (juju/juju agent/agent.go, format 2.0); a file without it cannot
+// verify anyone, and says so.
+func TestReadCACert(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.conf")
+	pem := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	doc := "tag: machine-3\ncacert: |\n  " + strings.ReplaceAll(strings.TrimSpace(pem), "\n", "\n  ") + "\napiaddresses:\n- 10.0.0.1:17070\n"
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := apiagent.ReadCACert(path)
+	if err != nil || string(got) != pem {
+		t.Fatalf("ReadCACert = %q, %v", got, err)
+	}
+	// Writing the addresses keeps it.
+	if _, err := apiagent.WriteAddresses(path, []string{"10.0.0.2:17070"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := apiagent.ReadCACert(path); err != nil || string(got) != pem {
+		t.Fatalf("after WriteAddresses: %q, %v", got, err)
+	}
+	if err := os.WriteFile(path, []byte("tag: machine-3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := apiagent.ReadCACert(path); err == nil || !strings.Contains(err.Error(), "has no cacert") {
+		t.Fatalf("no cacert: %v", err)
+	}
+}

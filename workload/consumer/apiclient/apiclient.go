@@ -24,6 +24,9 @@ type Entry struct {
 	Addresses []string `json:"addresses"`
 	// LastGood is the last address a connection succeeded on.
 	LastGood string `json:"last-good,omitempty"`
+	// CACert is the controller's CA certificate (PEM); the client
+	// verifies the controller against it.
+	CACert string `json:"ca-cert,omitempty"`
 }
 
 // DialOrder is the last good address first, then the others in stored
@@ -108,7 +111,7 @@ func (s *Store) Set(controller string, e Entry) error {
 func (s *Store) Record(controller, connected string, server []string) (Entry, error) {
 	var out Entry
 	err := s.update(controller, func(old Entry) Entry {
-		e := Entry{Addresses: slices.Clone(old.Addresses), LastGood: connected}
+		e := Entry{Addresses: slices.Clone(old.Addresses), LastGood: connected, CACert: old.CACert}
 		if len(server) > 0 {
 			e.Addresses = slices.Clone(server)
 		}

@@ -1,5 +1,5 @@
-// Package apiserver is controllerd's HTTP API (plain HTTP for now: no TLS
-// material is shared between units yet):
+// Package apiserver is controllerd's HTTP API, over TLS with a certificate
+// of the cluster CA (package clustertls):
 //
 //	GET /v1/health                                 node state, member, role (200 while a
 //	                                               running member, 503 otherwise)
@@ -23,6 +23,7 @@ package apiserver
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -190,9 +191,10 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // Serve serves h on addr with the default limits until ctx is done (see
-// Server.Serve).
-func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger, setErr func(string)) error {
-	s := &Server{Addr: addr, Handler: h, Limits: DefaultLimits(), Log: log, SetErr: setErr}
+// Server.Serve). With tlsConfig (controllerd always gives one) every
+// connection is TLS; nil serves plain HTTP, for tests only.
+func Serve(ctx context.Context, addr string, h http.Handler, tlsConfig *tls.Config, log *slog.Logger, setErr func(string)) error {
+	s := &Server{Addr: addr, Handler: h, Limits: DefaultLimits(), TLS: tlsConfig, Log: log, SetErr: setErr}
 	return s.Serve(ctx)
 }
 
@@ -203,7 +205,9 @@ type Server struct {
 	// Limits bound the connections (the long polls are bounded by the
 	// handler: NewHandler).
 	Limits Limits
-	Log    *slog.Logger
+	// TLS, when set, makes every connection TLS (package clustertls).
+	TLS *tls.Config
+	Log *slog.Logger
 	// SetErr reports why the API does not listen, "" once it does.
 	SetErr func(string)
 }
@@ -219,6 +223,11 @@ func (s *Server) listen(ctx context.Context) (net.Listener, error) {
 		return nil, err
 	}
 	lim := s.Limits.withDefaults()
+	if s.TLS != nil {
+		// A refused connection is closed before its handshake: a
+		// plaintext 503 would mean nothing to a TLS client.
+		return tls.NewListener(newLimitListener(l, lim, func(c net.Conn) { c.Close() }), s.TLS), nil
+	}
 	return newLimitListener(l, lim, lim.refusePlain), nil
 }
 
@@ -252,6 +261,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 	setErr("")
+	scheme := "plain HTTP"
+	if s.TLS != nil {
+		scheme = "HTTPS"
+	}
 	srv := &http.Server{
 		Handler:           s.Handler,
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -263,7 +276,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(l) }()
-	log.Info("serving the HTTP API (plain HTTP)", "address", l.Addr().String())
+	log.Info("serving the HTTP API", "address", l.Addr().String(), "scheme", scheme)
 	select {
 	case err := <-done:
 		return fmt.Errorf("cannot serve the HTTP API: %w", err)

@@ -53,11 +53,6 @@ func (a Action) String() string {
 	return "unknown"
 }
 
-// IPv6NeedsTLS is the message shown when the config gives this node an IPv6
-// address: libdqlite 1.11.1 parses bind addresses as IPv4 only, and only a
-// TLS set-up (Go owning the socket) would lift that.
-const IPv6NeedsTLS = "IPv6 bind address needs TLS, which this build does not configure"
-
 // StartInput is what a stopped node knows.
 type StartInput struct {
 	// ControllerID is this controller's agent id.
@@ -109,10 +104,6 @@ func Start(in StartInput) StartDecision {
 			return StartDecision{Action: StartExisting, Address: in.StoredAddress,
 				Reason: "existing node starts from its data dir"}
 		}
-		if IsIPv6(host) {
-			return StartDecision{Action: StartExisting, Address: in.StoredAddress,
-				Reason: fmt.Sprintf("config moves this node to %s but %s; staying on %s", want, IPv6NeedsTLS, in.StoredAddress)}
-		}
 		if in.SoleMember {
 			return StartDecision{Action: Rebind, Address: want,
 				Reason: fmt.Sprintf("config moves this single-member cluster from %s to %s", in.StoredAddress, want)}
@@ -122,9 +113,6 @@ func Start(in StartInput) StartDecision {
 	}
 	if !listed {
 		return StartDecision{Action: Wait, Reason: "address for this Dqlite node to bind to not found in config"}
-	}
-	if IsIPv6(host) {
-		return StartDecision{Action: Refuse, Reason: IPv6NeedsTLS}
 	}
 	own := JoinHostPort(host, in.Port)
 	if in.RemovedHere {
@@ -315,8 +303,8 @@ func keepsQuorum(in RemovalInput, victim Member) (ok bool, voters, online int) {
 // config lists at another address than the one the member serves on (say
 // after `juju bind` to another space). The address of a Dqlite node is
 // baked into its Raft configuration, so such a member moves by being
-// removed, wiping its data dir and rejoining at the new address. Members
-// moving to an IPv6 address are left alone: they could not rejoin.
+// removed, wiping its data dir and rejoining at the new address (IPv6
+// included: the Dqlite port runs over TLS, where Go owns the sockets).
 func Moved(in RemovalInput) []Member {
 	if _, ok := in.Config.DBBindAddresses[in.ControllerID]; !ok {
 		return nil
@@ -327,7 +315,7 @@ func Moved(in RemovalInput) []Member {
 			continue
 		}
 		host, ok := in.Config.DBBindAddresses[m.ControllerID]
-		if !ok || IsIPv6(host) || JoinHostPort(host, in.Port) == m.Address {
+		if !ok || JoinHostPort(host, in.Port) == m.Address {
 			continue
 		}
 		out = append(out, m)

@@ -73,10 +73,10 @@ func TestStart(t *testing.T) {
 		address: "10.0.0.3:9000",
 		peers:   []string{"10.0.0.1:9000", "10.0.0.2:9000"},
 	}, {
-		summary: "new node with an IPv6 address is refused",
+		summary: "new node with an IPv6 address bootstraps (TLS carries IPv6)",
 		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "fd00::1"), Port: 17666},
-		action:  decide.Refuse,
-		reason:  "IPv6",
+		action:  decide.Bootstrap,
+		address: "[fd00::1]:17666",
 	}, {
 		summary: "existing node starts from its data dir",
 		in:      decide.StartInput{ControllerID: "1", Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Port: 17666, HasData: true, StoredAddress: "10.0.0.2:17666"},
@@ -104,11 +104,10 @@ func TestStart(t *testing.T) {
 		address: "10.0.0.1:17666",
 		reason:  "until the leader removes it",
 	}, {
-		summary: "sole member moved to IPv6 stays, saying why",
+		summary: "sole member moved to IPv6 rebinds",
 		in:      decide.StartInput{ControllerID: "0", Config: conf("0", "0", "fd00::1"), Port: 17666, HasData: true, StoredAddress: "10.0.0.1:17666", SoleMember: true},
-		action:  decide.StartExisting,
-		address: "10.0.0.1:17666",
-		reason:  "IPv6",
+		action:  decide.Rebind,
+		address: "[fd00::1]:17666",
 	}}
 	for _, tt := range tests {
 		t.Run(tt.summary, func(t *testing.T) {
@@ -282,9 +281,10 @@ func TestMove(t *testing.T) {
 		}},
 		reason: "waiting",
 	}, {
-		summary: "a move to IPv6 is not attempted",
+		summary: "a move to IPv6 is attempted like any other",
 		in:      decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "fd00::2", "2", "10.0.0.3"), SelfID: 1, Members: three, Port: 17666},
-		reason:  "no member has moved",
+		remove:  true,
+		victim:  2,
 	}}
 	for _, tt := range tests {
 		t.Run(tt.summary, func(t *testing.T) {

@@ -63,6 +63,8 @@ type Daemon struct {
 	status control.Status
 	gate   memberGate
 	apiErr string
+
+	tls tlsState // tls.go
 }
 
 // nodeRun is one run of the Dqlite node: from Engine.Start to Close.
@@ -89,6 +91,10 @@ type nodeRun struct {
 	// failures their number (zero while a leader answers).
 	failingSince time.Time
 	failures     int
+	// leaderSeen is the last successful observation (or the start of
+	// the run): certificate refusals since then lock this node out
+	// (lockedOut).
+	leaderSeen time.Time
 }
 
 // New returns a daemon; Run starts it.
@@ -246,6 +252,15 @@ func (d *Daemon) ownAddress() (string, bool) {
 func (d *Daemon) reconcileStopped(ctx context.Context) {
 	now := time.Now()
 	if now.Before(d.retryAt) {
+		return
+	}
+	// Every dial below (asking the members, joining) is over TLS: without
+	// this node's certificate no peer can be asked, and no answer must not
+	// read as "nobody knows".
+	if err := d.tlsReady(); err != nil {
+		d.decision("wait", err.Error())
+		d.setState(StateWaiting, err.Error())
+		d.retryAt = now.Add(time.Second)
 		return
 	}
 	info, hasData, err := readInfo(d.nodeDir)
@@ -455,12 +470,18 @@ func (d *Daemon) dqliteLog(l client.LogLevel, format string, a ...interface{}) {
 // startRun starts a node and a run around it.
 func (d *Daemon) startRun(fresh bool, address string, join []string) {
 	n, err := d.engine.Start(d.nodeDir, address, join)
+	if errors.Is(err, errNoTLSMaterial) {
+		d.decision("wait", err.Error())
+		d.setState(StateWaiting, err.Error())
+		d.retryAt = time.Now().Add(time.Second)
+		return
+	}
 	if err != nil {
 		d.failStart(err)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d.run = &nodeRun{node: n, fresh: fresh, readyCancel: cancel}
+	d.run = &nodeRun{node: n, fresh: fresh, readyCancel: cancel, leaderSeen: time.Now()}
 	d.log.Info("Dqlite node started", "node-id", strconv.FormatUint(n.ID(), 10), "address", n.Address())
 	go func() {
 		// Ready returns when the node is ready or the run closed (the
@@ -570,7 +591,7 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		// its caller's whole deadline before the pool dropped it.
 		d.flushDB()
 	}
-	r.failures, r.failingSince = 0, time.Time{}
+	r.failures, r.failingSince, r.leaderSeen = 0, time.Time{}, time.Now()
 	leader := obs.Leader
 	r.leader, r.members = &leader, obs.Members
 	selfID := r.node.ID()
@@ -685,15 +706,11 @@ func (d *Daemon) addressChanged(ctx context.Context, obs *Observation, want stri
 		d.becomeRebinding(client.NodeInfo{ID: r.node.ID(), Address: r.node.Address()}, dec.Address)
 		return
 	}
-	host := d.cfg.DBBindAddresses[d.o.ControllerID]
-	if decide.IsIPv6(host) {
-		d.decision("refuse-address-change", dec.Reason)
-		d.setState(StateAddressMismatch, dec.Reason)
-	} else {
-		reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", r.node.Address(), want, r.node.Address(), want)
-		d.decision("move", reason)
-		d.setState(StateMoving, reason)
-	}
+	// IPv6 moves like IPv4: over TLS (app.WithTLS) go-dqlite proxies the
+	// C node on an abstract Unix socket, so its address may be IPv6.
+	reason := fmt.Sprintf("config moves this node from %s to %s: it serves on %s until the leader removes it, then rejoins at %s with a new node id", r.node.Address(), want, r.node.Address(), want)
+	d.decision("move", reason)
+	d.setState(StateMoving, reason)
 	if obs.Leader.ID == r.node.ID() {
 		d.stepAside(ctx, obs)
 	}
@@ -726,6 +743,14 @@ func (d *Daemon) runningMessage() string {
 // configuration.
 func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 	r := d.run
+	// Peers refusing this node's certificate while no leader answers it
+	// and its config does not list it: they removed it (lockedOut), as
+	// surely as a leader answering without it. A node never a member in
+	// this run (fresh) has nothing stale to wipe.
+	if by, out := d.lockedOut(r.leaderSeen); out && !r.fresh {
+		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is locked out: the config does not list this controller and its peers (%s) refuse its certificate, so they removed it; wiping its data dir so it never serves stale state", r.node.ID(), by))
+		return
+	}
 	now := time.Now()
 	if r.failures == 0 {
 		r.failingSince = now
@@ -1015,6 +1040,7 @@ func (d *Daemon) publish() {
 	d.status = st
 	d.mu.Unlock()
 	d.setMember(member)
+	d.updateTrust()
 }
 
 // Status returns the last published status.

@@ -183,10 +183,10 @@ func (d *Daemon) removalInput(ctx context.Context, obs *Observation) (decide.Rem
 
 // probeVoters marks which voters answer, so that quorum is judged on who
 // is actually online.
-func probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []decide.Member) {
+func (d *Daemon) probeVoters(ctx context.Context, in *decide.RemovalInput, candidates []decide.Member) {
 	for i := range in.Members {
 		if in.Members[i].Role == decide.Voter && in.Members[i].ID != in.SelfID {
-			in.Members[i].Online = probe(ctx, in.Members[i].Address)
+			in.Members[i].Online = d.probe(ctx, in.Members[i].Address)
 		}
 	}
 	for i := range candidates {
@@ -230,12 +230,12 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) (bool, er
 	var dec decide.RemovalDecision
 	action := "remove-member"
 	if len(unwanted) > 0 {
-		probeVoters(ctx, &in, unwanted)
+		d.probeVoters(ctx, &in, unwanted)
 		dec = decide.PickRemoval(in, unwanted)
 	}
 	if !dec.Remove {
 		if moved := decide.Moved(in); len(moved) > 0 {
-			probeVoters(ctx, &in, moved)
+			d.probeVoters(ctx, &in, moved)
 			dec = decide.PickMove(in, moved)
 			action = "move-member"
 		}
@@ -288,10 +288,10 @@ func (d *Daemon) stepAside(ctx context.Context, obs *Observation) {
 	}
 }
 
-func probe(ctx context.Context, address string) bool {
+func (d *Daemon) probe(ctx context.Context, address string) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cli, err := client.New(ctx, address, client.WithDialFunc(dialNode))
+	cli, err := client.New(ctx, address, client.WithDialFunc(d.dialPeer))
 	if err != nil {
 		return false
 	}

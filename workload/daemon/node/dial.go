@@ -21,8 +21,9 @@ import (
 // its address still resolves, packets to it are just never answered) then
 // eats the whole 1-2 s deadline of a daemon call before any live node is
 // tried, and the survivors cannot even read the table they need to remove
-// it. So every connection the daemon makes goes through dialNode, and the
-// stores it connects through list this node first.
+// it. So every connection the daemon makes goes through dialNode (and
+// the TLS handshake after it, dialPeer in tls.go), and the stores it
+// connects through list this node first.
 const (
 	// DialTimeout bounds one TCP connect to a Dqlite node. A connect on a
 	// LAN completes in well under 10 ms (on loopback it completes inside
@@ -151,7 +152,7 @@ func (s *peerStore) Set(context.Context, []client.NodeInfo) error { return nil }
 // findLeader returns a client connected to the leader, looking it up
 // through store with short dials; ctx must carry a deadline.
 func (d *Daemon) findLeader(ctx context.Context, store client.NodeStore) (*client.Client, error) {
-	return client.FindLeader(ctx, store, client.WithDialFunc(dialNode), client.WithLogFunc(d.dqliteLog))
+	return client.FindLeader(ctx, store, client.WithDialFunc(d.dialPeer), client.WithLogFunc(d.dqliteLog))
 }
 
 // leaderClient is findLeader through the running node's peers.
@@ -168,7 +169,7 @@ func (d *Daemon) leaderClient(ctx context.Context, peers *peerStore) (*client.Cl
 // driver's connector, so nothing is registered globally.
 func (d *Daemon) openDB(peers *peerStore) (*sql.DB, error) {
 	drv, err := driver.New(peers,
-		driver.WithDialFunc(dialNode),
+		driver.WithDialFunc(d.dialPeer),
 		driver.WithAttemptTimeout(AttemptTimeout),
 		driver.WithConnectionTimeout(ConnectTimeout),
 		driver.WithConnectionBackoffFactor(connectBackoff),

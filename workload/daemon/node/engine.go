@@ -113,7 +113,11 @@ func (g goDqlite) Start(dir, address string, join []string) (Node, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cannot create node dir: %w", err)
 	}
-	opts := append(g.d.appOptions(), app.WithAddress(address))
+	tlsOpts, err := g.d.tlsOptions()
+	if err != nil {
+		return nil, err
+	}
+	opts := append(append(g.d.appOptions(), app.WithAddress(address)), tlsOpts...)
 	if len(join) > 0 {
 		opts = append(opts, app.WithCluster(join))
 	}
@@ -134,13 +138,13 @@ func (g goDqlite) Reconfigure(dir string, nodes []client.NodeInfo) error {
 }
 
 func (g goDqlite) Ask(ctx context.Context, address string) Answer {
-	return askNode(ctx, address, g.d.dqliteLog)
+	return askNode(ctx, address, g.d.dialPeer, g.d.dqliteLog)
 }
 
 func (g goDqlite) Remove(ctx context.Context, leader string, id uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cli, err := client.New(ctx, leader, client.WithDialFunc(dialNode), client.WithLogFunc(g.d.dqliteLog))
+	cli, err := client.New(ctx, leader, client.WithDialFunc(g.d.dialPeer), client.WithLogFunc(g.d.dqliteLog))
 	if err != nil {
 		return fmt.Errorf("cannot connect to the leader: %w", err)
 	}
@@ -172,7 +176,10 @@ func (g goDqlite) Listed(ctx context.Context, peers []string) ([]string, error) 
 
 // askNode connects to one node (DialTimeout, then at most a second for
 // the protocol) and asks it for its leader and its Raft configuration.
-func askNode(ctx context.Context, address string, log client.LogFunc) Answer {
+// Accepted is a plain TCP connect; the questions go through dial (the
+// daemon's TLS dial, dialPeer, which notes a refusal of this node's
+// certificate).
+func askNode(ctx context.Context, address string, dial client.DialFunc, log client.LogFunc) Answer {
 	out := Answer{Address: address}
 	ctx, cancel := context.WithTimeout(ctx, DialTimeout+time.Second)
 	defer cancel()
@@ -182,7 +189,7 @@ func askNode(ctx context.Context, address string, log client.LogFunc) Answer {
 	}
 	conn.Close()
 	out.Accepted = true
-	cli, err := client.New(ctx, address, client.WithDialFunc(dialNode), client.WithLogFunc(log))
+	cli, err := client.New(ctx, address, client.WithDialFunc(dial), client.WithLogFunc(log))
 	if err != nil {
 		return out
 	}

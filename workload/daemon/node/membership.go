@@ -36,7 +36,8 @@ const (
 // removed while it was down must not rejoin Raft with its old
 // configuration (with another returning node it could form a majority of
 // that configuration and outvote the current one, docs/dqlite.md#removing-members-and-losing-quorum). Only a
-// leader's configuration that lacks this node's id says "removed"; a
+// leader's configuration that lacks this node's id, or a known peer
+// refusing this node's certificate (refusedBy, tls.go), says "removed"; a
 // leader or any other node that lists it says "member"; no answer at all
 // is unknown, and the caller asks again.
 func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []client.NodeInfo) (verdict, string) {
@@ -61,6 +62,7 @@ func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []
 		return memberVerdict, "no other node known"
 	}
 	slices.Sort(addrs)
+	asked := time.Now()
 	answers := d.askAll(ctx, addrs)
 	if la, ok := d.leaderView(ctx, answers); ok {
 		if !la.Knows(info.ID) {
@@ -72,6 +74,17 @@ func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []
 		if a.Knows(info.ID) {
 			return memberVerdict, "member " + a.Address + " lists this node"
 		}
+	}
+	// A peer this node knows of (its cluster.yaml or its config) that
+	// refused its certificate during these questions is running (only a
+	// started node listens) and holds neither this controller in its
+	// config nor this node's host in the Raft configuration it knows
+	// (clustertls.View.Authorise): it was removed while it was down, the
+	// same evidence as a leader answering without it, which the refusal
+	// hides. Without this, two removed voters returning on their old
+	// config outvote the survivor that refuses them.
+	if by, out := d.refusedBy(asked, addrs); out {
+		return removedVerdict, fmt.Sprintf("node %d is locked out: its peers (%s) refuse its certificate, so neither their config nor their Raft configuration holds it (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, by)
 	}
 	return unknownVerdict, fmt.Sprintf("no node answered whether node %d is still a member (asked %v)", info.ID, addrs)
 }

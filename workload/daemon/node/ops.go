@@ -72,7 +72,7 @@ func (d *Daemon) ClusterStatus(ctx context.Context) (control.ClusterStatus, erro
 	} else {
 		out.Problems = append(out.Problems, fmt.Sprintf("no Dqlite leader reachable from controller %s (%s: %s); the members are the last ones a leader reported", d.o.ControllerID, st.State, st.Message))
 	}
-	online := probeAll(ctx, st.Members)
+	online := d.probeAll(ctx, st.Members)
 	for _, m := range st.Members {
 		cm := control.ClusterMember{NodeID: m.NodeID, ControllerID: ids.lookup(m.NodeID, m.Address), Address: m.Address,
 			Role: m.Role, Online: online[m.Address], Leader: m.Address == leader}
@@ -151,7 +151,7 @@ func (d *Daemon) controllerIDs(ctx context.Context, problems *[]string) nodeCont
 	return out
 }
 
-func probeAll(ctx context.Context, members []control.Member) map[string]bool {
+func (d *Daemon) probeAll(ctx context.Context, members []control.Member) map[string]bool {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	out := map[string]bool{}
@@ -159,7 +159,7 @@ func probeAll(ctx context.Context, members []control.Member) map[string]bool {
 		wg.Add(1)
 		go func(addr string) {
 			defer wg.Done()
-			ok := answers(ctx, addr)
+			ok := d.answers(ctx, addr)
 			mu.Lock()
 			out[addr] = ok
 			mu.Unlock()
@@ -172,10 +172,10 @@ func probeAll(ctx context.Context, members []control.Member) map[string]bool {
 // answers reports whether a Dqlite node answers a request at address
 // within a second. A dial alone is not enough: the kernel accepts the
 // connection of a frozen (SIGSTOPped) process.
-func answers(ctx context.Context, address string) bool {
+func (d *Daemon) answers(ctx context.Context, address string) bool {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	cli, err := client.New(ctx, address, client.WithDialFunc(dialNode))
+	cli, err := client.New(ctx, address, client.WithDialFunc(d.dialPeer))
 	if err != nil {
 		return false
 	}
@@ -507,7 +507,7 @@ func (d *Daemon) removeMemberByOperator(ctx context.Context, req control.RemoveM
 			listed = listed || (res.ControllerID != "" && id == res.ControllerID) || h == host
 		}
 	}
-	res.WasOnline = answers(ctx, target.Address)
+	res.WasOnline = d.answers(ctx, target.Address)
 	if !req.Force && listed {
 		return res, fmt.Errorf("cannot remove a member: controller %s (%s) is still in the db-cluster relation; remove its unit with juju remove-unit (the cluster then removes the member by itself), or pass force=true if its machine is gone for good", orUnknown(res.ControllerID), target.Address)
 	}
@@ -522,7 +522,7 @@ func (d *Daemon) removeMemberByOperator(ctx context.Context, req control.RemoveM
 			continue
 		}
 		voters++
-		if m.ID == leader.ID || answers(ctx, m.Address) {
+		if m.ID == leader.ID || d.answers(ctx, m.Address) {
 			online++
 		}
 	}

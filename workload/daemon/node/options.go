@@ -108,6 +108,12 @@ type Options struct {
 	Changes <-chan struct{}
 	// DqliteDebug passes go-dqlite's debug messages to the log.
 	DqliteDebug bool
+	// TLSDir holds the node's certificate, key and CA bundle (package
+	// clustertls). Every connection of the Dqlite port, the daemon's own
+	// dials and the HTTP API use them. controllerd run always sets it;
+	// only a test building the options directly may leave it empty, for
+	// plaintext.
+	TLSDir string
 
 	NetworkLatency  time.Duration
 	Snapshot        dqlite.SnapshotParams

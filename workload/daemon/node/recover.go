@@ -121,7 +121,7 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 			continue
 		}
 		addr := decide.JoinHostPort(cfg.DBBindAddresses[id], d.o.Port)
-		if !answers(ctx, addr) {
+		if !d.answers(ctx, addr) {
 			res.Unreachable = append(res.Unreachable, id)
 			continue
 		}

@@ -90,7 +90,7 @@ func (d *Daemon) removeMember(ctx context.Context, id uint64) error {
 		return fmt.Errorf("cannot remove node %d: its controller is listed in the config (remove its unit instead)", id)
 	}
 	in.CandidateFor[id] = in.Grace // the operator's word ends any grace
-	probeVoters(ctx, &in, nil)
+	d.probeVoters(ctx, &in, nil)
 	for _, m := range in.Members {
 		if m.ID == id {
 			victim = &m

@@ -1,0 +1,411 @@
+package sim
+
+import (
+	"crypto/rand"
+	"maps"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Juju's secret hook tools, with Juju's semantics (juju/juju:
+// internal/worker/uniter/runner/jujuc/secret-add.go, secret-get.go,
+// secret-set.go, secret-ids.go; the hook context's CreateSecret,
+// UpdateSecret, GetSecret in internal/worker/uniter/runner/context/
+// context.go; core/secrets/secret.go for the data rules):
+//
+//   - secret-add prints the new URI at once but, like every secret change,
+//     takes effect only when the hook exits 0 (the uniter commits them with
+//     the hook's other changes, juju/juju PR #14500 "Commit secret updates,
+//     deletes, access changes at end of hook execution"); a failed or
+//     killed hook leaves no secret. Within the hook, secret-get already
+//     sees the pending content.
+//   - --owner application (the default) needs leadership: a non-leader
+//     gets "this unit is not the leader" (ErrIsNotLeader); so does
+//     secret-set of an application-owned secret.
+//   - keys match ^([a-z](?:-?[a-z0-9]){2,})$; a value is at most 8 KiB
+//     (Juju 3.6's limit; Juju 4 allows 1 MB: the stricter one here).
+//   - secret-get takes the URI or --label. A label resolves only among the
+//     secrets the unit owns: an application-owned secret's label only for
+//     the leader (SecretMetadata lists owned secrets); other units read it
+//     by URI. The first read returns the latest revision and the unit
+//     keeps seeing that revision until --refresh (latest, and from now on)
+//     or --peek (latest, this once).
+//   - secret-set with new content adds a revision; unchanged content adds
+//     none (checksum).
+//
+// Not modelled: grants to other applications (one application per model),
+// secret-changed/-rotate/-expired/-remove hooks (they concern observers in
+// other applications and rotation/expiry policies), secret-info-get,
+// secret-remove, --file, #base64 and #file keys, backends.
+
+var secretKeyRE = regexp.MustCompile(`^([a-z](?:-?[a-z0-9]){2,})$`)
+
+const secretMaxValueBytes = 8 * 1024
+
+type secretOwnerKind int
+
+const (
+	ownerApplication secretOwnerKind = iota
+	ownerUnit
+)
+
+type secret struct {
+	id          string
+	kind        secretOwnerKind
+	owner       string // application or unit name
+	label       string
+	description string
+	revisions   []map[string]string // revision n is revisions[n-1]
+	tracked     map[string]int      // unit -> revision it reads
+}
+
+// secretChanges are one hook's uncommitted secret changes.
+type secretChanges struct {
+	creates []*secret
+	updates map[string]secretUpdate
+	refresh map[string]bool // track the latest revision from now on
+}
+
+type secretUpdate struct {
+	content     map[string]string
+	label       *string
+	description *string
+}
+
+// secretState is the model's secrets (Model.secrets).
+type secretState struct {
+	byID    map[string]*secret
+	pending map[string]*secretChanges // by hook context id
+}
+
+func (s *secretState) changes(hc *hookContext) *secretChanges {
+	if s.pending == nil {
+		s.pending = map[string]*secretChanges{}
+	}
+	c := s.pending[hc.id]
+	if c == nil {
+		c = &secretChanges{updates: map[string]secretUpdate{}, refresh: map[string]bool{}}
+		s.pending[hc.id] = c
+	}
+	return c
+}
+
+// newSecretID returns a 20-character id in Juju's (xid) alphabet.
+func newSecretID() string {
+	const alphabet = "0123456789abcdefghijklmnopqrstuv"
+	b := make([]byte, 20)
+	rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+func parseSecretURI(s string) (string, bool) {
+	id := strings.TrimPrefix(s, "secret:")
+	if len(id) != 20 || strings.Trim(id, "0123456789abcdefghijklmnopqrstuv") != "" {
+		return "", false
+	}
+	return id, true
+}
+
+func secretData(args []string) (map[string]string, error) {
+	data := map[string]string{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return nil, usagef("key value %q not valid", a)
+		}
+		if !secretKeyRE.MatchString(k) {
+			return nil, usagef("key %q not valid", k)
+		}
+		if len(v) > secretMaxValueBytes {
+			return nil, usagef("secret content for key %q too large: %d bytes", k, len(v))
+		}
+		data[k] = v
+	}
+	return data, nil
+}
+
+var (
+	ownerFlag       = flagDef{names: []string{"owner"}, value: true}
+	labelFlag       = flagDef{names: []string{"label"}, value: true}
+	descriptionFlag = flagDef{names: []string{"description"}, value: true}
+	peekFlag        = flagDef{names: []string{"peek"}}
+	refreshFlag     = flagDef{names: []string{"refresh"}}
+)
+
+// ownsLocked reports whether the hook's unit may manage s (and resolve its
+// owner label): the leader for an application-owned secret, the unit
+// itself for a unit-owned one.
+func (m *Model) ownsLocked(hc *hookContext, s *secret) bool {
+	if s.kind == ownerApplication {
+		return s.owner == m.app && m.leader == hc.unit.name
+	}
+	return s.owner == hc.unit.name
+}
+
+// visibleLocked is every secret the hook can see: committed ones and this
+// hook's pending creates.
+func (m *Model) visibleLocked(hc *hookContext) []*secret {
+	var out []*secret
+	for _, s := range m.secrets.byID {
+		out = append(out, s)
+	}
+	if c := m.secrets.pending[hc.id]; c != nil {
+		out = append(out, c.creates...)
+	}
+	return out
+}
+
+func (m *Model) toolSecretAdd(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, ownerFlag, labelFlag, descriptionFlag)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) == 0 {
+		return toolResponse{}, usagef("missing secret value or filename")
+	}
+	owner := vals["owner"]
+	if owner == "" {
+		owner = "application"
+	}
+	if owner != "application" && owner != "unit" {
+		return toolResponse{}, usagef("secret owner %q not valid", owner)
+	}
+	data, err := secretData(pos)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	s := &secret{id: newSecretID(), kind: ownerApplication, owner: m.app, label: vals["label"],
+		description: vals["description"], revisions: []map[string]string{data}, tracked: map[string]int{}}
+	if owner == "unit" {
+		s.kind, s.owner = ownerUnit, hc.unit.name
+	} else if m.leader != hc.unit.name {
+		return toolResponse{}, errorf("this unit is not the leader")
+	}
+	if s.label != "" {
+		for _, o := range m.visibleLocked(hc) {
+			if o.label == s.label && o.kind == s.kind && o.owner == s.owner {
+				return toolResponse{}, errorf("secret with label %q already exists", s.label)
+			}
+		}
+	}
+	c := m.secrets.changes(hc)
+	c.creates = append(c.creates, s)
+	return toolResponse{Stdout: []byte("secret:" + s.id + "\n")}, nil
+}
+
+// resolveLocked finds the secret a tool names by URI or owner label.
+func (m *Model) resolveLocked(hc *hookContext, uri, label string) (*secret, error) {
+	if uri != "" {
+		id, ok := parseSecretURI(uri)
+		if !ok {
+			return nil, errorf("secret URI %q not valid", uri)
+		}
+		for _, s := range m.visibleLocked(hc) {
+			if s.id == id {
+				if s.kind == ownerUnit && s.owner != hc.unit.name {
+					return nil, errorf("permission denied")
+				}
+				return s, nil
+			}
+		}
+		return nil, errorf("secret %q not found", id)
+	}
+	for _, s := range m.visibleLocked(hc) {
+		if s.label == label && m.ownsLocked(hc, s) {
+			return s, nil
+		}
+	}
+	return nil, errorf("secret %q not found", label)
+}
+
+func (m *Model) toolSecretGet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, labelFlag, peekFlag, refreshFlag)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	var uri, key string
+	if len(pos) > 0 {
+		uri, pos = pos[0], pos[1:]
+		if _, ok := parseSecretURI(uri); !ok {
+			return toolResponse{}, usagef("secret URI %q not valid", uri)
+		}
+	}
+	if uri == "" && vals["label"] == "" {
+		return toolResponse{}, usagef("require either a secret URI or label")
+	}
+	if vals["peek"] != "" && vals["refresh"] != "" {
+		return toolResponse{}, usagef("specify one of --peek or --refresh but not both")
+	}
+	if len(pos) > 0 {
+		key, pos = pos[0], pos[1:]
+	}
+	if len(pos) > 0 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos)
+	}
+	s, err := m.resolveLocked(hc, uri, vals["label"])
+	if err != nil {
+		return toolResponse{}, err
+	}
+	content := m.contentLocked(hc, s, vals["refresh"] != "", vals["peek"] != "")
+	format := vals["format"]
+	if format == "" || format == "smart" {
+		format = "yaml"
+	}
+	if key == "" {
+		return output(format, content), nil
+	}
+	v, ok := content[key]
+	if !ok {
+		return toolResponse{}, errorf("secret key %q not found", key)
+	}
+	return output(format, v), nil
+}
+
+// contentLocked is the revision the unit reads: this hook's pending
+// content first; else its tracked revision (the latest on first read),
+// the latest with peek or refresh (refresh tracks it once the hook
+// commits).
+func (m *Model) contentLocked(hc *hookContext, s *secret, refresh, peek bool) map[string]string {
+	c := m.secrets.changes(hc)
+	for _, p := range c.creates {
+		if p == s {
+			return maps.Clone(s.revisions[0])
+		}
+	}
+	if u, ok := c.updates[s.id]; ok && u.content != nil && (refresh || peek) {
+		if refresh {
+			c.refresh[s.id] = true
+		}
+		return maps.Clone(u.content)
+	}
+	latest := len(s.revisions)
+	rev, seen := s.tracked[hc.unit.name]
+	switch {
+	case !seen:
+		s.tracked[hc.unit.name] = latest
+		rev = latest
+	case refresh:
+		c.refresh[s.id] = true
+		rev = latest
+	case peek:
+		rev = latest
+	}
+	return maps.Clone(s.revisions[rev-1])
+}
+
+func (m *Model) toolSecretSet(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args, labelFlag, descriptionFlag, ownerFlag)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) == 0 {
+		return toolResponse{}, usagef("missing secret URI")
+	}
+	s, err := m.resolveLocked(hc, pos[0], "")
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if s.kind == ownerApplication && m.leader != hc.unit.name {
+		return toolResponse{}, errorf("this unit is not the leader")
+	}
+	if !m.ownsLocked(hc, s) {
+		return toolResponse{}, errorf("permission denied")
+	}
+	data, err := secretData(pos[1:])
+	if err != nil {
+		return toolResponse{}, err
+	}
+	c := m.secrets.changes(hc)
+	u := c.updates[s.id]
+	if len(data) > 0 && !maps.Equal(data, s.revisions[len(s.revisions)-1]) {
+		u.content = data
+	}
+	if l, ok := vals["label"]; ok {
+		u.label = &l
+	}
+	if d, ok := vals["description"]; ok {
+		u.description = &d
+	}
+	c.updates[s.id] = u
+	return toolResponse{}, nil
+}
+
+func (m *Model) toolSecretIDs(hc *hookContext, args []string) (toolResponse, error) {
+	vals, pos, err := parseArgs(args)
+	if err != nil {
+		return toolResponse{}, err
+	}
+	if len(pos) > 0 {
+		return toolResponse{}, usagef("unrecognized args: %q", pos)
+	}
+	ids := []string{}
+	for _, s := range m.visibleLocked(hc) {
+		if m.ownsLocked(hc, s) {
+			ids = append(ids, "secret:"+s.id)
+		}
+	}
+	sort.Strings(ids)
+	format := vals["format"]
+	if format == "" {
+		format = "yaml"
+	}
+	return output(format, ids), nil
+}
+
+// commitSecretsLocked applies a hook's secret changes once it exited 0.
+func (m *Model) commitSecretsLocked(hc *hookContext) {
+	c := m.secrets.pending[hc.id]
+	delete(m.secrets.pending, hc.id)
+	if c == nil {
+		return
+	}
+	if m.secrets.byID == nil {
+		m.secrets.byID = map[string]*secret{}
+	}
+	for _, s := range c.creates {
+		m.secrets.byID[s.id] = s
+	}
+	for id, u := range c.updates {
+		s := m.secrets.byID[id]
+		if s == nil {
+			continue
+		}
+		if u.content != nil {
+			s.revisions = append(s.revisions, u.content)
+		}
+		if u.label != nil {
+			s.label = *u.label
+		}
+		if u.description != nil {
+			s.description = *u.description
+		}
+	}
+	for id := range c.refresh {
+		if s := m.secrets.byID[id]; s != nil {
+			s.tracked[hc.unit.name] = len(s.revisions)
+		}
+	}
+}
+
+// discardSecretsLocked drops a failed hook's secret changes.
+func (m *Model) discardSecretsLocked(hc *hookContext) {
+	delete(m.secrets.pending, hc.id)
+}
+
+// SecretRevisions returns, for each committed secret with the given label,
+// its URI and number of revisions (for tests).
+func (m *Model) SecretRevisions(label string) map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]int{}
+	for _, s := range m.secrets.byID {
+		if s.label == label {
+			out["secret:"+s.id] = len(s.revisions)
+		}
+	}
+	return out
+}
