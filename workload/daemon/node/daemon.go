@@ -744,11 +744,11 @@ func (d *Daemon) runningMessage() string {
 func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 	r := d.run
 	// Peers refusing this node's certificate while no leader answers it
-	// and its config does not list it: they removed it (lockedOut), as
+	// (all of them, if its config lists it): they removed it (lockedOut), as
 	// surely as a leader answering without it. A node never a member in
 	// this run (fresh) has nothing stale to wipe.
 	if by, out := d.lockedOut(r.leaderSeen); out && !r.fresh {
-		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is locked out: the config does not list this controller and its peers (%s) refuse its certificate, so they removed it; wiping its data dir so it never serves stale state", r.node.ID(), by))
+		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is locked out: its peers (%s) refuse its certificate, so their configs and Raft configuration no longer hold it; wiping its data dir so it never serves stale state", r.node.ID(), by))
 		return
 	}
 	now := time.Now()

@@ -17,6 +17,7 @@ import (
 	"github.com/canonical/go-dqlite/client"
 
 	"github.com/juju/dqlite-controller/clustertls"
+	"github.com/juju/dqlite-controller/workload/daemon/decide"
 )
 
 // tlsState is the daemon's TLS material and trust (package clustertls):
@@ -204,11 +205,28 @@ func (d *Daemon) noteRefusal(address string) {
 // clustertls.View.Authorise). Such a node was removed from the cluster:
 // it must not serve stale state, exactly as when a leader answers
 // without it.
+//
+// A node whose own config still lists it (a departing unit's config is
+// frozen with itself in it) is locked out only when every other listed
+// peer refused it: then none of them lists it or holds it as a member.
 func (d *Daemon) lockedOut(since time.Time) (string, bool) {
-	if _, listed := d.cfg.DBBindAddresses[d.o.ControllerID]; listed || len(d.cfg.DBBindAddresses) == 0 {
+	if len(d.cfg.DBBindAddresses) == 0 {
 		return "", false
 	}
-	return d.refusedBy(since, nil)
+	if _, listed := d.cfg.DBBindAddresses[d.o.ControllerID]; !listed {
+		return d.refusedBy(since, nil)
+	}
+	var peers []string
+	for id, host := range d.cfg.DBBindAddresses {
+		if id != d.o.ControllerID {
+			peers = append(peers, decide.JoinHostPort(host, d.o.Port))
+		}
+	}
+	by, out := d.refusedBy(since, peers)
+	if !out || len(peers) == 0 || len(strings.Split(by, ", ")) < len(peers) {
+		return "", false
+	}
+	return by, true
 }
 
 // refusedBy lists the peers (among the given addresses; any, when nil)
