@@ -134,7 +134,7 @@ func (d *Daemon) dbSource() (*sql.DB, error) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if d.db == nil {
-		return nil, fmt.Errorf("the controller database is not open: this node is %s", d.status.State)
+		return nil, fmt.Errorf("%w: this node is %s", dbtx.ErrNoDatabase, d.status.State)
 	}
 	return d.db, nil
 }

@@ -3,14 +3,12 @@ package node
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/canonical/go-dqlite/client"
-	"github.com/canonical/go-dqlite/driver"
 
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"github.com/juju/dqlite-controller/workload/daemon/decide"
@@ -32,22 +30,14 @@ const schema = `CREATE TABLE IF NOT EXISTS controller_node (
 // lost leadership may still have been applied.
 func (d *Daemon) inTx(ctx context.Context, timeout time.Duration, f func(context.Context, *sql.Tx) error) error {
 	d.mu.RLock()
-	db := d.db
+	db, state := d.db, d.status.State
 	d.mu.RUnlock()
 	if db == nil {
-		return errors.New("the database is not open")
+		return fmt.Errorf("%w: this node is %s", dbtx.ErrNoDatabase, state)
 	}
 	ctx, cancel := context.WithTimeout(dbtx.WithObserver(ctx, d.o.Metrics), timeout)
 	defer cancel()
 	return dbtx.Run(ctx, db, f)
-}
-
-func isBusy(err error) bool {
-	var de driver.Error
-	if errors.As(err, &de) {
-		return de.Code&0xff == driver.ErrBusy
-	}
-	return err != nil && strings.Contains(err.Error(), "database is locked")
 }
 
 // register upserts this node's row in controller_node, first deleting rows
@@ -324,7 +314,7 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 		if stale {
 			dbtx.Flush(db)
 		}
-		if !isBusy(err) && (!stale || committing) {
+		if !dbtx.Busy(err) && (!stale || committing) {
 			return res, err
 		}
 		select {

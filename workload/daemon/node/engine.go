@@ -224,7 +224,7 @@ func (n *appNode) Observe(ctx context.Context) (*Observation, error) {
 	leader, err := cli.Leader(ctx)
 	if err != nil || leader == nil || leader.ID == 0 {
 		cli.Close()
-		return nil, fmt.Errorf("cannot get leader: %v", err)
+		return nil, fmt.Errorf("cannot get leader: %w", err)
 	}
 	members, err := cli.Cluster(ctx)
 	if err != nil {
