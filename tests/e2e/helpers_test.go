@@ -7,56 +7,31 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 const app = "dqlite-controller"
 
 func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the end-to-end tests need root (network namespaces), and CI is set")
-		}
-		t.Skip("skipped: the end-to-end tests need root (network namespaces); not root and CI is unset")
-	}
+	simtest.RequireRoot(t, "the end-to-end tests need root (network namespaces)")
 }
 
-// charmDir is DQC_CHARM_DIR, else <repo>/build/charm.
-func charmDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("DQC_CHARM_DIR")
-	if dir == "" {
-		_, file, _, _ := runtime.Caller(0)
-		dir = filepath.Join(filepath.Dir(file), "..", "..", "build", "charm")
-	}
-	for _, f := range []string{"dispatch", "controllerd", "metadata.yaml"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Fatalf("the built charm is missing (%v): run `make charm` first, or set DQC_CHARM_DIR", err)
-		}
-	}
-	return dir
-}
+func charmDir(t *testing.T) string { return simtest.CharmDir(t) }
 
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+// logWriter sends the simulator's log to the test.
+type logWriter = simtest.LogWriter
 
 func newModel(t *testing.T, opts sim.Options) *sim.Model {
 	t.Helper()
 	requireRoot(t)
 	opts.CharmDir = charmDir(t)
-	opts.Logger = slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	opts.Logger = slog.New(slog.NewTextHandler(logWriter{T: t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	opts.NoSignalHandler = true
 	// DQC_KEEP_RUN=1 keeps the machines' files and logs for a post-mortem.
 	opts.KeepRunDir = os.Getenv("DQC_KEEP_RUN") != ""

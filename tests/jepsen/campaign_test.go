@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,46 +17,23 @@ import (
 
 	"github.com/juju/dqlite-controller/tests/jepsen"
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("the campaign needs root (network namespaces, tmpfs), and CI is set")
-		}
-		t.Skip("skipped: the campaign needs root (network namespaces, tmpfs); not root and CI is unset")
-	}
+	simtest.RequireRoot(t, "the campaign needs root (network namespaces, tmpfs)")
 }
 
-// charmDir is DQC_CHARM_DIR, else <repo>/build/charm.
-func charmDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("DQC_CHARM_DIR")
-	if dir == "" {
-		_, file, _, _ := runtime.Caller(0)
-		dir = filepath.Join(filepath.Dir(file), "..", "..", "build", "charm")
-	}
-	for _, f := range []string{"dispatch", "controllerd", "metadata.yaml"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Fatalf("the built charm is missing (%v): run `make charm` first, or set DQC_CHARM_DIR", err)
-		}
-	}
-	return dir
-}
+func charmDir(t *testing.T) string { return simtest.CharmDir(t) }
 
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+// logWriter sends the simulator's log to the test.
+type logWriter = simtest.LogWriter
 
 func newModel(t *testing.T) *sim.Model {
 	t.Helper()
 	m, err := sim.New(sim.Options{
 		CharmDir:             charmDir(t),
-		Logger:               slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:               slog.New(slog.NewTextHandler(logWriter{T: t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		NoSignalHandler:      true,
 		KeepRunDir:           os.Getenv("DQC_KEEP_RUN") != "",
 		LeaseExpiry:          2 * time.Second,

@@ -238,21 +238,7 @@ func TestBootstrap_WipedBootstrapNodeJoinsExistingCluster(t *testing.T) {
 // the survivor's configuration lacks them, so they wipe, and they do not
 // rejoin (their config did not change since they were removed).
 func TestRemovedWhileAway_SurvivorStartsAfterReturningPair(t *testing.T) {
-	c := newCluster(t)
-	c.form(3)
-	c.mustSQL("0", "CREATE TABLE z (id INTEGER PRIMARY KEY)")
-	c.mustSQL("0", "INSERT INTO z VALUES (1)")
-	c.kill("1")
-	c.kill("2")
-	c.writeConfig(c.config("0"), "0")
-	c.waitFor("the survivor to be the sole voter", func() (bool, string) {
-		st, err := c.status("0")
-		if err != nil {
-			return false, err.Error()
-		}
-		return st.State == "running" && len(st.Members) == 1, fmt.Sprintf("%s: %s", st.State, st.Message)
-	})
-	c.mustSQL("0", "INSERT INTO z VALUES (2)")
+	c := survivorOfKilledPair(t)
 	if err := c.stop("0"); err != nil {
 		t.Fatal(err)
 	}
