@@ -215,7 +215,7 @@ func wipeDir(dir string) error {
 
 // remove stops controllerd if it still runs, removes its unit, and wipes the
 // node's Dqlite data dir: a node removed from the cluster must never come
-// back on its old data (docs/dqlite.md "Removing members and losing quorum").
+// back on its old data (docs/dqlite-behaviour.md "Removing members and losing quorum").
 func (h *hook) remove(ctx context.Context) error {
 	if err := h.stopService(ctx); err != nil {
 		return err

@@ -5,7 +5,7 @@
 // once (no busy timeout), and a leader change turns an in-flight request
 // into driver.ErrBadConn, "EOF" or "not leader": for a COMMIT that means the
 // outcome is unknown. An autocommit Exec is even re-sent by database/sql
-// and can be applied twice (docs/dqlite.md "Unknown outcomes and double writes"). So every write here runs
+// and can be applied twice (docs/dqlite-behaviour.md "Unknown outcomes and double writes"). So every write here runs
 // in an explicit transaction whose body must be idempotent, and the whole
 // transaction is re-run on those errors: re-running an idempotent body is
 // how an unknown outcome is resolved (it re-reads and re-applies).
@@ -47,7 +47,7 @@ const (
 	// FirstBackoff doubles after each transient failure up to MaxBackoff.
 	FirstBackoff = 10 * time.Millisecond
 	// MaxBackoff caps the wait between attempts: a Dqlite leader change
-	// with 20 ms network latency takes ~0.64 s (docs/dqlite.md "Failover"), so a few
+	// with 20 ms network latency takes ~0.64 s (docs/dqlite-behaviour.md "Failover"), so a few
 	// capped waits cover it.
 	MaxBackoff = 250 * time.Millisecond
 	// IdleConns is how many idle connections a handle keeps between

@@ -625,7 +625,7 @@ func TestScaleDown_DeadNodesReturningOnOldDataAreWiped(t *testing.T) {
 	// The dead machines come back with their old data dirs (and the charm
 	// no longer lists them). Together they hold a majority of the old
 	// configuration; started blindly they could elect a leader and roll
-	// the survivor back (docs/dqlite.md "Removing members and losing quorum"). They must wipe instead.
+	// the survivor back (docs/dqlite-behaviour.md "Removing members and losing quorum"). They must wipe instead.
 	c.writeConfig(c.config("0"), "1", "2")
 	c.start("1")
 	c.start("2")

@@ -73,7 +73,7 @@ import (
 )
 
 // Defaults. controllerd runs Dqlite with WithNetworkLatency(20ms), where a
-// leader kill -9 costs ~0.64 s of write unavailability (docs/dqlite.md "Failover");
+// leader kill -9 costs ~0.64 s of write unavailability (docs/dqlite-behaviour.md "Failover");
 // with go-dqlite's default latency it is ~6.4 s.
 const (
 	// DefaultDuration is the lease duration. A holder that dies hard is

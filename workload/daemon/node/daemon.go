@@ -895,7 +895,7 @@ func (d *Daemon) becomeRebinding(info client.NodeInfo, address string) {
 // becomeRemoved stops a node that is not a member any more and wipes its
 // node dir. Safe because a leader's configuration lacks its id: a removed
 // node restarted on its old data could help old members outvote the
-// current configuration (the hazard in docs/dqlite.md#removing-members-and-losing-quorum), and it can never be a
+// current configuration (the hazard in docs/dqlite-behaviour.md#removing-members-and-losing-quorum), and it can never be a
 // member again under that id. It rejoins as a new node (new id) only
 // while the config lists it, after a back-off that grows with repeated
 // removals, and never at the same address until the config changes (the

@@ -16,7 +16,7 @@ import (
 
 // How the daemon reaches other Dqlite nodes (leader look-ups, the
 // database, probes). go-dqlite's connector tries the known nodes one after
-// another with a fixed 5 s dial timeout (docs/dqlite.md "Every call has a deadline"). A node whose
+// another with a fixed 5 s dial timeout (docs/dqlite-behaviour.md "Every call has a deadline"). A node whose
 // machine vanished without a trace (no TCP reset, no "no route to host":
 // its address still resolves, packets to it are just never answered) then
 // eats the whole 1-2 s deadline of a daemon call before any live node is
@@ -50,7 +50,7 @@ const (
 	ConnectTimeout = 5 * time.Second
 	// Backoff between the driver's connect attempts: 50 ms doubling up to
 	// 250 ms (go-dqlite's 100 ms to 1 s left a 2 s call only 4 attempts;
-	// a leader election takes ~0.6 s, docs/dqlite.md "Failover").
+	// a leader election takes ~0.6 s, docs/dqlite-behaviour.md "Failover").
 	connectBackoff    = 50 * time.Millisecond
 	connectBackoffCap = 250 * time.Millisecond
 )

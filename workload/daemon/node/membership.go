@@ -35,7 +35,7 @@ const (
 // this node is still a member, before it starts on its data: a node
 // removed while it was down must not rejoin Raft with its old
 // configuration (with another returning node it could form a majority of
-// that configuration and outvote the current one, docs/dqlite.md#removing-members-and-losing-quorum). Only a
+// that configuration and outvote the current one, docs/dqlite-behaviour.md#removing-members-and-losing-quorum). Only a
 // leader's configuration that lacks this node's id, or a known peer
 // refusing this node's certificate (refusedBy, tls.go), says "removed"; a
 // leader or any other node that lists it says "member"; no answer at all

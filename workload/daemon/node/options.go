@@ -23,7 +23,7 @@ const (
 	// DefaultNetworkLatency sets Raft's heartbeat to 1.5x and its election
 	// timeout to 15x this value: 30 ms and 300-600 ms. go-dqlite's default
 	// (3 s election timeout) made a leader kill -9 cost ~6.4 s of write
-	// unavailability on loopback; 20 ms brings it to ~0.6 s (docs/dqlite.md
+	// unavailability on loopback; 20 ms brings it to ~0.6 s (docs/dqlite-behaviour.md
 	// "Failover") while staying well above loopback and LAN round trips.
 	DefaultNetworkLatency = 20 * time.Millisecond
 	// DefaultRolesFrequency is how often the leader re-balances roles and
@@ -36,7 +36,7 @@ const (
 	// configuration without the old voters (decide.Recover), and
 	// DefaultRecoverFailures how many failed observations in a row that
 	// takes. A leader election takes 0.3-0.6 s and a hand-over's
-	// leadership transfer one of them (docs/dqlite.md#failover); a loaded host
+	// leadership transfer one of them (docs/dqlite-behaviour.md#failover); a loaded host
 	// stalls a pass for a second or two. 6 s and 4 failures outlast both
 	// several times over; the real guard is that no old voter may accept
 	// a connection. Juju waits a full minute.
@@ -92,7 +92,7 @@ const (
 // DefaultSnapshotParams bounds memory. libdqlite 1.11.1 keeps the last
 // 8192 Raft entries (each small write carries ~12 KiB of WAL frames) in
 // memory and snapshots every 1024: RSS reached ~107 MB after 10,000 small
-// writes. {Threshold 512, Trailing 1024} keeps it near 40 MB (docs/dqlite.md "Memory")
+// writes. {Threshold 512, Trailing 1024} keeps it near 40 MB (docs/dqlite-behaviour.md "Memory")
 // while leaving 1024 entries for a lagging follower to catch up from the log
 // instead of a snapshot.
 var DefaultSnapshotParams = dqlite.SnapshotParams{Threshold: 512, Trailing: 1024}
