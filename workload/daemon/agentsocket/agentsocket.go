@@ -16,39 +16,28 @@ package agentsocket
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
+
+	"github.com/juju/dqlite-controller/workload/internal/unixsock"
 )
 
 // Name is the socket's file name in Juju's data dir (/var/lib/juju).
 const Name = "configchange.socket"
 
 // ErrInUse is returned when another process answers on the socket.
-var ErrInUse = errors.New("another process serves the socket")
+var ErrInUse = unixsock.ErrInUse
 
 // Serve listens on path and serves the two routes until ctx is done:
 // reload is called (without blocking the request for long) on every POST
 // /reload. It returns once the socket listens.
 func Serve(ctx context.Context, path, agentID string, reload func(), log *slog.Logger) (<-chan error, error) {
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("cannot serve %s: %w", path, ErrInUse)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("cannot remove stale socket %s: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, 0o700)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o700); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("cannot set the mode of %s: %w", path, err)
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
@@ -64,22 +53,7 @@ func Serve(ctx context.Context, path, agentID string, reload func(), log *slog.L
 		w.Header().Set("Content-Type", "application/text")
 		w.Write([]byte(agentID))
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan error, 1)
-	go func() {
-		err := srv.Serve(l)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		done <- err
-	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		srv.Shutdown(sctx)
-		os.Remove(path)
-	}()
+	done := unixsock.Serve(ctx, l, path, mux, 500*time.Millisecond)
 	log.Debug("config change socket ready", "path", path)
 	return done, nil
 }

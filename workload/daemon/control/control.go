@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/juju/dqlite-controller/workload/internal/unixsock"
 )
 
 // SocketName is the control socket's name inside the data dir.
@@ -182,61 +184,24 @@ func isOutcomeUnknown(err error) bool {
 // done. It refuses to start when another daemon answers on that socket.
 func Serve(ctx context.Context, dataDir string, b Backend, log *slog.Logger) (<-chan error, error) {
 	path := SocketPath(dataDir)
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
+	l, err := unixsock.Listen(path, 0o600)
+	if errors.Is(err, unixsock.ErrInUse) {
 		return nil, fmt.Errorf("cannot listen on %s: another controllerd is running with data dir %s", path, dataDir)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("cannot remove stale control socket: %w", err)
-	}
-	l, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("cannot listen on control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("cannot set control socket mode: %w", err)
+		return nil, fmt.Errorf("cannot open the control socket: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, b.Status(r.Context()))
 	})
-	mux.HandleFunc("POST /sql", func(w http.ResponseWriter, r *http.Request) {
-		var req SQLRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, errorBody{Error: fmt.Sprintf("cannot decode request: %v", err)})
-			return
-		}
-		res, err := b.SQL(r.Context(), req.Statement)
-		if err != nil && isOutcomeUnknown(err) {
-			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: err.Error(), Outcome: outcomeUnknown})
-			return
-		}
-		if err != nil {
-			writeJSON(w, http.StatusUnprocessableEntity, errorBody{Error: err.Error()})
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
+	handleRequest(mux, "POST /sql", 1<<20, func(ctx context.Context, req SQLRequest) (SQLResult, error) {
+		return b.SQL(ctx, req.Statement)
 	})
 	if ops, ok := b.(Operations); ok {
 		registerOperations(mux, ops)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan error, 1)
-	go func() {
-		err := srv.Serve(l)
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		done <- err
-	}()
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(shutdownCtx)
-		os.Remove(path)
-	}()
+	done := unixsock.Serve(ctx, l, path, mux, 2*time.Second)
 	log.Debug("control socket ready", "path", path)
 	return done, nil
 }

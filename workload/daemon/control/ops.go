@@ -112,38 +112,32 @@ type RecoverResult struct {
 }
 
 func registerOperations(mux *http.ServeMux, ops Operations) {
-	mux.HandleFunc("GET /cluster", func(w http.ResponseWriter, r *http.Request) {
-		v, err := ops.ClusterStatus(r.Context())
+	handle(mux, "GET /cluster", ops.ClusterStatus)
+	handle(mux, "POST /backups", ops.CreateBackup)
+	handle(mux, "GET /backups", ops.ListBackups)
+	handleRequest(mux, "POST /members/remove", 1<<16, ops.RemoveMember)
+	handle(mux, "GET /raft", ops.RaftInfo)
+	handleRequest(mux, "POST /recover", 1<<20, ops.Recover)
+}
+
+// handle serves an operation without a request body.
+func handle[T any](mux *http.ServeMux, pattern string, op func(context.Context) (T, error)) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		v, err := op(r.Context())
 		answer(w, v, err)
 	})
-	mux.HandleFunc("POST /backups", func(w http.ResponseWriter, r *http.Request) {
-		v, err := ops.CreateBackup(r.Context())
-		answer(w, v, err)
-	})
-	mux.HandleFunc("GET /backups", func(w http.ResponseWriter, r *http.Request) {
-		v, err := ops.ListBackups(r.Context())
-		answer(w, v, err)
-	})
-	mux.HandleFunc("POST /members/remove", func(w http.ResponseWriter, r *http.Request) {
-		var req RemoveMemberRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+}
+
+// handleRequest serves an operation whose JSON request body is at most
+// limit bytes.
+func handleRequest[Req, T any](mux *http.ServeMux, pattern string, limit int64, op func(context.Context, Req) (T, error)) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if err := json.NewDecoder(io.LimitReader(r.Body, limit)).Decode(&req); err != nil {
 			writeJSON(w, http.StatusBadRequest, errorBody{Error: fmt.Sprintf("cannot decode request: %v", err)})
 			return
 		}
-		v, err := ops.RemoveMember(r.Context(), req)
-		answer(w, v, err)
-	})
-	mux.HandleFunc("GET /raft", func(w http.ResponseWriter, r *http.Request) {
-		v, err := ops.RaftInfo(r.Context())
-		answer(w, v, err)
-	})
-	mux.HandleFunc("POST /recover", func(w http.ResponseWriter, r *http.Request) {
-		var req RecoverRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, errorBody{Error: fmt.Sprintf("cannot decode request: %v", err)})
-			return
-		}
-		v, err := ops.Recover(r.Context(), req)
+		v, err := op(r.Context(), req)
 		answer(w, v, err)
 	})
 }
@@ -165,42 +159,37 @@ func answer(w http.ResponseWriter, v any, err error) {
 
 // ClusterStatus asks the daemon for the cluster's status.
 func (c *Client) ClusterStatus(ctx context.Context) (ClusterStatus, error) {
-	var s ClusterStatus
-	err := c.do(ctx, http.MethodGet, "/cluster", nil, &s)
-	return s, err
+	return call[ClusterStatus](ctx, c, http.MethodGet, "/cluster", nil)
 }
 
 // CreateBackup asks for a backup now, taken by the lease holder.
 func (c *Client) CreateBackup(ctx context.Context) (BackupInfo, error) {
-	var b BackupInfo
-	err := c.do(ctx, http.MethodPost, "/backups", nil, &b)
-	return b, err
+	return call[BackupInfo](ctx, c, http.MethodPost, "/backups", nil)
 }
 
 // ListBackups lists the backups kept on this machine.
 func (c *Client) ListBackups(ctx context.Context) ([]BackupInfo, error) {
-	var bs []BackupInfo
-	err := c.do(ctx, http.MethodGet, "/backups", nil, &bs)
-	return bs, err
+	return call[[]BackupInfo](ctx, c, http.MethodGet, "/backups", nil)
 }
 
 // RemoveMember removes a member from the Raft configuration.
 func (c *Client) RemoveMember(ctx context.Context, req RemoveMemberRequest) (RemoveMemberResult, error) {
-	var r RemoveMemberResult
-	err := c.do(ctx, http.MethodPost, "/members/remove", req, &r)
-	return r, err
+	return call[RemoveMemberResult](ctx, c, http.MethodPost, "/members/remove", req)
 }
 
 // RaftInfo asks for this node's Raft log position.
 func (c *Client) RaftInfo(ctx context.Context) (RaftInfo, error) {
-	var r RaftInfo
-	err := c.do(ctx, http.MethodGet, "/raft", nil, &r)
-	return r, err
+	return call[RaftInfo](ctx, c, http.MethodGet, "/raft", nil)
 }
 
 // Recover asks the node to become the sole voter after a lost quorum.
 func (c *Client) Recover(ctx context.Context, req RecoverRequest) (RecoverResult, error) {
-	var r RecoverResult
-	err := c.do(ctx, http.MethodPost, "/recover", req, &r)
-	return r, err
+	return call[RecoverResult](ctx, c, http.MethodPost, "/recover", req)
+}
+
+// call makes one request and decodes its answer.
+func call[T any](ctx context.Context, c *Client, method, path string, body any) (T, error) {
+	var v T
+	err := c.do(ctx, method, path, body, &v)
+	return v, err
 }
