@@ -22,41 +22,13 @@ import (
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 )
 
-// overlapMonitor polls the running controllers' statuses and records any
+// monitorOverlap polls the running controllers' statuses and records any
 // moment when more than one says it holds the singular-controller lease.
-type overlapMonitor struct {
-	stop    chan struct{}
-	done    chan struct{}
-	mu      sync.Mutex
-	overlap []string
-}
-
-func (c *cluster) monitorOverlap() *overlapMonitor {
-	m := &overlapMonitor{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		for {
-			select {
-			case <-m.stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			if held, _ := c.holders(); len(held) > 1 {
-				m.mu.Lock()
-				m.overlap = append(m.overlap, fmt.Sprintf("%s: %v", time.Now().Format(time.RFC3339Nano), held))
-				m.mu.Unlock()
-			}
-		}
-	}()
-	return m
-}
-
-func (m *overlapMonitor) finish() []string {
-	close(m.stop)
-	<-m.done
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.overlap
+func (c *cluster) monitorOverlap() *monitor {
+	return startMonitor(100*time.Millisecond, func() (string, bool) {
+		held, _ := c.holders()
+		return fmt.Sprintf("%s: %v", time.Now().Format(time.RFC3339Nano), held), len(held) > 1
+	})
 }
 
 // waitOneHolder waits until exactly one running controller holds the lease

@@ -542,3 +542,43 @@ func isExitCode(err error, code int) bool {
 	}
 	return err == nil && code == 0
 }
+
+// monitor samples a check in the background until finish and keeps every
+// sample the check reports as a violation.
+type monitor struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	seen []string
+}
+
+// startMonitor runs check every interval; check returns a description of
+// the sample and whether it is a violation.
+func startMonitor(interval time.Duration, check func() (string, bool)) *monitor {
+	m := &monitor{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-time.After(interval):
+			}
+			if what, bad := check(); bad {
+				m.mu.Lock()
+				m.seen = append(m.seen, what)
+				m.mu.Unlock()
+			}
+		}
+	}()
+	return m
+}
+
+// finish stops the monitor and returns the violations it saw.
+func (m *monitor) finish() []string {
+	close(m.stop)
+	<-m.done
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.seen
+}

@@ -45,49 +45,19 @@ func (c *cluster) quickStatus(id string) (control.Status, error) {
 	return control.NewClient(c.node(id).data).Status(ctx)
 }
 
-// leaderMonitor samples the running controllers' statuses and records the
-// samples in which two different nodes each said they lead.
-type leaderMonitor struct {
-	stop chan struct{}
-	done chan struct{}
-	mu   sync.Mutex
-	// both holds one entry per sample with two self-declared leaders.
-	both []string
-}
-
-func (c *cluster) monitorLeaders(ids ...string) *leaderMonitor {
-	m := &leaderMonitor{stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		for {
-			select {
-			case <-m.stop:
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			var leaders []string
-			for _, id := range ids {
-				st, err := c.quickStatus(id)
-				if err == nil && st.Leader != nil && st.NodeID != "" && st.Leader.NodeID == st.NodeID && st.Member {
-					leaders = append(leaders, id+"="+st.NodeID)
-				}
-			}
-			if len(leaders) > 1 {
-				m.mu.Lock()
-				m.both = append(m.both, fmt.Sprintf("%s %v", time.Now().Format("15:04:05.000"), leaders))
-				m.mu.Unlock()
+// monitorLeaders samples the running controllers' statuses and records
+// the samples in which two different nodes each said they lead.
+func (c *cluster) monitorLeaders(ids ...string) *monitor {
+	return startMonitor(200*time.Millisecond, func() (string, bool) {
+		var leaders []string
+		for _, id := range ids {
+			st, err := c.quickStatus(id)
+			if err == nil && st.Leader != nil && st.NodeID != "" && st.Leader.NodeID == st.NodeID && st.Member {
+				leaders = append(leaders, id+"="+st.NodeID)
 			}
 		}
-	}()
-	return m
-}
-
-func (m *leaderMonitor) finish() []string {
-	close(m.stop)
-	<-m.done
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.both
+		return fmt.Sprintf("%s %v", time.Now().Format("15:04:05.000"), leaders), len(leaders) > 1
+	})
 }
 
 // persistent reports whether two leaders were seen in more than n
