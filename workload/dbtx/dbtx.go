@@ -260,3 +260,21 @@ func Transient(err error) bool {
 	return brokenConn(err) || notLeader(err) || errors.Is(err, sql.ErrConnDone) ||
 		errors.Is(err, dqdriver.ErrNoAvailableLeader) || errors.Is(err, syscall.ECONNREFUSED)
 }
+
+// Strings runs a query of one text column in tx and returns its values.
+func Strings(ctx context.Context, tx *sql.Tx, query string, args ...any) ([]string, error) {
+	rows, err := tx.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}

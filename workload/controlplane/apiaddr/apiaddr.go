@@ -317,24 +317,15 @@ func (s *Store) RemoveExcept(ctx context.Context, keep []string) ([]string, erro
 	var removed []string
 	err := s.t.Run(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		removed = nil
-		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT controller_id FROM controller_api_address ORDER BY controller_id`)
+		ids, err := dbtx.Strings(ctx, tx, `SELECT DISTINCT controller_id FROM controller_api_address ORDER BY controller_id`)
 		if err != nil {
 			return err
 		}
 		var gone []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
+		for _, id := range ids {
 			if !slices.Contains(keep, id) {
 				gone = append(gone, id)
 			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
 		}
 		for _, id := range gone {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM controller_api_address WHERE controller_id = ?`, id); err != nil {

@@ -99,20 +99,9 @@ func (d *Daemon) publishListed(ctx context.Context) error {
 func readListed(ctx context.Context, db *sql.DB) ([]string, error) {
 	var ids []string
 	err := dbtx.Run(ctx, db, func(ctx context.Context, tx *sql.Tx) error {
-		ids = nil
-		rows, err := tx.QueryContext(ctx, `SELECT controller_id FROM controller_listed`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return err
-			}
-			ids = append(ids, id)
-		}
-		return rows.Err()
+		var err error
+		ids, err = dbtx.Strings(ctx, tx, `SELECT controller_id FROM controller_listed`)
+		return err
 	})
 	return ids, err
 }

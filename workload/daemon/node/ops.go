@@ -24,6 +24,7 @@ import (
 	"github.com/juju/dqlite-controller/workload/controlplane/singular"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"github.com/juju/dqlite-controller/workload/daemon/decide"
+	"github.com/juju/dqlite-controller/workload/dbtx"
 )
 
 // The operator's operations (control.Operations): cluster-status,
@@ -320,19 +321,9 @@ func (d *Daemon) backupRequestsPeriodic(bw *backup.Worker, tok lease.Token) sing
 				if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'controller_backup_request'`).Scan(&n); err != nil || n == 0 {
 					return err
 				}
-				rows, err := tx.QueryContext(ctx, `SELECT id FROM controller_backup_request WHERE state = 'pending' ORDER BY requested_at`)
-				if err != nil {
-					return err
-				}
-				defer rows.Close()
-				for rows.Next() {
-					var id string
-					if err := rows.Scan(&id); err != nil {
-						return err
-					}
-					ids = append(ids, id)
-				}
-				return rows.Err()
+				var err error
+				ids, err = dbtx.Strings(ctx, tx, `SELECT id FROM controller_backup_request WHERE state = 'pending' ORDER BY requested_at`)
+				return err
 			})
 			if err != nil || len(ids) == 0 {
 				return err
