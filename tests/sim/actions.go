@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 
 	yamlv2 "gopkg.in/yaml.v2"
 )
@@ -346,34 +344,11 @@ func (m *Model) runActionHandler(u *unit, hc *hookContext, run *actionRun) (code
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), m.opts.HookTimeout)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err = <-done
-	case <-m.closing:
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err = <-done
-	}
+	err := m.waitHandler(ctx, cmd)
 	if out := strings.TrimSpace(outBuf.String() + errBuf.String()); out != "" {
 		m.appendUnitLog(u, "action output: "+out)
 	}
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-			if code < 0 {
-				code = 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
-			}
-		} else {
-			code = 1
-		}
-		return code, outBuf.String(), errBuf.String(), err
-	}
-	return 0, outBuf.String(), errBuf.String(), nil
+	return exitCode(err), outBuf.String(), errBuf.String(), err
 }
 
 // actionKeyRule is Juju's action name and result key rule

@@ -113,29 +113,7 @@ func (m *Model) runHook(u *unit, hc *hookContext) int {
 	m.mu.Lock()
 	hc.pid = cmd.Process.Pid
 	m.mu.Unlock()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err = <-done
-	case <-m.closing:
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err = <-done
-	}
-	code := 0
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-			if code < 0 {
-				code = 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
-			}
-		} else {
-			code = 1
-		}
-	}
+	code := exitCode(m.waitHandler(ctx, cmd))
 	m.appendUnitLog(u, fmt.Sprintf("%s hook exited %d", h.name, code))
 	return code
 }
@@ -146,4 +124,36 @@ func (m *Model) jujuVersion() string {
 		return "3.6.28"
 	}
 	return "4.0.1"
+}
+
+// waitHandler waits for a started hook or action handler; it kills the
+// handler's process group at ctx's end (the hook timeout) or when the
+// model closes.
+func (m *Model) waitHandler(ctx context.Context, cmd *exec.Cmd) error {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	case <-m.closing:
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	return <-done
+}
+
+// exitCode is a handler's exit status as the uniter sees it: 128+N for a
+// process killed by signal N, 1 when it did not run at all.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return 1
+	}
+	if code := ee.ExitCode(); code >= 0 {
+		return code
+	}
+	return 128 + int(ee.Sys().(syscall.WaitStatus).Signal())
 }
