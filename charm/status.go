@@ -92,7 +92,7 @@ func describeWorkload(st *WorkloadStatus) (hooktools.Status, string) {
 			msg = "not a cluster member yet"
 		}
 		switch st.State {
-		case "refused", "address-mismatch", "error":
+		case "refused", "error":
 			// The daemon will not go on by itself: an operator must act
 			// (e.g. a node certificate of another controller), so the message says how.
 			return hooktools.StatusBlocked, "controllerd: " + msg

@@ -4,8 +4,8 @@ package node
 //
 // A node is stopped (no Dqlite node runs) in waiting, refused, removed and
 // error; a run (one go-dqlite node, from its start to its Close) is in
-// bootstrapping, joining, starting, running, no-quorum, leaving, moving or
-// address-mismatch; reconfiguring, rebinding and stopping close the run.
+// bootstrapping, joining, starting, running, no-quorum, leaving or moving;
+// reconfiguring, rebinding and stopping close the run.
 //
 //	                    config lists own address
 //	  waiting ──────────────────────────────────────────┐
@@ -29,25 +29,24 @@ package node
 //
 // moving (config gives a new address; the leader removes the node, which
 // rejoins there) and rebinding (a single-member cluster changes address in
-// place) follow `juju bind`; refused and address-mismatch wait for a
-// config this build can serve; stopping is SIGTERM.
+// place) follow `juju bind`; refused waits for a config this build can
+// serve; stopping is SIGTERM.
 type State string
 
 // States reported in status.
 const (
-	StateWaiting         State = "waiting"
-	StateRefused         State = "refused"
-	StateBootstrapping   State = "bootstrapping"
-	StateJoining         State = "joining"
-	StateStarting        State = "starting"
-	StateRunning         State = "running"
-	StateNoQuorum        State = "no-quorum"
-	StateLeaving         State = "leaving"
-	StateRemoved         State = "removed"
-	StateReconfiguring   State = "reconfiguring"
-	StateRebinding       State = "rebinding"
-	StateAddressMismatch State = "address-mismatch"
-	StateMoving          State = "moving"
-	StateError           State = "error"
-	StateStopping        State = "stopping"
+	StateWaiting       State = "waiting"
+	StateRefused       State = "refused"
+	StateBootstrapping State = "bootstrapping"
+	StateJoining       State = "joining"
+	StateStarting      State = "starting"
+	StateRunning       State = "running"
+	StateNoQuorum      State = "no-quorum"
+	StateLeaving       State = "leaving"
+	StateRemoved       State = "removed"
+	StateReconfiguring State = "reconfiguring"
+	StateRebinding     State = "rebinding"
+	StateMoving        State = "moving"
+	StateError         State = "error"
+	StateStopping      State = "stopping"
 )
