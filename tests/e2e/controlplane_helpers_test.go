@@ -13,6 +13,7 @@ import (
 
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 // The control-plane scenarios' network: every controller has a NIC in
@@ -26,11 +27,12 @@ var cpSubnets = []sim.SubnetSpec{{Name: "data", Space: "data"}, {Name: "mgmt", S
 
 func newControlPlaneModel(t *testing.T) *sim.Model {
 	t.Helper()
-	return newModel(t, sim.Options{
+	return simtest.NewModel(t, sim.Options{
 		Subnets:        cpSubnets,
 		DefaultSubnets: []string{"data", "mgmt"},
 		Bindings:       map[string]string{"db-cluster": "data"},
 	})
+
 }
 
 // deployControllers deploys n controllers and waits for one active
@@ -40,9 +42,9 @@ func deployControllers(t *testing.T, m *sim.Model, n int) {
 	if _, err := m.Deploy(n); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	waitCluster(t, m)
-	waitActive(t, m)
+	simtest.WaitIdle(t, m)
+	simtest.WaitCluster(t, m)
+	simtest.WaitActive(t, m)
 }
 
 // addAgents adds n agent machines on the mgmt subnet running controllerd
@@ -97,7 +99,7 @@ func (f follow) String() string {
 func waitAgentsFollow(t *testing.T, m *sim.Model, agents []int, via string, want []string, since time.Time) follow {
 	t.Helper()
 	want = sortedCopy(want)
-	ctx := ctxFor(t, 5*time.Minute)
+	ctx := simtest.CtxFor(t, 5*time.Minute)
 	var f follow
 	var lastStatus time.Time
 	var lastList, lastFiles string
@@ -132,7 +134,7 @@ func waitAgentsFollow(t *testing.T, m *sim.Model, agents []int, via string, want
 		select {
 		case <-ctx.Done():
 			for _, id := range agents {
-				t.Logf("service log of machine %d:\n%s", id, tail(m.MachineServiceLog(id), 40))
+				t.Logf("service log of machine %d:\n%s", id, simtest.Tail(m.MachineServiceLog(id), 40))
 			}
 			t.Fatalf("agents never followed: want %v; %s served %s; files: %s", want, via, lastList, lastFiles)
 		case <-time.After(50 * time.Millisecond):
@@ -172,7 +174,7 @@ func holders(ctx context.Context, m *sim.Model, us []string) (held []string, err
 func waitOneHolder(t *testing.T, m *sim.Model, us []string) string {
 	t.Helper()
 	var holder string
-	err := probe.Eventually(ctxFor(t, 3*time.Minute), 300*time.Millisecond, func() error {
+	err := probe.Eventually(simtest.CtxFor(t, 3*time.Minute), 300*time.Millisecond, func() error {
 		ctx := context.Background()
 		held, err := holders(ctx, m, us)
 		if err != nil {
@@ -326,14 +328,14 @@ func (lm *leaseMonitor) checkNoOverlap(t *testing.T) {
 // ordered by time.
 func backups(t *testing.T, m *sim.Model, unit string) [][]any {
 	t.Helper()
-	res := mustSQL(t, m, unit, "SELECT controller_id, taken_at FROM controller_backup ORDER BY taken_at")
+	res := simtest.MustSQL(t, m, unit, "SELECT controller_id, taken_at FROM controller_backup ORDER BY taken_at")
 	return res.Rows
 }
 
 // waitFirstBackup waits until the holder's first backup is recorded.
 func waitFirstBackup(t *testing.T, m *sim.Model, unit string) {
 	t.Helper()
-	err := probe.Eventually(ctxFor(t, 2*time.Minute), time.Second, func() error {
+	err := probe.Eventually(simtest.CtxFor(t, 2*time.Minute), time.Second, func() error {
 		res, err := probe.SQL(context.Background(), m, unit, "SELECT count(*) FROM controller_backup")
 		if err != nil {
 			return err

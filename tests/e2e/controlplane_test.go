@@ -13,6 +13,7 @@ import (
 
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 // Issue 5's scenarios: the singular-controller lease and the API addresses
@@ -56,8 +57,8 @@ func TestAgents_FollowControllerAddAndRemove(t *testing.T) {
 	want := m.ControllerAgentAddresses()
 	f = waitAgentsFollow(t, m, agents, app+"/0", want, start)
 	t.Logf("add-unit (%s): %s", added[0], f)
-	waitIdle(t, m)
-	waitCluster(t, m)
+	simtest.WaitIdle(t, m)
+	simtest.WaitCluster(t, m)
 
 	victim := app + "/1"
 	start = time.Now()
@@ -67,13 +68,13 @@ func TestAgents_FollowControllerAddAndRemove(t *testing.T) {
 	want = m.ControllerAgentAddresses()
 	f = waitAgentsFollow(t, m, agents, app+"/0", want, start)
 	t.Logf("remove-unit %s: %s", victim, f)
-	waitIdle(t, m)
+	simtest.WaitIdle(t, m)
 	for _, a := range want {
 		if probe.UnitOfAddress(m, a) == victim {
 			t.Fatalf("the removed controller's address %s is still expected", a)
 		}
 	}
-	waitCluster(t, m)
+	simtest.WaitCluster(t, m)
 }
 
 // leaseFailoverSetup deploys three controllers and waits for one lease
@@ -82,9 +83,9 @@ func TestAgents_FollowControllerAddAndRemove(t *testing.T) {
 // database has it, and a monitor of the lease through the survivors.
 func leaseFailoverSetup(t *testing.T) (m *sim.Model, machines []int, holder string, survivors []string, row leaseRow, lm *leaseMonitor) {
 	t.Helper()
-	m = newModel(t, sim.Options{})
+	m = simtest.NewModel(t, sim.Options{})
 	deployControllers(t, m, 3)
-	us := units(m)
+	us := simtest.Units(m)
 	for _, u := range us {
 		machines = append(machines, machineOfUnit(t, m, u))
 	}
@@ -105,8 +106,8 @@ func TestLease_HolderKilledExactlyOneSuccessor(t *testing.T) {
 	m, machines, holder, survivors, row, lm := leaseFailoverSetup(t)
 	defer lm.stop()
 
-	v := waitCluster(t, m)
-	t.Logf("kill -9 of %s's machine (holder %s; Dqlite leader on %s)", holder, row.holder, dqliteLeaderUnit(t, m, v))
+	v := simtest.WaitCluster(t, m)
+	t.Logf("kill -9 of %s's machine (holder %s; Dqlite leader on %s)", holder, row.holder, simtest.DqliteLeaderUnit(t, m, v))
 	killed := time.Now()
 	if err := m.KillMachine(holder); err != nil {
 		t.Fatal(err)
@@ -153,8 +154,8 @@ func TestLease_HolderPartitionedExactlyOneSuccessor(t *testing.T) {
 		}
 	}()
 
-	v := waitCluster(t, m)
-	t.Logf("partition of %s's machine (holder %s; Dqlite leader on %s)", holder, row.holder, dqliteLeaderUnit(t, m, v))
+	v := simtest.WaitCluster(t, m)
+	t.Logf("partition of %s's machine (holder %s; Dqlite leader on %s)", holder, row.holder, simtest.DqliteLeaderUnit(t, m, v))
 	cut := time.Now()
 	if err := m.Partition(holder, true); err != nil {
 		t.Fatal(err)
@@ -198,8 +199,8 @@ func TestLease_HolderPartitionedExactlyOneSuccessor(t *testing.T) {
 	if err := m.Partition(holder, false); err != nil {
 		t.Fatal(err)
 	}
-	waitCluster(t, m)
-	stableHolder(t, m, units(m), next, 8)
+	simtest.WaitCluster(t, m)
+	stableHolder(t, m, simtest.Units(m), next, 8)
 	lm.stop()
 	lm.checkNoOverlap(t)
 	checkOneBackup(t, m, next, machines)
@@ -230,7 +231,7 @@ func TestAgents_MgmtOnlyKeepConnectingAfterBindAPI(t *testing.T) {
 	if err := m.Bind("api", "mgmt"); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
+	simtest.WaitIdle(t, m)
 	mgmt := m.ControllerAgentAddresses()
 	if len(mgmt) != 3 {
 		t.Fatalf("want one mgmt address per controller, got %v", mgmt)
@@ -239,8 +240,8 @@ func TestAgents_MgmtOnlyKeepConnectingAfterBindAPI(t *testing.T) {
 	t.Logf("bind api=mgmt: %s", f)
 	// Every controller's watcher catches up with the database in its own
 	// time (a poll every 0.5 s).
-	for _, u := range units(m) {
-		err := probe.Eventually(ctxFor(t, time.Minute), 300*time.Millisecond, func() error {
+	for _, u := range simtest.Units(m) {
+		err := probe.Eventually(simtest.CtxFor(t, time.Minute), 300*time.Millisecond, func() error {
 			s, err := probe.Status(context.Background(), m, u)
 			if err != nil {
 				return err
@@ -275,8 +276,8 @@ func TestAgents_MgmtOnlyKeepConnectingAfterBindAPI(t *testing.T) {
 	}
 	f = waitAgentsFollow(t, m, agents, app+"/0", want, start)
 	t.Logf("add-unit after the bind, agents restarted: %s", f)
-	waitIdle(t, m)
-	waitCluster(t, m)
+	simtest.WaitIdle(t, m)
+	simtest.WaitCluster(t, m)
 }
 
 type clientResult struct {
@@ -300,7 +301,7 @@ func runClient(t *testing.T, m *sim.Model, machine int, extra ...string) clientR
 		"--store", "/var/lib/juju/client/controllers.json", "--controller", "ctl", "--format", "json",
 		"--ca-cert", caOnMachine}, extra...)
 	var res clientResult
-	err := probe.Eventually(ctxFor(t, 2*time.Minute), time.Second, func() error {
+	err := probe.Eventually(simtest.CtxFor(t, 2*time.Minute), time.Second, func() error {
 		out, errOut, err := m.ExecMachine(context.Background(), machine, argv...)
 		if err != nil {
 			return &execError{err, string(errOut)}
@@ -340,7 +341,7 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	if seed == "" {
 		t.Fatalf("no mgmt address for %s", victim)
 	}
-	for _, u := range units(m) {
+	for _, u := range simtest.Units(m) {
 		// The list comes from whichever controller answers.
 		waitClientList(t, m, u, 6)
 	}
@@ -355,10 +356,10 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 	if err := m.RemoveUnit(victim, false); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	waitCluster(t, m)
+	simtest.WaitIdle(t, m)
+	simtest.WaitCluster(t, m)
 
-	for _, u := range units(m) {
+	for _, u := range simtest.Units(m) {
 		waitClientList(t, m, u, 4)
 	}
 	second := runClient(t, m, machine)
@@ -383,7 +384,7 @@ func TestClient_LastGoodRemovedReconnectsAndPutsGoodFirst(t *testing.T) {
 // waitClientList waits until a controller serves n client addresses.
 func waitClientList(t *testing.T, m *sim.Model, unit string, n int) {
 	t.Helper()
-	err := probe.Eventually(ctxFor(t, time.Minute), 300*time.Millisecond, func() error {
+	err := probe.Eventually(simtest.CtxFor(t, time.Minute), 300*time.Millisecond, func() error {
 		s, err := probe.Status(context.Background(), m, unit)
 		if err != nil {
 			return err

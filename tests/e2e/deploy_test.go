@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 // juju deploy -n 3: whatever the hook interleaving, exactly one cluster with
@@ -15,12 +16,12 @@ import (
 // relation-set --app), so Juju refuses that hook's application data at
 // commit and a random unit leads and chooses.
 func TestDeploy_ThreeAtOnceFormsExactlyOneCluster(t *testing.T) {
-	m := newModel(t, sim.Options{Juju36: true, FirstUnitLeads: true})
+	m := simtest.NewModel(t, sim.Options{Juju36: true, FirstUnitLeads: true})
 	m.MoveLeadershipAt(app+"/0", "db-cluster-relation-created", "status-set")
 	if _, err := m.Deploy(3); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
+	simtest.WaitIdle(t, m)
 	refused := false
 	for _, r := range m.History(app + "/0") {
 		refused = refused || r.CommitError != ""
@@ -28,12 +29,12 @@ func TestDeploy_ThreeAtOnceFormsExactlyOneCluster(t *testing.T) {
 	if !refused {
 		t.Fatalf("the fault did not fire: %s/0's hooks %+v", app, m.History(app+"/0"))
 	}
-	v := waitCluster(t, m)
+	v := simtest.WaitCluster(t, m)
 	t.Logf("Juju leader %s", m.Status().Leader)
 	for u, s := range v.Nodes {
 		t.Logf("%s: node %s %s role %s leader %s", u, s.NodeID, s.Address, s.Role, s.LeaderAddress())
 	}
-	waitActive(t, m)
+	simtest.WaitActive(t, m)
 	if got := m.RelationData("db-cluster")[app+"/1"]["private-address"]; got == "" {
 		t.Errorf("Juju 3.6 mode: no private-address in %s/1's relation data", app)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 // The core scenarios under Juju's real timings (sim.JujuTimings: a
@@ -22,7 +23,7 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 		DefaultSubnets: []string{"a0", "d"},
 	})
 	opts.UpdateStatusInterval = 24 * time.Hour
-	m := newModel(t, opts)
+	m := simtest.NewModel(t, opts)
 	start := time.Now()
 	step := func(what string) { t.Logf("%s (at %s)", what, time.Since(start).Round(time.Second)) }
 
@@ -30,33 +31,33 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 	if _, err := m.Deploy(3); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	v := waitCluster(t, m)
-	waitActive(t, m)
+	simtest.WaitIdle(t, m)
+	v := simtest.WaitCluster(t, m)
+	simtest.WaitActive(t, m)
 	createTable(t, m, "dqlite-controller/0")
 	insertRows(t, m, "dqlite-controller/0", 0, 10)
 
-	dq := dqliteLeaderUnit(t, m, v)
+	dq := simtest.DqliteLeaderUnit(t, m, v)
 	step("remove-unit " + dq + " (the Dqlite leader; Juju leader " + m.Status().Leader + ")")
 	if err := m.RemoveUnit(dq, false); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	waitCluster(t, m)
+	simtest.WaitIdle(t, m)
+	simtest.WaitCluster(t, m)
 	checkRowsEverywhere(t, m, 10)
-	insertRows(t, m, units(m)[0], 10, 10)
+	insertRows(t, m, simtest.Units(m)[0], 10, 10)
 
-	victim := units(m)[0]
+	victim := simtest.Units(m)[0]
 	if victim == m.Status().Leader {
-		victim = units(m)[1]
+		victim = simtest.Units(m)[1]
 	}
 	step("remove-unit " + victim + " (2 → 1)")
 	if err := m.RemoveUnit(victim, false); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	waitCluster(t, m)
-	waitActive(t, m)
+	simtest.WaitIdle(t, m)
+	simtest.WaitCluster(t, m)
+	simtest.WaitActive(t, m)
 	checkRowsEverywhere(t, m, 20)
 
 	step("add-unit on a machine with two addresses in space alpha")
@@ -64,7 +65,7 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
+	simtest.WaitIdle(t, m)
 	if u, _ := m.Status().Unit(names[0]); u.Workload != "blocked" || !strings.Contains(u.Message, "multiple possible DB bind addresses") || !strings.Contains(u.Message, "db-cluster") {
 		t.Fatalf("%s: %s %q, want blocked on its two addresses", names[0], u.Workload, u.Message)
 	}
@@ -72,8 +73,8 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 	if err := m.Bind("db-cluster", "db"); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	v = waitCluster(t, m)
+	simtest.WaitIdle(t, m)
+	v = simtest.WaitCluster(t, m)
 	// Every node now serves on its machine's address in space db (the
 	// last subnet of every machine here).
 	st := m.Status()
@@ -85,7 +86,7 @@ func TestJujuTimings_CoreScenarios(t *testing.T) {
 			}
 		}
 	}
-	waitActive(t, m)
+	simtest.WaitActive(t, m)
 	checkRowsEverywhere(t, m, 20)
 	step("done")
 }

@@ -10,13 +10,14 @@ import (
 
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 // runAction is `juju run <unit> <action> args...`, failing the test when
 // the action cannot be queued.
 func runAction(t *testing.T, m *sim.Model, unit, action string, args ...string) *sim.ActionResult {
 	t.Helper()
-	res, err := m.RunAction(ctxFor(t, 5*time.Minute), unit, action, args...)
+	res, err := m.RunAction(simtest.CtxFor(t, 5*time.Minute), unit, action, args...)
 	if err != nil {
 		t.Fatalf("juju run %s %s %v: %v", unit, action, args, err)
 	}
@@ -45,15 +46,15 @@ func wantCompleted(t *testing.T, res *sim.ActionResult) {
 // member whose unit is still in the relation, and a machine that died is
 // removed with force=true, leaving one cluster of the two survivors.
 func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
-	m := newModel(t, sim.Options{})
+	m := simtest.NewModel(t, sim.Options{})
 	if _, err := m.Deploy(3); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	v := waitCluster(t, m)
-	us := units(m)
+	simtest.WaitIdle(t, m)
+	v := simtest.WaitCluster(t, m)
+	us := simtest.Units(m)
 	holder := waitOneHolder(t, m, us)
-	leader := dqliteLeaderUnit(t, m, v)
+	leader := simtest.DqliteLeaderUnit(t, m, v)
 
 	res := runAction(t, m, us[0], "cluster-status")
 	wantCompleted(t, res)
@@ -100,7 +101,7 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 
 	// Juju validates parameters before queueing (a string agent-id is not
 	// an integer); the charm refuses what the schema cannot express.
-	if _, err := m.RunAction(ctxFor(t, time.Minute), us[0], "remove-member", "agent-id=one"); err == nil {
+	if _, err := m.RunAction(simtest.CtxFor(t, time.Minute), us[0], "remove-member", "agent-id=one"); err == nil {
 		t.Fatal("a non-integer agent-id was queued")
 	}
 	wantFailed(t, runAction(t, m, us[0], "remove-member"), "no member named")
@@ -124,8 +125,8 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 		t.Fatalf("remove-member results %v", res.Results)
 	}
 	survivors := others(us, victim)
-	err := probe.Eventually(ctxFor(t, 2*time.Minute), time.Second, func() error {
-		v := probe.Look(ctxFor(t, 30*time.Second), m)
+	err := probe.Eventually(simtest.CtxFor(t, 2*time.Minute), time.Second, func() error {
+		v := probe.Look(simtest.CtxFor(t, 30*time.Second), m)
 		lo, hi := probe.VoterRange(len(survivors))
 		return v.OneCluster(survivors, lo, hi)
 	})
@@ -138,7 +139,7 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 // raftIndex is `controllerd raft-position` on a unit: its log's last index.
 func raftIndex(t *testing.T, m *sim.Model, unit string) uint64 {
 	t.Helper()
-	out, stderr, err := m.Exec(ctxFor(t, 30*time.Second), unit, probe.Controllerd(m, unit), "raft-position", "--format=json")
+	out, stderr, err := m.Exec(simtest.CtxFor(t, 30*time.Second), unit, probe.Controllerd(m, unit), "raft-position", "--format=json")
 	if err != nil {
 		t.Fatalf("raft-position on %s: %v: %s", unit, err, stderr)
 	}
@@ -160,16 +161,16 @@ func raftIndex(t *testing.T, m *sim.Model, unit string) uint64 {
 // voter with every row, and B wipes its stale data and rejoins: exactly one
 // cluster of the two survivors, all 30 rows on both.
 func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
-	m := newModel(t, sim.Options{})
+	m := simtest.NewModel(t, sim.Options{})
 	if _, err := m.Deploy(5); err != nil {
 		t.Fatal(err)
 	}
-	waitIdle(t, m)
-	v := waitCluster(t, m)
-	us := units(m)
-	mustSQL(t, m, us[0], "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+	simtest.WaitIdle(t, m)
+	v := simtest.WaitCluster(t, m)
+	us := simtest.Units(m)
+	simtest.MustSQL(t, m, us[0], "CREATE TABLE t (id INTEGER PRIMARY KEY)")
 	for i := 1; i <= 20; i++ {
-		mustSQL(t, m, us[i%len(us)], "INSERT INTO t (id) VALUES ("+strconv.Itoa(i)+") ON CONFLICT DO NOTHING")
+		simtest.MustSQL(t, m, us[i%len(us)], "INSERT INTO t (id) VALUES ("+strconv.Itoa(i)+") ON CONFLICT DO NOTHING")
 	}
 	wantFailed(t, runAction(t, m, us[0], "recover-from-quorum-loss"), "confirm=true is required")
 	wantFailed(t, runAction(t, m, us[0], "recover-from-quorum-loss", "confirm=true"), "a Dqlite leader is reachable")
@@ -191,11 +192,11 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 21; i <= 30; i++ {
-		mustSQL(t, m, voters[0], "INSERT INTO t (id) VALUES ("+strconv.Itoa(i)+") ON CONFLICT DO NOTHING")
+		simtest.MustSQL(t, m, voters[0], "INSERT INTO t (id) VALUES ("+strconv.Itoa(i)+") ON CONFLICT DO NOTHING")
 	}
 	// A stand-by is replicated to asynchronously: wait until best has the
 	// leader's whole log, so that the rows are on a survivor at all.
-	err := probe.Eventually(ctxFor(t, time.Minute), 200*time.Millisecond, func() error {
+	err := probe.Eventually(simtest.CtxFor(t, time.Minute), 200*time.Millisecond, func() error {
 		if b, l := raftIndex(t, m, best), raftIndex(t, m, voters[0]); b < l {
 			return fmt.Errorf("%s at index %d, %s at %d", best, b, voters[0], l)
 		}
@@ -221,7 +222,7 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 	}
 	// Each survivor publishes its position at its next hook (update-status).
 	positions := map[string]string{}
-	err = probe.Eventually(ctxFor(t, 2*time.Minute), time.Second, func() error {
+	err = probe.Eventually(simtest.CtxFor(t, 2*time.Minute), time.Second, func() error {
 		data := m.RelationData("db-cluster")
 		for _, u := range survivors {
 			p := data[u]["db-raft-position"]
@@ -246,8 +247,8 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 	if !strings.Contains(res.Results["summary"].(string), "juju remove-unit --force") {
 		t.Fatalf("summary does not say what to do next: %q", res.Results["summary"])
 	}
-	err = probe.Eventually(ctxFor(t, 3*time.Minute), time.Second, func() error {
-		v := probe.Look(ctxFor(t, 30*time.Second), m)
+	err = probe.Eventually(simtest.CtxFor(t, 3*time.Minute), time.Second, func() error {
+		v := probe.Look(simtest.CtxFor(t, 30*time.Second), m)
 		lo, hi := probe.VoterRange(len(survivors))
 		if err := v.OneCluster(survivors, lo, hi); err != nil {
 			return err
@@ -261,11 +262,11 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 		t.Fatalf("after the recovery: %v", err)
 	}
 	for _, u := range survivors {
-		if n := countRows(t, m, u); n != 30 {
+		if n := simtest.CountRows(t, m, u, "t"); n != 30 {
 			t.Fatalf("%s sees %d rows after the recovery, want 30", u, n)
 		}
 	}
 	if !strings.Contains(m.ServiceLog(behind), "action=wipe") {
-		t.Fatalf("%s never wiped its stale data:\n%s", behind, tail(m.ServiceLog(behind), 40))
+		t.Fatalf("%s never wiped its stale data:\n%s", behind, simtest.Tail(m.ServiceLog(behind), 40))
 	}
 }

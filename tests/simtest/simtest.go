@@ -1,6 +1,8 @@
 // Package simtest is what the tests that run the built charm on the
-// simulator (tests/e2e, tests/jepsen) share: the root check, where the
-// built charm is, and a writer that sends the simulator's log to the test.
+// simulator (tests/e2e and its sub-packages, tests/jepsen) share: the root
+// check, where the built charm is, a model with the scenarios' timings and
+// its post-mortem dump, the waits for a settled model and one cluster, SQL
+// through a unit, and a Writer that shows an operation loses no write.
 package simtest
 
 import (
