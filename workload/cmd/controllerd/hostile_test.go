@@ -166,6 +166,34 @@ func TestHostilePeers_RefusedAtDqliteAndAPIPorts(t *testing.T) {
 		t.Fatalf("an agent verifying the server was refused: %v", err)
 	}
 
+	// A flood: 200 plaintext connections in a row at controller 2's
+	// Dqlite port. go-dqlite's proxy logs each at ERROR; the daemon
+	// summarises them (one line per 10 s window plus a count), so a
+	// hostile client cannot fill the log.
+	dq2 := net.JoinHostPort(c.node("2").host, strconv.Itoa(dqlitePort))
+	proxyLines := func() int {
+		n := 0
+		for _, l := range strings.Split(c.node("2").logs(), "\n") {
+			if strings.Contains(l, "proxy: ") || strings.Contains(l, "peer connection") {
+				n++
+			}
+		}
+		return n
+	}
+	linesBefore := proxyLines()
+	for i := 0; i < 200; i++ {
+		if conn, err := net.DialTimeout("tcp", dq2, time.Second); err == nil {
+			conn.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+			io.Copy(io.Discard, conn)
+			conn.Close()
+		}
+	}
+	if n := proxyLines() - linesBefore; n > 10 {
+		t.Errorf("200 plaintext connections added %d log lines about peer connections, want a summary (<= 10)", n)
+	} else {
+		t.Logf("200 plaintext connections added %d log lines about peer connections", n)
+	}
+
 	after := c.mustStatus("0").Members
 	if !slices.Equal(before, after) {
 		t.Fatalf("membership changed: %v -> %v", before, after)

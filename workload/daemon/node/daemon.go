@@ -65,6 +65,8 @@ type Daemon struct {
 	apiErr string
 
 	tls tlsState // tls.go
+
+	proxyLog *proxyLog // go-dqlite's per-connection errors, summarised
 }
 
 // nodeRun is one run of the Dqlite node: from Engine.Start to Close.
@@ -118,6 +120,7 @@ func newDaemon(o Options, engine Engine) *Daemon {
 		gate:       memberGate{changed: make(chan struct{})},
 		engine:     engine,
 	}
+	d.proxyLog = newProxyLog(d.log, time.Now)
 	if d.engine == nil {
 		d.engine = goDqlite{d: d}
 	}
@@ -463,6 +466,10 @@ func (d *Daemon) dqliteLog(l client.LogLevel, format string, a ...interface{}) {
 	case client.LogWarn:
 		d.log.Warn(msg, "component", "dqlite")
 	default:
+		if isProxyError(msg) {
+			d.proxyLog.report(msg)
+			return
+		}
 		d.log.Error(msg, "component", "dqlite")
 	}
 }
