@@ -371,14 +371,27 @@ func (d *Daemon) askAll(ctx context.Context, addresses []string) []Answer {
 // README "Exactly one bootstrap"), this data dir never belonged to a
 // cluster (the was-member marker) and no listed peer is or knows a
 // cluster (bootstrapOrJoin).
+//
+// The was-member marker is written once the node has started, not before:
+// a start that fails (the port or go-dqlite's socket still taken, a
+// transient disk error) started no node, so nothing can have joined it or
+// been acknowledged by it, and the next pass bootstraps again. Marked
+// before the start, that failure made the bootstrap agent a would-be
+// joiner of a cluster that did not exist, waiting for ever. A crash
+// between the start and the marker leaves info.yaml, so the node restarts
+// as the stored node; the first member observation writes the marker too.
 func (d *Daemon) becomeBootstrapping(address, reason string) {
 	d.decision("bootstrap", reason, "address", address)
-	if err := d.markMember(); err != nil {
-		d.failStart(err)
-		return
-	}
 	d.setState(StateBootstrapping, "bootstrapping a new cluster at "+address)
 	d.startRun(true, address, nil)
+	if d.run == nil {
+		return // failStart said why; the next pass decides again
+	}
+	if err := d.markMember(); err != nil {
+		d.log.Error("cannot record that this data dir bootstrapped a cluster; stopping the node until it can", "err", err)
+		d.closeRun()
+		d.failStart(fmt.Errorf("cannot record membership: %w", err))
+	}
 }
 
 // becomeJoining starts a brand new node (new id) that joins through peers.

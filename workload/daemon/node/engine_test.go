@@ -29,6 +29,7 @@ type fakeEngine struct {
 	reconfigured [][]client.NodeInfo
 	observe      func() (*Observation, error)
 	listed       []string // controller_listed; nil: unreadable
+	failStarts   int      // so many Starts fail first, leaving no node
 }
 
 type startCall struct {
@@ -40,6 +41,10 @@ func (e *fakeEngine) Start(dir, address string, join []string) (Node, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.started = append(e.started, startCall{address, join})
+	if e.failStarts > 0 {
+		e.failStarts--
+		return nil, errors.New("start node: listen @dqlite-3297041220608546238: address already in use")
+	}
 	id := uint64(100 + len(e.started))
 	if info, ok, _ := readInfo(dir); ok {
 		id = info.ID
@@ -164,6 +169,40 @@ func conf(pairs ...string) *controllerconf.Config {
 func (d *Daemon) passes(n int) {
 	for i := 0; i < n; i++ {
 		d.reconcile(context.Background())
+	}
+}
+
+// The bootstrap agent's first start fails (go-dqlite's socket still
+// taken): no node ran, so the next pass bootstraps again. It used to
+// record the data dir as a member's before the start, and then, with its
+// marker and no data, tried to join a cluster that never existed.
+func TestTransition_FailedBootstrapStartBootstrapsAgain(t *testing.T) {
+	for _, tc := range []struct {
+		summary string
+		cfg     *controllerconf.Config
+	}{
+		{"sole controller", conf("0", "10.9.0.1")},
+		{"first of three", conf("0", "10.9.0.1", "1", "10.9.0.2", "2", "10.9.0.3")},
+	} {
+		t.Run(tc.summary, func(t *testing.T) {
+			d, e := newFakeDaemon(t, tc.cfg, false)
+			e.failStarts = 1
+			d.passes(1)
+			if len(e.started) != 1 || d.state != StateError {
+				t.Fatalf("first pass: starts %+v, state %s: %s", e.started, d.state, d.message)
+			}
+			d.retryAt = time.Time{} // skip failStart's back-off
+			d.passes(1)
+			if len(e.started) != 2 {
+				t.Fatalf("second pass did not start again: starts %+v, state %s: %s", e.started, d.state, d.message)
+			}
+			if again := e.started[1]; again.address != addr0 || len(again.join) != 0 {
+				t.Fatalf("second start %+v, want a bootstrap at %s (no join addresses)", again, addr0)
+			}
+			if d.state != StateBootstrapping || !fileExists(filepath.Join(d.o.DataDir, markerName)) {
+				t.Fatalf("state %s (%s), marker written: %v", d.state, d.message, fileExists(filepath.Join(d.o.DataDir, markerName)))
+			}
+		})
 	}
 }
 
