@@ -373,3 +373,63 @@ func TestPartition_CutsAndRestoresTheNetwork(t *testing.T) {
 		t.Fatalf("ping after healing: %v", err)
 	}
 }
+
+// Juju's automatic hook retries back off: the first retry after the
+// minimum (5 s in Juju), each next one after twice the previous, ±3 %
+// (internal/worker/uniter/uniter.go, juju/utils timer.go BackoffTimer;
+// apiserver/facades/agent/retrystrategy: factor 2, at most 5 minutes). A
+// fixed delay would retry a charm that keeps failing far more often than
+// Juju does and hide a charm that only converges by hammering.
+func TestFailedHook_RetriesBackOff(t *testing.T) {
+	const first = 150 * time.Millisecond
+	m := newToyModel(t, Options{AutoRetryHooks: first})
+	if _, err := m.Deploy(1); err != nil {
+		t.Fatal(err)
+	}
+	waitIdle(t, m)
+	if err := m.SetConfig(map[string]string{"fail-hook": "config-changed"}); err != nil {
+		t.Fatal(err)
+	}
+	var runs []HookRecord
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := m.WaitFor(ctx, "five failed runs of config-changed", func(Status) bool {
+		runs = runs[:0]
+		for _, r := range m.History("toy/0") {
+			if r.Hook == "config-changed" && r.ExitCode != 0 {
+				runs = append(runs, r)
+			}
+		}
+		return len(runs) >= 5
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := first
+	for i := 1; i < 5; i++ {
+		// Each gap is the back-off delay plus the hook's own run time,
+		// so it is at least the delay (less the jitter).
+		gap := runs[i].Started.Sub(runs[i-1].Started)
+		if gap < want*97/100 {
+			t.Errorf("retry %d came %s after the previous run, want at least %s (back-off doubling from %s)", i, gap, want*97/100, first)
+		}
+		want *= 2
+	}
+}
+
+func TestNextRetryDelay(t *testing.T) {
+	for _, tc := range []struct {
+		prev time.Duration
+		r    float64
+		want time.Duration
+	}{
+		{0, 0.5, 5 * time.Second},                                    // first retry: the minimum
+		{5 * time.Second, 0.5, 10 * time.Second},                     // doubled, no jitter at r=0.5
+		{10 * time.Second, 0, 20*time.Second - 600*time.Millisecond}, // -3 %
+		{4 * time.Minute, 0.5, maxRetryDelay},                        // capped at 5 minutes
+	} {
+		if got := nextRetryDelay(tc.prev, 5*time.Second, tc.r); got != tc.want {
+			t.Errorf("nextRetryDelay(%s, 5s, %v) = %s, want %s", tc.prev, tc.r, got, tc.want)
+		}
+	}
+}

@@ -61,8 +61,9 @@ type Options struct {
 	// tracker.go), then another unit is elected. Default 3 s.
 	LeaseExpiry time.Duration
 	// AutoRetryHooks, when positive, retries a failed hook after this delay
-	// (Juju's automatically-retry-hooks); zero or negative waits for
-	// Resolve.
+	// and then with Juju's back-off (automatically-retry-hooks: doubling,
+	// at most 5 minutes; Juju's first delay is 5 s); zero or negative
+	// waits for Resolve.
 	AutoRetryHooks time.Duration
 	// UpdateStatusInterval is how often each started unit runs update-status
 	// (Juju's update-status-hook-interval, default 5m); zero means 5m.

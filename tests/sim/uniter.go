@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	mathrand "math/rand/v2"
 	"sort"
 	"strings"
 	"time"
@@ -64,6 +65,8 @@ type HookRecord struct {
 	// (the hook then failed although its process exited 0).
 	CommitError string
 	Leader      bool
+	// Started is when the hook's process started.
+	Started time.Time
 }
 
 type unit struct {
@@ -113,8 +116,33 @@ type unit struct {
 	// (runner/context/cache.go RelationCache).
 	relCache map[int]map[string]map[string]string
 	retryAt  time.Time
-	running  bool
+	// retryDelay is the wait before the next retry of a failed hook:
+	// Juju's back-off (see nextRetryDelay); zero while no hook failed.
+	retryDelay time.Duration
+	running    bool
 	history  []HookRecord
+}
+
+// maxRetryDelay caps the back-off between retries of a failed hook
+// (apiserver/facades/agent/retrystrategy: MaxRetryTime = 5 minutes).
+const maxRetryDelay = 5 * time.Minute
+
+// nextRetryDelay is Juju's back-off for automatically retried hooks: the
+// first retry after min (MinRetryTime, 5 s in Juju), each next one after
+// twice the previous, with ±3 % jitter, at most 5 minutes
+// (internal/worker/uniter/uniter.go builds a utils.BackoffTimer from the
+// retry strategy with Factor 2 and Jitter; juju/utils timer.go
+// increaseDuration). r is uniform in [0, 1).
+func nextRetryDelay(prev, min time.Duration, r float64) time.Duration {
+	if prev <= 0 {
+		return min
+	}
+	next := 2 * prev
+	next += time.Duration(float64(next) * (2*r - 1) * 0.03)
+	if next > maxRetryDelay {
+		next = maxRetryDelay
+	}
+	return next
 }
 
 func (m *Model) newUnitLocked(mc *machine) *unit {
@@ -328,6 +356,7 @@ func (m *Model) runAgent(u *unit) {
 		m.notifyLocked()
 		m.mu.Unlock()
 
+		started := time.Now()
 		code := 0
 		if h.charmSrc != "" {
 			if err := m.deployCharm(u, h.charmSrc); err != nil {
@@ -342,7 +371,7 @@ func (m *Model) runAgent(u *unit) {
 		m.mu.Lock()
 		delete(m.contexts, hc.id)
 		u.running = false
-		rec := HookRecord{Hook: h.name, RemoteUnit: h.remoteUnit, DepartingUnit: h.departing, ExitCode: code, Leader: m.leader == u.name}
+		rec := HookRecord{Hook: h.name, RemoteUnit: h.remoteUnit, DepartingUnit: h.departing, ExitCode: code, Leader: m.leader == u.name, Started: started}
 		if h.rel != nil {
 			rec.RemoteApp = h.remoteApp
 		}
@@ -363,6 +392,10 @@ func (m *Model) runAgent(u *unit) {
 			m.discardSecretsLocked(hc)
 			u.interrupted = h
 		case code == 0 && commitErr == "":
+			// A hook that succeeds clears the error: the next failure
+			// waits the shortest delay again (the uniter's
+			// StopRetryHookTimer resets the back-off timer).
+			u.retryDelay = 0
 			m.commitLocked(u, h, hc)
 			m.commitSecretsLocked(hc)
 		default:
@@ -372,7 +405,8 @@ func (m *Model) runAgent(u *unit) {
 			}
 			m.log.Warn("hook failed", "unit", u.name, "hook", h.name, "code", code, "commit", commitErr)
 			u.failed = h
-			u.retryAt = time.Now().Add(m.opts.AutoRetryHooks)
+			u.retryDelay = nextRetryDelay(u.retryDelay, m.opts.AutoRetryHooks, mathrand.Float64())
+			u.retryAt = time.Now().Add(u.retryDelay)
 			u.savedWorkload = [2]string{u.workload, u.message}
 			u.workload, u.message = "error", fmt.Sprintf("hook failed: %q", h.name)
 			u.agent, u.agentMsg = "idle", ""
