@@ -592,12 +592,10 @@ func (d *Daemon) closeRun() {
 
 func (d *Daemon) reconcileRunning(ctx context.Context) {
 	r := d.run
-	// The leader search dials the peers one after the other, and a dead
-	// machine's address is a black hole costing a whole DialTimeout: with
-	// a fixed 1 s, three dead peers listed ahead of the leader hid it for
-	// ever from a survivor that no leader heartbeats (found by the 5 -> 2
-	// recovery scenario, tests/e2e/ops_test.go).
-	octx, cancel := context.WithTimeout(ctx, time.Second+time.Duration(len(r.members))*DialTimeout)
+	// The leader search asks every peer at once (leadersearch.go), so the
+	// observation's deadline does not grow with the members: dead peers
+	// listed ahead of the leader no longer hide it.
+	octx, cancel := context.WithTimeout(ctx, LeaderSearchTimeout+AttemptTimeout)
 	obs, err := r.node.Observe(octx)
 	cancel()
 	if err != nil {

@@ -149,12 +149,6 @@ func (s *peerStore) Get(context.Context) ([]client.NodeInfo, error) {
 // Set implements client.NodeStore; the store is derived, not written.
 func (s *peerStore) Set(context.Context, []client.NodeInfo) error { return nil }
 
-// findLeader returns a client connected to the leader, looking it up
-// through store with short dials; ctx must carry a deadline.
-func (d *Daemon) findLeader(ctx context.Context, store client.NodeStore) (*client.Client, error) {
-	return client.FindLeader(ctx, store, client.WithDialFunc(d.dialPeer), client.WithLogFunc(d.dqliteLog))
-}
-
 // leaderClient is findLeader through the running node's peers.
 func (d *Daemon) leaderClient(ctx context.Context, peers *peerStore) (*client.Client, error) {
 	if peers == nil {
