@@ -769,6 +769,10 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is locked out: its peers (%s) refuse its certificate, so their configs and Raft configuration no longer hold it; wiping its data dir so it never serves stale state", r.node.ID(), by))
 		return
 	}
+	if at, out := d.excludedAtNewAddress(ctx, r.members, r.node.ID()); out && !r.fresh {
+		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is not in the Raft configuration of the cluster led by %s, an address the config lists that none of its known members had (the cluster was recovered or moved without it); wiping its data dir so it never serves stale state", r.node.ID(), at))
+		return
+	}
 	now := time.Now()
 	if r.failures == 0 {
 		r.failingSince = now

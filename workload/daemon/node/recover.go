@@ -73,16 +73,16 @@ func (d *Daemon) lastKnownRole(st control.Status) string {
 //
 // Safe because: it refuses while any leader is reachable (quorum is not
 // lost, and a second configuration would split the cluster); it refuses
-// unless this node has the most up-to-date log of every survivor that
-// answers (term, then index, as each published it while quorum was lost),
-// so no entry a surviving majority could have committed is dropped; it
-// refuses on a spare (never replicated to); it copies the node dir aside
-// first. Every other node then finds itself outside the new configuration
-// and wipes before serving: a running one at its next membership check (it
-// reaches this node, the only leader), one that was down before it starts
-// (removedWhileAway). The residual risk is the automatic path's: nodes that
-// come back while this one is unreachable and form a majority of the old
-// configuration among themselves.
+// unless this node's log is at least as up to date as every position a
+// listed unit published while quorum was lost, whether or not that unit
+// answers here (chooseRecovery), so no entry a surviving node holds is
+// dropped; it copies the node dir aside first. Every other node then finds
+// itself outside the new configuration and wipes before serving: a running
+// one at its next membership check (it reaches this node, the only
+// leader), one that was down before it starts (removedWhileAway). The
+// residual risk is the automatic path's: nodes that come back while this
+// one is unreachable and form a majority of the old configuration among
+// themselves.
 func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (control.RecoverResult, error) {
 	var res control.RecoverResult
 	if !req.Confirm {
@@ -106,35 +106,21 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 	if !self.HasData {
 		return res, fmt.Errorf("cannot recover: this node has no data")
 	}
-	if self.Role == "spare" {
-		return res, fmt.Errorf("cannot recover: this node was a spare, which is never replicated to; run recover-from-quorum-loss on a unit whose node was a voter or stand-by")
-	}
 	mine := RaftPosition{Term: self.Term, Index: self.Index}
 	res.Position = control.RaftInfo{ControllerID: self.ControllerID, NodeID: self.NodeID, Term: self.Term, Index: self.Index, Role: self.Role, HasData: true}
 	published := map[string]control.RaftInfo{}
 	for _, p := range req.Peers {
 		published[p.ControllerID] = p
 	}
-	ids := cfg.AgentIDs()
-	for _, id := range ids {
-		if id == d.o.ControllerID {
-			continue
+	answering := map[string]bool{}
+	for _, id := range cfg.AgentIDs() {
+		if id != d.o.ControllerID {
+			answering[id] = d.answersAt(ctx, d.peerAddresses(cfg, id, published[id]))
 		}
-		addr := decide.JoinHostPort(cfg.DBBindAddresses[id], d.o.Port)
-		if !d.answers(ctx, addr) {
-			res.Unreachable = append(res.Unreachable, id)
-			continue
-		}
-		res.Survivors = append(res.Survivors, id)
-		p, ok := published[id]
-		switch {
-		case !ok || p.State == "":
-			return res, fmt.Errorf("cannot recover: controller %s answers but has not published its Raft position since quorum was lost; wait for its next hook (update-status) and retry", id)
-		case p.State != string(StateNoQuorum) && p.State != string(StateReconfiguring):
-			return res, fmt.Errorf("cannot recover: controller %s published state %q, not %q: its position may be stale; wait for its next hook (update-status) and retry", id, p.State, StateNoQuorum)
-		case p.HasData && p.Role != "spare" && (RaftPosition{Term: p.Term, Index: p.Index}).Newer(mine):
-			return res, fmt.Errorf("cannot recover: controller %s has a more up-to-date Raft log (term %d, index %d) than this one (%s); run recover-from-quorum-loss on its unit (dqlite-controller/%s) instead", id, p.Term, p.Index, mine, id)
-		}
+	}
+	res.Survivors, res.Unreachable, err = chooseRecovery(mine, answering, published)
+	if err != nil {
+		return res, err
 	}
 	d.log.Warn("recovering from quorum loss on the operator's request: this node becomes the sole voter",
 		"position", mine.String(), "survivors", res.Survivors, "unreachable", res.Unreachable)
@@ -174,12 +160,140 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 	}
 	res.Message = fmt.Sprintf("controller %s is now the only voter, with its log at %s; its data dir was copied to %s", d.o.ControllerID, mine, backup)
 	if len(res.Survivors) > 0 {
-		res.Message += fmt.Sprintf("; controllers %s wipe their data and rejoin by themselves", strings.Join(res.Survivors, ", "))
+		if len(res.Survivors) == 1 {
+			res.Message += fmt.Sprintf("; controller %s wipes its data and rejoins by itself", res.Survivors[0])
+		} else {
+			res.Message += fmt.Sprintf("; controllers %s wipe their data and rejoin by themselves", strings.Join(res.Survivors, ", "))
+		}
 	}
 	if len(dead) > 0 {
 		res.Message += fmt.Sprintf("; next: remove the units that are gone with juju remove-unit --force %s (if they come back they wipe and rejoin)", strings.Join(dead, " "))
 	}
 	return res, nil
+}
+
+// chooseRecovery is the recovery's policy, without I/O: whether the node
+// at position mine may become the sole voter, given which other listed
+// controllers answer on their Dqlite address (answering, keyed by
+// controller id) and the positions the units published while quorum was
+// lost (published). It returns the survivors (they wipe and rejoin) and
+// the controllers that are gone (neither answering nor published).
+//
+// A unit that published a position during the loss is a survivor even if
+// its node does not answer here (split from this machine, or still at an
+// address the config no longer gives it): its log counts, because
+// recovering past a newer log drops entries that a majority may have
+// committed. Spares count like the others: the cluster may have demoted a
+// node that was away without it knowing, so a role says nothing about a
+// log; a spare may be chosen exactly when its log is the newest. A unit
+// that answers but published nothing (or not in state no-quorum) may hold
+// a newer log nobody has seen: refused until its next hook.
+func chooseRecovery(mine RaftPosition, answering map[string]bool, published map[string]control.RaftInfo) (survivors, unreachable []string, err error) {
+	ids := make([]string, 0, len(answering))
+	for id := range answering {
+		ids = append(ids, id)
+	}
+	sortIDs(ids)
+	for _, id := range ids {
+		p, ok := published[id]
+		during := ok && (p.State == string(StateNoQuorum) || p.State == string(StateReconfiguring))
+		switch {
+		case answering[id] && (!ok || p.State == ""):
+			return nil, nil, fmt.Errorf("cannot recover: controller %s answers but has not published its Raft position since quorum was lost; wait for its next hook (update-status) and retry", id)
+		case answering[id] && !during:
+			return nil, nil, fmt.Errorf("cannot recover: controller %s published state %q, not %q: its position may be stale; wait for its next hook (update-status) and retry", id, p.State, StateNoQuorum)
+		case ok && p.HasData && (RaftPosition{Term: p.Term, Index: p.Index}).Newer(mine):
+			return nil, nil, fmt.Errorf("cannot recover: controller %s has a more up-to-date Raft log (term %d, index %d) than this one (%s); run recover-from-quorum-loss on its unit (dqlite-controller/%s) instead (if its machine is gone for good, remove it first with juju remove-unit --force dqlite-controller/%s, losing what only its log holds)", id, p.Term, p.Index, mine, id, id)
+		case answering[id] || during:
+			survivors = append(survivors, id)
+		default:
+			unreachable = append(unreachable, id)
+		}
+	}
+	return survivors, unreachable, nil
+}
+
+// sortIDs sorts controller ids numerically (they are unit numbers).
+func sortIDs(ids []string) {
+	sort.Slice(ids, func(i, j int) bool {
+		a, errA := strconv.Atoi(ids[i])
+		b, errB := strconv.Atoi(ids[j])
+		if errA != nil || errB != nil {
+			return ids[i] < ids[j]
+		}
+		return a < b
+	})
+}
+
+// peerAddresses are where controller id's node may answer: the address
+// the config gives it and, when that changed (juju bind) while its node
+// still runs at the old one, the address this node's last known members
+// list for the node id it published.
+func (d *Daemon) peerAddresses(cfg *controllerconf.Config, id string, p control.RaftInfo) []string {
+	addrs := []string{decide.JoinHostPort(cfg.DBBindAddresses[id], d.o.Port)}
+	if p.NodeID == "" {
+		return addrs
+	}
+	known := d.Status(context.Background()).Members
+	store, _ := readStore(d.nodeDir)
+	for _, n := range store {
+		known = append(known, control.Member{NodeID: strconv.FormatUint(n.ID, 10), Address: n.Address})
+	}
+	for _, m := range known {
+		if m.NodeID == p.NodeID && m.Address != addrs[0] {
+			return append(addrs, m.Address)
+		}
+	}
+	return addrs
+}
+
+// answersAt reports whether a Dqlite node answers at any of addrs.
+func (d *Daemon) answersAt(ctx context.Context, addrs []string) bool {
+	for _, a := range addrs {
+		if d.answers(ctx, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// excludedAtNewAddress runs while no leader answers this running node at
+// the addresses it knows (its last known members, cluster.yaml): it asks
+// the addresses the config lists that none of them has, where peers went
+// while quorum was lost (juju bind, a new NIC), among them a survivor that
+// recovered the cluster (recover-from-quorum-loss) and then moved, as a
+// sole member does, to the address its config gives it. A leader there,
+// confirming it leads, whose configuration lacks this node's id means the
+// cluster went on without this node: the caller wipes it (becomeRemoved),
+// the same evidence stillMember acts on for a stopped node. Without this
+// such a node waits in no-quorum for ever, asking only addresses nobody
+// serves at any more. It asks nothing when the config adds no address, so
+// an ordinary loss of quorum costs no extra dial.
+func (d *Daemon) excludedAtNewAddress(ctx context.Context, known []client.NodeInfo, selfID uint64) (string, bool) {
+	seen := map[string]bool{}
+	store, _ := readStore(d.nodeDir)
+	for _, n := range append(known, store...) {
+		seen[n.Address] = true
+	}
+	if own, ok := d.ownAddress(); ok {
+		seen[own] = true
+	}
+	var fresh []string
+	for _, host := range d.cfg.DBBindAddresses {
+		if a := decide.JoinHostPort(host, d.o.Port); !seen[a] {
+			seen[a] = true
+			fresh = append(fresh, a)
+		}
+	}
+	if len(fresh) == 0 {
+		return "", false
+	}
+	sort.Strings(fresh)
+	la, ok := d.leaderView(ctx, d.askAll(ctx, fresh))
+	if !ok || la.Knows(selfID) {
+		return "", false
+	}
+	return la.Address, true
 }
 
 // recoverByOperator runs on the loop: it checks again that no leader
