@@ -17,7 +17,7 @@ func (h *hook) publishCOS(ctx context.Context, apiPort int) {
 	if err != nil || len(ids) == 0 {
 		return
 	}
-	want, err := cos.UnitData(apiPort, filepath.Join(clustertls.Dir(h.cfg.ConfigPath(h.agentID)), clustertls.CAFile))
+	want, err := cos.UnitData(h.env.AppName(), apiPort, filepath.Join(clustertls.Dir(h.cfg.ConfigPath(h.agentID)), clustertls.CAFile))
 	if err != nil {
 		h.log.Warn("cannot build the cos-agent data", "err", err)
 		return

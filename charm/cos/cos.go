@@ -69,10 +69,13 @@ type staticConfig struct {
 	Targets []string `json:"targets"`
 }
 
-// UnitData is the value of Key for a unit whose controllerd serves its API
-// (and /metrics) over TLS on apiPort: the subordinate on the same machine
-// scrapes localhost, verifying against the CA bundle in caFile.
-func UnitData(apiPort int, caFile string) (string, error) {
+// UnitData is the value of Key for a unit of application app whose
+// controllerd serves its API (and /metrics) over TLS on apiPort: the
+// subordinate on the same machine scrapes localhost, verifying against the
+// CA bundle in caFile. The job is named as the library's provider names
+// its jobs (COSAgentProvider._scrape_jobs: <app>_<index>_<job name>), so
+// that it stays unique among the principals one agent scrapes.
+func UnitData(app string, apiPort int, caFile string) (string, error) {
 	var rules map[string]any
 	if err := yaml.Unmarshal(alertRules, &rules); err != nil {
 		return "", fmt.Errorf("cannot parse the shipped alert rules: %w", err)
@@ -81,7 +84,7 @@ func UnitData(apiPort int, caFile string) (string, error) {
 		MetricsAlertRules: rules,
 		LogAlertRules:     map[string]any{},
 		Dashboards:        []string{base64.StdEncoding.EncodeToString(storeXZ(dashboard))},
-		MetricsScrapeJobs: []scrapeJob{{JobName: "controllerd", MetricsPath: "/metrics", Scheme: "https",
+		MetricsScrapeJobs: []scrapeJob{{JobName: app + "_0_controllerd", MetricsPath: "/metrics", Scheme: "https",
 			TLSConfig:     tlsConfig{CAFile: caFile, ServerName: clustertls.ServerName},
 			StaticConfigs: []staticConfig{{Targets: []string{"localhost:" + strconv.Itoa(apiPort)}}}}},
 		LogSlots: []string{},

@@ -139,7 +139,7 @@ func TestUnitData_DashboardRulesAndScrapeJob(t *testing.T) {
 			}
 		}
 	}
-	raw, err := UnitData(17070, "/var/lib/dqlite-controller/tls/ca.crt")
+	raw, err := UnitData("dqlite-controller", 17070, "/var/lib/dqlite-controller/tls/ca.crt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestUnitData_DashboardRulesAndScrapeJob(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &ud); err != nil {
 		t.Fatal(err)
 	}
-	if len(ud.MetricsScrapeJobs) != 1 || ud.MetricsScrapeJobs[0].StaticConfigs[0].Targets[0] != "localhost:17070" || ud.MetricsScrapeJobs[0].MetricsPath != "/metrics" ||
+	if len(ud.MetricsScrapeJobs) != 1 || ud.MetricsScrapeJobs[0].JobName != "dqlite-controller_0_controllerd" || ud.MetricsScrapeJobs[0].StaticConfigs[0].Targets[0] != "localhost:17070" || ud.MetricsScrapeJobs[0].MetricsPath != "/metrics" ||
 		ud.MetricsScrapeJobs[0].Scheme != "https" || ud.MetricsScrapeJobs[0].TLSConfig.ServerName != clustertls.ServerName ||
 		ud.MetricsScrapeJobs[0].TLSConfig.CAFile != "/var/lib/dqlite-controller/tls/ca.crt" {
 		t.Fatalf("scrape jobs %+v", ud.MetricsScrapeJobs)

@@ -182,7 +182,7 @@ func (m *Model) hasPendingLocked(u *unit) bool {
 			return true
 		}
 		for remote := range r.scope {
-			if remote != u.name && !u.joined[r.id][remote] {
+			if m.seesLocked(r, u, remote) && !u.joined[r.id][remote] {
 				return true
 			}
 		}

@@ -465,7 +465,7 @@ func (m *Model) toolRelationList(hc *hookContext, args []string) (toolResponse, 
 		return toolResponse{}, err
 	}
 	if isTrue(vals["app"]) {
-		return output(vals["format"], m.app), nil
+		return output(vals["format"], m.remoteAppOf(r)), nil
 	}
 	// The unit's own view of the members: units it has joined, without a
 	// unit being departed (docs/juju.md#hook-tools).

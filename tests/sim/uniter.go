@@ -30,6 +30,9 @@ type relation struct {
 	peer     bool
 	// scope holds the units that have entered the relation and not left.
 	scope map[string]bool
+	// remote is the other application of a non-peer relation
+	// (remoteapp.go); nil for a peer relation.
+	remote *remoteApp
 	// unitData survives a unit's departure: departed units' data stays
 	// readable for the relation's lifetime (docs/juju.md#hook-tools, relation-get).
 	unitData map[string]map[string]string
@@ -204,7 +207,7 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 				// The departing unit runs departed once per remaining
 				// peer, naming itself as the departing unit (docs/juju.md#removing-a-unit).
 				delete(u.joined[r.id], remote)
-				return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: u.name}
+				return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.remoteAppOf(r), departing: u.name}
 			}
 		}
 		// Stop runs only on a started unit, remove on an installed one
@@ -227,11 +230,11 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 			// if its relation-created hook then fails.
 			if !u.related[r.id] {
 				u.related[r.id] = true
-				r.scope[u.name] = true
+				m.enterScopeLocked(u, r)
 				m.publishNetworkLocked(u, r)
 				m.notifyLocked()
 			}
-			return &hookInfo{name: r.endpoint + "-relation-created", rel: r, remoteApp: m.app}
+			return &hookInfo{name: r.endpoint + "-relation-created", rel: r, remoteApp: m.remoteAppOf(r)}
 		}
 	}
 	if u.leaderElectedPending {
@@ -271,32 +274,32 @@ func (m *Model) nextRelationHookLocked(u *unit, r *relation) *hookInfo {
 	if remote := u.pendingChanged[r.id]; remote != "" {
 		delete(u.pendingChanged, r.id)
 		u.seenUnit[r.id][remote] = r.unitVer[remote]
-		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
+		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.remoteAppOf(r)}
 	}
 	for _, remote := range sortedKeys(u.joined[r.id]) {
 		if !r.scope[remote] {
 			delete(u.joined[r.id], remote)
 			delete(u.seenUnit[r.id], remote)
-			return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.app, departing: remote}
+			return &hookInfo{name: r.endpoint + "-relation-departed", rel: r, remoteUnit: remote, remoteApp: m.remoteAppOf(r), departing: remote}
 		}
 	}
 	if r.appVer != u.seenApp[r.id] {
 		// An app-data change reaches every unit, the writer included,
 		// with no remote unit (docs/juju.md#hook-order).
 		u.seenApp[r.id] = r.appVer
-		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteApp: m.app}
+		return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteApp: m.remoteAppOf(r)}
 	}
 	for _, remote := range sortedKeys(r.scope) {
-		if remote != u.name && !u.joined[r.id][remote] {
+		if m.seesLocked(r, u, remote) && !u.joined[r.id][remote] {
 			u.joined[r.id][remote] = true
 			u.pendingChanged[r.id] = remote
-			return &hookInfo{name: r.endpoint + "-relation-joined", rel: r, remoteUnit: remote, remoteApp: m.app}
+			return &hookInfo{name: r.endpoint + "-relation-joined", rel: r, remoteUnit: remote, remoteApp: m.remoteAppOf(r)}
 		}
 	}
 	for _, remote := range sortedKeys(u.joined[r.id]) {
 		if r.unitVer[remote] != u.seenUnit[r.id][remote] {
 			u.seenUnit[r.id][remote] = r.unitVer[remote]
-			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.app}
+			return &hookInfo{name: r.endpoint + "-relation-changed", rel: r, remoteUnit: remote, remoteApp: m.remoteAppOf(r)}
 		}
 	}
 	return nil
