@@ -9,16 +9,19 @@ import "fmt"
 // data bag. In Juju a container-scoped relation pairs each principal unit
 // with the subordinate unit on its own machine, and that subordinate is the
 // only remote unit the principal sees (juju/juju: state/relationunit.go,
-// EnterScope of a container-scoped relation deploys the subordinate on the
-// principal's machine; canonical/grafana-agent-operator:
+// EnterScope: "If the unit is a principal and the relation has container
+// scope, EnterScope will also create the required subordinate unit"; canonical/grafana-agent-operator:
 // lib/charms/grafana_agent/v0/cos_agent.py relies on "for subordinate
 // relations, the only remote unit visible to this unit is the principal
 // unit that this unit is attached to"). The principal's agent then runs
 // <endpoint>-relation-created, and -joined and -changed for that one unit,
 // with JUJU_REMOTE_APP naming the remote application.
 //
-// Not modelled: hooks of the remote side, application data (neither side's
-// application bag is kept apart from the other), removing the relation.
+// Not modelled: hooks of the remote side (its unit enters scope at once,
+// where Juju's subordinate agent first installs; the principal sees the
+// join sooner, which a charm that writes its cos-agent data on every hook
+// does not depend on), application data (neither side's application bag
+// is kept apart from the other), removing the relation.
 
 // remoteApp is the remote side of a non-peer relation.
 type remoteApp struct {

@@ -103,8 +103,9 @@ type RecoverRequest struct {
 // RecoverResult says what the recovery did and what is next.
 type RecoverResult struct {
 	Position RaftInfo `json:"position" yaml:"position"`
-	// Survivors are the other listed controllers that answered (they wipe
-	// and rejoin); Unreachable those that did not.
+	// Survivors are the other listed controllers that answered or
+	// published a position during the loss (they wipe and rejoin);
+	// Unreachable those that did neither.
 	Survivors   []string `json:"survivors" yaml:"survivors"`
 	Unreachable []string `json:"unreachable" yaml:"unreachable"`
 	SafetyCopy  string   `json:"safety-copy" yaml:"safety-copy"`
