@@ -52,6 +52,8 @@ type hookInfo struct {
 	// before it runs.
 	charmRev int
 	charmSrc string
+	// secret is set for secret-changed and secret-rotate (secrethooks.go).
+	secret *secretHook
 }
 
 // HookRecord is one hook a unit ran, for tests of hook order.
@@ -240,6 +242,9 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 		} else {
 			return &hookInfo{name: "leader-elected"}
 		}
+	}
+	if h := m.nextSecretHookLocked(u); h != nil {
+		return h
 	}
 	if u.charmRev != m.charmRev {
 		return &hookInfo{name: "upgrade-charm", charmRev: m.charmRev, charmSrc: m.charmSrc}
