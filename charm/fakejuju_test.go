@@ -302,7 +302,7 @@ func (r *hookRunner) secretAdd(args []string) ([]byte, error) {
 	data := map[string]string{}
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
-		case "--owner", "--label", "--description":
+		case "--owner", "--label", "--description", "--rotate":
 			i++
 			continue
 		}
