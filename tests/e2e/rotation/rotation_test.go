@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -65,11 +67,18 @@ func rotatedEverywhere(m *sim.Model, ca *x509.Certificate) string {
 }
 
 // waitRotated waits until the CA differs from old and every unit has
-// finished the rotation; it returns the new CA.
-func waitRotated(t *testing.T, m *sim.Model, old *x509.Certificate) *x509.Certificate {
+// finished the rotation; it returns the new CA and the rotation statuses
+// the leader showed meanwhile.
+func waitRotated(t *testing.T, m *sim.Model, old *x509.Certificate) (*x509.Certificate, []string) {
 	t.Helper()
 	var ca *x509.Certificate
+	var seen []string
 	err := probe.Eventually(simtest.CtxFor(t, 2*time.Minute), 200*time.Millisecond, func() error {
+		for _, u := range m.Status().Units {
+			if u.Leader && strings.HasPrefix(u.Message, "rotating the cluster CA") && !slices.Contains(seen, u.Message) {
+				seen = append(seen, u.Message)
+			}
+		}
 		pemData := m.ControllerCACert()
 		if pemData == "" {
 			return fmt.Errorf("no CA secret")
@@ -86,7 +95,7 @@ func waitRotated(t *testing.T, m *sim.Model, old *x509.Certificate) *x509.Certif
 	if err != nil {
 		t.Fatalf("the rotation never finished: %v\nstatus:\n%s", err, m.StatusTable())
 	}
-	return ca
+	return ca, seen
 }
 
 // handshake runs a TLS 1.2 handshake (client certificates are verified in
@@ -173,8 +182,16 @@ func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 		t.Errorf("a second rotate-ca during the rotation: %s %q, want refused as already in progress", res.Status, res.Message)
 	}
 
-	newCA := waitRotated(t, m, oldCA)
-	t.Logf("rotation finished %s after rotate-ca", time.Since(started).Round(100*time.Millisecond))
+	newCA, statuses := waitRotated(t, m, oldCA)
+	t.Logf("rotation finished %s after rotate-ca; the leader's statuses meanwhile: %q", time.Since(started).Round(100*time.Millisecond), statuses)
+	if len(statuses) == 0 {
+		t.Error("the leader's status never said that it was rotating the cluster CA")
+	}
+	for _, st := range statuses {
+		if !regexp.MustCompile(`^rotating the cluster CA: step [123]/3(, waiting for .+ to (trust the new CA|re-issue (its certificate|their certificates)|drop the old CA))?$`).MatchString(st) {
+			t.Errorf("unexpected rotation status %q", st)
+		}
+	}
 	time.Sleep(2 * time.Second) // some writes after
 	r := w.Check(t, units[0])
 	if r.Failed != 0 {
@@ -203,10 +220,13 @@ func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 }
 
 // The CA secret carries the yearly rotate policy; when Juju says the
-// rotation is due, secret-rotate on the leader starts the same rotation,
-// which runs to the end, and Juju's next rotation is a year after (the
-// hook added a revision).
-func TestRotation_SecretRotateStartsARotation(t *testing.T) {
+// rotation is due, secret-rotate on the leader starts the same rotation.
+// It survives a leader hook killed as it writes the next step (nothing of
+// that hook commits; the retry re-derives the step from the data) and a
+// leader change at step 2 (the new leader resumes from the secret and the
+// relation), and Juju's next rotation is a year after (the hook added a
+// revision).
+func TestRotation_SecretRotateStartsItAndItSurvivesAKilledHookAndALeaderChange(t *testing.T) {
 	m := simtest.NewModel(t, sim.Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(3); err != nil {
 		t.Fatal(err)
@@ -218,18 +238,44 @@ func TestRotation_SecretRotateStartsARotation(t *testing.T) {
 		t.Fatalf("the CA secret's rotate policy is %q (found %v), want yearly", policy, ok)
 	}
 	oldCA := parseOne(t, m.ControllerCACert())
+	first := m.Status().Leader
+	// The leader's hook that moves to the next step (whichever hook sees
+	// the last report) is killed as it calls secret-set.
+	for _, hook := range []string{"db-cluster-relation-changed", "secret-changed", "update-status"} {
+		m.KillHookAt(first, hook, "secret-set")
+	}
 	due := time.Now()
 	if err := m.RotateSecretNow(caLabel); err != nil {
 		t.Fatal(err)
 	}
+	err := probe.Eventually(simtest.CtxFor(t, 2*time.Minute), 100*time.Millisecond, func() error {
+		if rot := m.RelationData("db-cluster")[m.App()]["ca-rotation"]; !strings.Contains(rot, `"step":2`) {
+			return fmt.Errorf("ca-rotation is %q", rot)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the rotation never reached step 2: %v\nstatus:\n%s", err, m.StatusTable())
+	}
+	if err := m.MoveLeadership(""); err != nil {
+		t.Fatal(err)
+	}
 	waitRotated(t, m, oldCA)
-	leader := m.Status().Leader
-	ran := false
-	for _, h := range m.History(leader) {
+	ran, killed := false, 0
+	for _, h := range m.History(first) {
 		ran = ran || h.Hook == "secret-rotate" && h.ExitCode == 0
+		if h.ExitCode != 0 {
+			killed++
+		}
 	}
 	if !ran {
-		t.Errorf("the leader %s never ran secret-rotate", leader)
+		t.Errorf("the leader %s never ran secret-rotate", first)
+	}
+	if killed == 0 {
+		t.Errorf("no hook of %s was killed as it wrote the next step: %v", first, m.History(first))
+	}
+	if now := m.Status().Leader; now == first {
+		t.Errorf("leadership did not move from %s", first)
 	}
 	if _, next, _ := m.SecretRotation(caLabel); next.Before(due.AddDate(1, 0, 0).Add(-time.Minute)) {
 		t.Errorf("the next rotation is due %s, want a year after %s", next, due)
