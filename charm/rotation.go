@@ -182,7 +182,7 @@ func (h *hook) reconcileRotation(ctx context.Context, relID, uri string, content
 		if h.env.Hook == hookSecretRotate && h.env.SecretID == uri {
 			started, err := startRotation(ctx, h.tools, relID, uri, sec)
 			if err != nil {
-				return err
+				return rotationToolError(h, err)
 			}
 			h.log.Info("the CA secret's rotation is due: started rotating the cluster CA", "from", started.From, "to", started.To)
 			h.status.add(hooktools.StatusMaintenance, started.WaitingMessage(nil))
