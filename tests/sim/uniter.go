@@ -122,7 +122,7 @@ type unit struct {
 	// Juju's back-off (see nextRetryDelay); zero while no hook failed.
 	retryDelay time.Duration
 	running    bool
-	history  []HookRecord
+	history    []HookRecord
 }
 
 // maxRetryDelay caps the back-off between retries of a failed hook
