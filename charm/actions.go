@@ -37,6 +37,7 @@ var actionTimeouts = map[string]time.Duration{
 	ActionListBackups:   time.Minute,
 	ActionRemoveMember:  time.Minute,
 	ActionRecover:       3 * time.Minute,
+	ActionRotateCA:      time.Minute,
 }
 
 // RunAction runs the action env.Action.
@@ -110,6 +111,8 @@ func (a *action) run(ctx context.Context) (map[string]string, string) {
 		return a.removeMember(ctx)
 	case ActionRecover:
 		return a.recover(ctx)
+	case ActionRotateCA:
+		return a.rotateCA(ctx) // rotation.go
 	}
 	return nil, "unknown action " + a.env.Action
 }

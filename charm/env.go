@@ -28,6 +28,8 @@ type Env struct {
 	// DepartingUnit is set in relation-departed: the unit leaving, which is
 	// this unit when this unit is the one being removed.
 	DepartingUnit string
+	// SecretID is set in secret hooks (JUJU_SECRET_ID): the secret's URI.
+	SecretID string
 }
 
 // EnvFromGetenv reads the hook environment with getenv (os.Getenv in the
@@ -43,6 +45,7 @@ func EnvFromGetenv(getenv func(string) string) (Env, error) {
 		RemoteUnit:    getenv("JUJU_REMOTE_UNIT"),
 		RemoteApp:     getenv("JUJU_REMOTE_APP"),
 		DepartingUnit: getenv("JUJU_DEPARTING_UNIT"),
+		SecretID:      getenv("JUJU_SECRET_ID"),
 	}
 	if env.CharmDir == "" {
 		env.CharmDir = getenv("CHARM_DIR")

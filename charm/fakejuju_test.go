@@ -180,10 +180,11 @@ type hookEnv struct {
 	hook       string
 	remoteUnit string
 	departing  string
+	secretID   string
 }
 
 func (m *model) env(u *unit, h hookEnv) charm.Env {
-	e := charm.Env{Hook: h.hook, UnitName: u.name, CharmDir: charmDir}
+	e := charm.Env{Hook: h.hook, UnitName: u.name, CharmDir: charmDir, SecretID: h.secretID}
 	if strings.HasPrefix(h.hook, charm.Endpoint+"-relation-") {
 		e.RelationName = charm.Endpoint
 		e.RelationID = relID
@@ -302,7 +303,7 @@ func (r *hookRunner) secretAdd(args []string) ([]byte, error) {
 	data := map[string]string{}
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
-		case "--owner", "--label", "--description":
+		case "--owner", "--label", "--description", "--rotate":
 			i++
 			continue
 		}
@@ -385,6 +386,22 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 		return jsonOut(m.config), nil
 	case "secret-add":
 		return r.secretAdd(args)
+	case "secret-set":
+		// Leader only for an application-owned secret; the new content
+		// replaces the old one once the hook succeeds.
+		if m.leader != u.name {
+			return nil, exitErr(name, 1, "ERROR this unit is not the leader", "")
+		}
+		if len(args) == 0 || m.secrets[args[0]] == nil && r.secretPending[args[0]] == nil {
+			return nil, exitErr(name, 1, "ERROR secret not found", "")
+		}
+		data := map[string]string{}
+		for _, kv := range args[1:] {
+			k, v, _ := strings.Cut(kv, "=")
+			data[k] = v
+		}
+		r.secretPending[args[0]] = data
+		return nil, nil
 	case "secret-get":
 		if len(args) == 0 {
 			return nil, exitErr(name, 2, "ERROR require either a secret URI or label", "")

@@ -85,8 +85,11 @@ func (h *hook) ensureCA(ctx context.Context, relID string) (string, error) {
 // reconcileTLS makes this unit's TLS material current: it reads the CA
 // secret (latest revision) and provisions the node key and certificate for
 // the unit's published bind address (re-issued when the address changes,
-// when it nears expiry, or when the CA changes). It makes no leadership
-// decision.
+// when it nears expiry, or when the CA changes). Every hook runs it, so
+// update-status (every 5 minutes in Juju) renews a certificate within
+// clustertls.RenewBefore of its expiry without an operator. It then hands
+// over to the CA rotation (rotation.go), whose leader part is the only
+// leadership decision here.
 func (h *hook) reconcileTLS(ctx context.Context, relID, uri string) error {
 	if uri == "" {
 		return nil
@@ -129,7 +132,7 @@ func (h *hook) reconcileTLS(ctx context.Context, relID, uri string) error {
 	} else if changed {
 		h.log.Info("updated this unit's CA bundle")
 	}
-	return nil
+	return h.reconcileRotation(ctx, relID, uri, content) // rotation.go
 }
 
 // createCA creates the cluster CA and its secret, and records the secret's
@@ -157,7 +160,7 @@ func (h *hook) createCA(ctx context.Context, relID string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	uri, err := h.tools.SecretAdd(ctx, CASecretLabel, "dqlite-controller cluster CA (certificate and key)", map[string]string{
+	uri, err := h.tools.SecretAdd(ctx, CASecretLabel, "dqlite-controller cluster CA (certificate and key)", CARotatePolicy, map[string]string{
 		secretCACert: strings.TrimSpace(string(ca.CertPEM)),
 		secretCAKey:  strings.TrimSpace(string(ca.KeyPEM)),
 	})

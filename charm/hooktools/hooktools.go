@@ -322,14 +322,18 @@ func (c *Client) Log(ctx context.Context, level LogLevel, message string) error 
 }
 
 // SecretAdd runs `secret-add --owner application --label <label>
-// key=value...` (keys sorted) and returns the new secret's URI. Juju
-// allows it on the leader only, and the secret exists once the hook exits
-// 0 (juju/juju: internal/worker/uniter/runner/context/context.go,
-// CreateSecret).
-func (c *Client) SecretAdd(ctx context.Context, label, description string, data map[string]string) (string, error) {
+// [--rotate <policy>] key=value...` (keys sorted) and returns the new
+// secret's URI. Juju allows it on the leader only, and the secret exists
+// once the hook exits 0 (juju/juju: internal/worker/uniter/runner/context/
+// context.go, CreateSecret); with a rotate policy the leader gets
+// secret-rotate when it is due.
+func (c *Client) SecretAdd(ctx context.Context, label, description, rotate string, data map[string]string) (string, error) {
 	args := []string{"--owner", "application", "--label", label}
 	if description != "" {
 		args = append(args, "--description", description)
+	}
+	if rotate != "" {
+		args = append(args, "--rotate", rotate)
 	}
 	for _, k := range slices.Sorted(maps.Keys(data)) {
 		args = append(args, k+"="+data[k])

@@ -38,8 +38,9 @@ import (
 //     failed with its message (default "action failed without reason given,
 //     check action for errors") and the action runs on; a non-zero exit
 //     fails it with "exit status N", which wins over action-fail's message;
-//   - relation data written during the action is committed only when the
-//     handler exits 0 (HookContext.Flush), action-fail or not;
+//   - relation data and secret changes made during the action are
+//     committed only when the handler exits 0 (HookContext.Flush),
+//     action-fail or not, and application data only from the leader;
 //   - the task records stdout, stderr and the return code besides the
 //     results the charm set (Juju reports them as stdout, stderr and
 //     return-code).
@@ -297,11 +298,19 @@ func (m *Model) runQueuedActionLocked(u *unit) bool {
 	case runErr != nil:
 		res.Status, res.Message = ActionFailed, runErr.Error()
 	default:
+		// Like a hook's: relation data and secret changes commit together,
+		// application data only from the leader.
+		if msg := m.checkCommitLocked(u, hc); msg != "" {
+			res.Status, res.Message = ActionFailed, msg
+			break
+		}
 		m.commitLocked(u, h, hc)
+		m.commitSecretsLocked(hc)
 		if res.Status == "" {
 			res.Status = ActionCompleted
 		}
 	}
+	m.discardSecretsLocked(hc)
 	m.appendUnitLog(u, fmt.Sprintf("action %s %s %s: %s", res.ID, res.Action, res.Status, res.Message))
 	close(run.done)
 	m.notifyLocked()

@@ -47,7 +47,7 @@ func (m *Model) hookEnv(u *unit, hc *hookContext) []string {
 			env = append(env, "JUJU_DEPARTING_UNIT="+h.departing)
 		}
 	}
-	return env
+	return append(env, secretHookEnv(h)...)
 }
 
 // machineCommand prepares argv to run inside a machine: its network

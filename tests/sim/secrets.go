@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Juju's secret hook tools, with Juju's semantics (juju/juju:
@@ -34,10 +35,13 @@ import (
 //   - secret-set with new content adds a revision; unchanged content adds
 //     none (checksum).
 //
+// The secret hooks (secret-changed, secret-rotate) and rotate policies
+// are in secrethooks.go.
+//
 // Not modelled: grants to other applications (one application per model),
-// secret-changed/-rotate/-expired/-remove hooks (they concern observers in
-// other applications and rotation/expiry policies), secret-info-get,
-// secret-remove, --file, #base64 and #file keys, backends.
+// secret-expired/-remove hooks (expiry policies, obsolete revisions),
+// secret-info-get, secret-remove, --expire, --file, #base64 and #file
+// keys, backends.
 
 var secretKeyRE = regexp.MustCompile(`^([a-z](?:-?[a-z0-9]){2,})$`)
 
@@ -58,6 +62,13 @@ type secret struct {
 	description string
 	revisions   []map[string]string // revision n is revisions[n-1]
 	tracked     map[string]int      // unit -> revision it reads
+	// rotate is the rotate policy ("" or "never": none) and nextRotate
+	// when secret-rotate is next due (secrethooks.go).
+	rotate     string
+	nextRotate time.Time
+	// notified is, per consumer unit, the revision its uniter last ran
+	// secret-changed for (or saw when it first read the secret).
+	notified map[string]int
 }
 
 // secretChanges are one hook's uncommitted secret changes.
@@ -71,6 +82,7 @@ type secretUpdate struct {
 	content     map[string]string
 	label       *string
 	description *string
+	rotate      *string
 }
 
 // secretState is the model's secrets (Model.secrets).
@@ -134,6 +146,7 @@ var (
 	descriptionFlag = flagDef{names: []string{"description"}, value: true}
 	peekFlag        = flagDef{names: []string{"peek"}}
 	refreshFlag     = flagDef{names: []string{"refresh"}}
+	rotateFlag      = flagDef{names: []string{"rotate"}, value: true}
 )
 
 // ownsLocked reports whether the hook's unit may manage s (and resolve its
@@ -160,12 +173,16 @@ func (m *Model) visibleLocked(hc *hookContext) []*secret {
 }
 
 func (m *Model) toolSecretAdd(hc *hookContext, args []string) (toolResponse, error) {
-	vals, pos, err := parseArgs(args, ownerFlag, labelFlag, descriptionFlag)
+	vals, pos, err := parseArgs(args, ownerFlag, labelFlag, descriptionFlag, rotateFlag)
 	if err != nil {
 		return toolResponse{}, err
 	}
 	if len(pos) == 0 {
 		return toolResponse{}, usagef("missing secret value or filename")
+	}
+	rotate, hasRotate := vals["rotate"]
+	if hasRotate && !validRotatePolicy(rotate) {
+		return toolResponse{}, usagef("rotate policy %q not valid", rotate)
 	}
 	owner := vals["owner"]
 	if owner == "" {
@@ -179,7 +196,11 @@ func (m *Model) toolSecretAdd(hc *hookContext, args []string) (toolResponse, err
 		return toolResponse{}, err
 	}
 	s := &secret{id: newSecretID(), kind: ownerApplication, owner: m.app, label: vals["label"],
-		description: vals["description"], revisions: []map[string]string{data}, tracked: map[string]int{}}
+		description: vals["description"], revisions: []map[string]string{data}, tracked: map[string]int{},
+		notified: map[string]int{}, rotate: rotate}
+	if next, ok := nextRotateTime(rotate, time.Now()); ok {
+		s.nextRotate = next
+	}
 	if owner == "unit" {
 		s.kind, s.owner = ownerUnit, hc.unit.name
 	} else if m.leader != hc.unit.name {
@@ -286,7 +307,10 @@ func (m *Model) contentLocked(hc *hookContext, s *secret, refresh, peek bool) ma
 	rev, seen := s.tracked[hc.unit.name]
 	switch {
 	case !seen:
+		// The first read makes the unit a consumer (Juju saves a consumer
+		// record, which is what secret-changed watches).
 		s.tracked[hc.unit.name] = latest
+		s.notified[hc.unit.name] = latest
 		rev = latest
 	case refresh:
 		c.refresh[s.id] = true
@@ -298,12 +322,15 @@ func (m *Model) contentLocked(hc *hookContext, s *secret, refresh, peek bool) ma
 }
 
 func (m *Model) toolSecretSet(hc *hookContext, args []string) (toolResponse, error) {
-	vals, pos, err := parseArgs(args, labelFlag, descriptionFlag, ownerFlag)
+	vals, pos, err := parseArgs(args, labelFlag, descriptionFlag, ownerFlag, rotateFlag)
 	if err != nil {
 		return toolResponse{}, err
 	}
 	if len(pos) == 0 {
 		return toolResponse{}, usagef("missing secret URI")
+	}
+	if r, ok := vals["rotate"]; ok && !validRotatePolicy(r) {
+		return toolResponse{}, usagef("rotate policy %q not valid", r)
 	}
 	s, err := m.resolveLocked(hc, pos[0], "")
 	if err != nil {
@@ -329,6 +356,9 @@ func (m *Model) toolSecretSet(hc *hookContext, args []string) (toolResponse, err
 	}
 	if d, ok := vals["description"]; ok {
 		u.description = &d
+	}
+	if r, ok := vals["rotate"]; ok {
+		u.rotate = &r
 	}
 	c.updates[s.id] = u
 	return toolResponse{}, nil
@@ -360,6 +390,8 @@ func (m *Model) toolSecretIDs(hc *hookContext, args []string) (toolResponse, err
 func (m *Model) commitSecretsLocked(hc *hookContext) {
 	c := m.secrets.pending[hc.id]
 	delete(m.secrets.pending, hc.id)
+	// A secret hook is recorded once its own changes are in.
+	defer m.secretHookDoneLocked(hc)
 	if c == nil {
 		return
 	}
@@ -382,6 +414,13 @@ func (m *Model) commitSecretsLocked(hc *hookContext) {
 		}
 		if u.description != nil {
 			s.description = *u.description
+		}
+		if u.rotate != nil && *u.rotate != s.rotate {
+			// A changed policy restarts the schedule from now.
+			s.rotate, s.nextRotate = *u.rotate, time.Time{}
+			if next, ok := nextRotateTime(s.rotate, time.Now()); ok {
+				s.nextRotate = next
+			}
 		}
 	}
 	for id := range c.refresh {

@@ -33,6 +33,7 @@ func (h *openHook) end(exit int) {
 	} else {
 		h.m.discardSecretsLocked(h.hc)
 	}
+	h.m.notifyLocked()
 }
 
 // The semantics of Juju's secret tools that the charm relies on, each

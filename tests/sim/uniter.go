@@ -55,6 +55,8 @@ type hookInfo struct {
 	// before it runs.
 	charmRev int
 	charmSrc string
+	// secret is set for secret-changed and secret-rotate (secrethooks.go).
+	secret *secretHook
 }
 
 // HookRecord is one hook a unit ran, for tests of hook order.
@@ -123,7 +125,7 @@ type unit struct {
 	// Juju's back-off (see nextRetryDelay); zero while no hook failed.
 	retryDelay time.Duration
 	running    bool
-	history  []HookRecord
+	history    []HookRecord
 }
 
 // maxRetryDelay caps the back-off between retries of a failed hook
@@ -243,6 +245,9 @@ func (m *Model) nextOpLocked(u *unit) *hookInfo {
 		} else {
 			return &hookInfo{name: "leader-elected"}
 		}
+	}
+	if h := m.nextSecretHookLocked(u); h != nil {
+		return h
 	}
 	if u.charmRev != m.charmRev {
 		return &hookInfo{name: "upgrade-charm", charmRev: m.charmRev, charmSrc: m.charmSrc}
