@@ -64,7 +64,8 @@ type Daemon struct {
 	gate   memberGate
 	apiErr string
 
-	tls tlsState // tls.go
+	tls        tlsState   // tls.go
+	commitNote commitNote // commitwatch.go
 
 	proxyLog *proxyLog // go-dqlite's per-connection errors, summarised
 }
@@ -97,6 +98,7 @@ type nodeRun struct {
 	// the run): certificate refusals since then lock this node out
 	// (lockedOut).
 	leaderSeen time.Time
+	commits    commitWatch // commitwatch.go
 }
 
 // New returns a daemon; Run starts it.
@@ -644,6 +646,9 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		d.setState(StateStarting, "member; waiting for the node to be ready")
 		return
 	}
+	if d.watchCommits(ctx, obs) {
+		return
+	}
 	if r.registered != r.node.Address() {
 		if err := d.register(ctx); err != nil {
 			d.log.Warn("cannot register this node in controller_node; will retry", "err", err)
@@ -708,7 +713,7 @@ func (d *Daemon) publishListedDue(ctx context.Context) error {
 // address. Nothing changes membership here.
 func (d *Daemon) becomeRunning(obs *Observation) {
 	d.decision("serve", "member of the cluster", "role", d.run.role, "leader", obs.Leader.Address)
-	d.setState(StateRunning, d.runningMessage())
+	d.setState(StateRunning, d.runningMessage()+d.commitNoteSuffix())
 }
 
 // addressChanged handles a member whose config gives it another address:

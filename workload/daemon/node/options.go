@@ -124,6 +124,13 @@ type Options struct {
 	Tick            time.Duration
 	RemovalGrace    time.Duration
 	HandoverTimeout time.Duration
+	// The commit watchdog (commitwatch.go): how often the leader commits
+	// its heartbeat row, the deadline of each, and how long it may go
+	// without a commit before it hands leadership over (must exceed two
+	// election timeouts and two probe timeouts: validateCommitWatch).
+	CommitProbeInterval time.Duration
+	CommitProbeTimeout  time.Duration
+	CommitStall         time.Duration
 
 	// APIPort is the HTTP API's port (published with the addresses).
 	APIPort int
@@ -159,6 +166,9 @@ func (o Options) Validate() error {
 	if _, err := singular.New(nil, o.singularOptions(nil)); err != nil {
 		return err
 	}
+	if err := o.validateCommitWatch(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -172,6 +182,7 @@ func (o *Options) setDefaults() {
 	orDefault(&o.Tick, DefaultTick)
 	orDefault(&o.RemovalGrace, DefaultRemovalGrace)
 	orDefault(&o.HandoverTimeout, DefaultHandoverTimeout)
+	o.commitWatchDefaults()
 	orDefault(&o.APIPort, apiaddr.DefaultPort)
 	orDefault(&o.BackupInterval, backup.DefaultInterval)
 	orDefault(&o.BackupKeep, backup.DefaultKeep)

@@ -30,7 +30,9 @@ package node
 // moving (config gives a new address; the leader removes the node, which
 // rejoins there) and rebinding (a single-member cluster changes address in
 // place) follow `juju bind`; refused waits for a config this build can
-// serve; stopping is SIGTERM.
+// serve; stopping is SIGTERM; stepping-down is a running leader that could
+// not commit for a while handing its leadership to another voter (it stays
+// a member and follows).
 type State string
 
 // States reported in status.
@@ -49,4 +51,7 @@ const (
 	StateMoving        State = "moving"
 	StateError         State = "error"
 	StateStopping      State = "stopping"
+	// StateSteppingDown: a leader that could not commit hands its
+	// leadership over (commitwatch.go).
+	StateSteppingDown State = "stepping-down"
 )
