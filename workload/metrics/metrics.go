@@ -199,7 +199,7 @@ var (
 )
 
 var states = []string{"waiting", "refused", "bootstrapping", "joining", "starting", "running", "no-quorum", "leaving",
-	"moving", "removed", "reconfiguring", "rebinding", "error", "stopping"}
+	"moving", "removed", "reconfiguring", "rebinding", "error", "stopping", "stepping-down"}
 
 var roles = []string{"voter", "stand-by", "spare", "none"}
 

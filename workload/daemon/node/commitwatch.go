@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/canonical/go-dqlite/client"
+	"golang.org/x/sys/unix"
 )
 
 // The commit watchdog: a Dqlite leader that keeps leading but cannot
@@ -37,6 +38,10 @@ const (
 	// commitNoteFor is how long the status keeps saying that this node
 	// handed leadership over because it could not commit.
 	commitNoteFor = 10 * time.Minute
+	// lowDiskBytes: with less free space than this on the data dir's
+	// filesystem libraft 0.15 cannot prepare its next segment (it keeps
+	// two of 8 MiB ready: canonical/raft src/uv_prepare.c).
+	lowDiskBytes = 16 << 20
 )
 
 const commitProbeSchema = `CREATE TABLE IF NOT EXISTS controller_commit_probe (
@@ -54,10 +59,13 @@ type commitWatch struct {
 	lastErr      error
 }
 
-// commitNote is what the status says after a step-down, for commitNoteFor.
+// commitNote is what the status says after a step-down (for
+// commitNoteFor), and since when the data dir's filesystem was seen short
+// of space (zero: never, in this process).
 type commitNote struct {
-	text string
-	at   time.Time
+	text      string
+	at        time.Time
+	diskLowAt time.Time
 }
 
 func (o *Options) commitWatchDefaults() {
@@ -210,12 +218,33 @@ func (d *Daemon) stuck(why string) {
 	d.commitNote = commitNote{text: why, at: time.Now()}
 }
 
-// commitNoteSuffix is the status message's tail after a step-down, for
-// commitNoteFor.
+// commitNoteSuffix is the status message's tail: a step-down (for
+// commitNoteFor), a data dir short of space, and, once it was, that this
+// node's Raft log may lack entries. A follower that failed to store
+// entries serves on, lagging, and cannot tell; the note is the operator's
+// only sign before it leads. It lives as long as the process: a marker
+// file could not be written on the full disk that calls for it.
 func (d *Daemon) commitNoteSuffix() string {
-	n := d.commitNote
-	if n.text == "" || time.Since(n.at) > commitNoteFor {
+	n := &d.commitNote
+	var parts []string
+	if n.text != "" && time.Since(n.at) <= commitNoteFor {
+		parts = append(parts, fmt.Sprintf("at %s: %s", n.at.UTC().Format(time.RFC3339), n.text))
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(d.nodeDir, &fs); err == nil {
+		if free := fs.Bavail * uint64(fs.Bsize); free < lowDiskBytes {
+			if n.diskLowAt.IsZero() {
+				n.diskLowAt = time.Now()
+				d.log.Warn("the data dir's filesystem is short of space: Dqlite cannot store new Raft entries", "dir", d.nodeDir, "free-bytes", free)
+			}
+			parts = append(parts, fmt.Sprintf("the data dir's filesystem has %d KiB free: Dqlite cannot store new Raft entries; free some space", free>>10))
+		}
+	}
+	if !n.diskLowAt.IsZero() {
+		parts = append(parts, fmt.Sprintf("the data dir ran short of space at %s, so this node's Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): replace this unit (add-unit, then remove-unit) when convenient", n.diskLowAt.UTC().Format(time.RFC3339)))
+	}
+	if len(parts) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("; at %s: %s", n.at.UTC().Format(time.RFC3339), n.text)
+	return "; " + strings.Join(parts, "; ")
 }
