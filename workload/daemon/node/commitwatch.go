@@ -183,7 +183,7 @@ func (d *Daemon) becomeSteppingDown(ctx context.Context, obs *Observation, stall
 		if m.ID == selfID || m.Role != client.Voter {
 			continue
 		}
-		if !d.probe(ctx, m.Address) {
+		if !d.engine.Ask(ctx, m.Address).Answered {
 			tried = append(tried, m.Address+": does not answer")
 			continue
 		}

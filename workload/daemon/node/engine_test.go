@@ -28,8 +28,9 @@ type fakeEngine struct {
 	started      []startCall
 	reconfigured [][]client.NodeInfo
 	observe      func() (*Observation, error)
-	listed       []string // controller_listed; nil: unreadable
-	failStarts   int      // so many Starts fail first, leaving no node
+	listed       []string                // controller_listed; nil: unreadable
+	failStarts   int                     // so many Starts fail first, leaving no node
+	openDB       func() (*sql.DB, error) // nil: no database
 }
 
 type startCall struct {
@@ -108,7 +109,12 @@ func (n *fakeNode) Observe(context.Context) (*Observation, error) {
 	return n.e.observe()
 }
 func (n *fakeNode) Handover(context.Context) error { return nil }
-func (n *fakeNode) OpenDB() (*sql.DB, error)       { return nil, errors.New("no database in this test") }
+func (n *fakeNode) OpenDB() (*sql.DB, error) {
+	if n.e.openDB != nil {
+		return n.e.openDB()
+	}
+	return nil, errors.New("no database in this test")
+}
 func (n *fakeNode) LeaderClient(context.Context) (*client.Client, error) {
 	return nil, errors.New("no leader in this test")
 }
