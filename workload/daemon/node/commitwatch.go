@@ -1,9 +1,11 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +59,10 @@ type commitWatch struct {
 	committedAt  time.Time // last successful probe while leading
 	probedAt     time.Time
 	lastErr      error
+	// tookFrom is the last other node seen leading before this one: a
+	// step-down tries it last, so that two nodes that both cannot commit
+	// do not hand the leadership back and forth while a third could.
+	tookFrom uint64
 }
 
 // commitNote is what the status says after a step-down (for
@@ -106,7 +112,7 @@ func (d *Daemon) watchCommits(ctx context.Context, obs *Observation) bool {
 	r := d.run
 	w := &r.commits
 	if obs.Leader.ID != r.node.ID() {
-		*w = commitWatch{}
+		*w = commitWatch{tookFrom: obs.Leader.ID}
 		return false
 	}
 	now := time.Now()
@@ -178,11 +184,18 @@ func (d *Daemon) becomeSteppingDown(ctx context.Context, obs *Observation, stall
 		d.stuck(why + "; this engine cannot transfer leadership")
 		return
 	}
-	var tried []string
+	var voters []client.NodeInfo
 	for _, m := range obs.Members {
-		if m.ID == selfID || m.Role != client.Voter {
-			continue
+		if m.ID != selfID && m.Role == client.Voter {
+			voters = append(voters, m)
 		}
+	}
+	// The node this one took the leadership from goes last.
+	slices.SortStableFunc(voters, func(a, b client.NodeInfo) int {
+		return cmp.Compare(boolInt(a.ID == r.commits.tookFrom), boolInt(b.ID == r.commits.tookFrom))
+	})
+	var tried []string
+	for _, m := range voters {
 		if !d.engine.Ask(ctx, m.Address).Answered {
 			tried = append(tried, m.Address+": does not answer")
 			continue
@@ -198,7 +211,7 @@ func (d *Daemon) becomeSteppingDown(ctx context.Context, obs *Observation, stall
 		d.decision("step-down", reason, "node-id", strconv.FormatUint(selfID, 10), "to", m.Address)
 		d.setState(StateSteppingDown, reason)
 		d.commitNote = commitNote{text: reason, at: time.Now()}
-		r.commits = commitWatch{}
+		r.commits = commitWatch{tookFrom: m.ID}
 		r.leader = nil
 		// The pool's connections reach this node as leader.
 		d.flushDB()
@@ -209,6 +222,13 @@ func (d *Daemon) becomeSteppingDown(ctx context.Context, obs *Observation, stall
 		return
 	}
 	d.stuck(why + "; no voter took the leadership: " + strings.Join(tried, "; "))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // stuck reports a leader that cannot commit and could not step down.

@@ -170,3 +170,29 @@ func TestTransition_StuckLeaderWithoutTakerWaits(t *testing.T) {
 		t.Fatal("node dir wiped")
 	}
 }
+
+// Two nodes that both cannot commit must not hand the leadership back and
+// forth: the node this one took it from is tried last.
+func TestTransition_StuckLeaderTriesTheNodeItTookLeadershipFromLast(t *testing.T) {
+	d, e, leader := leadingDaemon(t, true)
+	e.set(addr2, Answer{Accepted: true, Answered: true})
+	var mu sync.Mutex
+	leaderID := uint64(2)
+	e.observe = func() (*Observation, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		l := client.NodeInfo{ID: leaderID, Address: addr1}
+		if leaderID == 1 {
+			l.Address = addr0
+		}
+		return &Observation{Leader: l, Members: threeVoters(), Client: leader}, nil
+	}
+	d.passes(1) // node 2 leads
+	mu.Lock()
+	leaderID = 1 // then this node does, and cannot commit
+	mu.Unlock()
+	d.passUntil(func() bool { return leader.tried() > 0 })
+	if len(leader.transfers) == 0 || leader.transfers[0] != 3 {
+		t.Fatalf("transfers = %v, want node 3 first (node 2 handed the leadership over) (%s: %s)", leader.transfers, d.state, d.message)
+	}
+}
