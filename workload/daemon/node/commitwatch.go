@@ -72,6 +72,7 @@ type commitNote struct {
 	text      string
 	at        time.Time
 	diskLowAt time.Time
+	diskFree  uint64 // bytes free on the data dir's filesystem at the last pass
 }
 
 func (o *Options) commitWatchDefaults() {
@@ -238,27 +239,36 @@ func (d *Daemon) stuck(why string) {
 	d.commitNote = commitNote{text: why, at: time.Now()}
 }
 
-// commitNoteSuffix is the status message's tail: a step-down (for
+// noteDisk runs every pass: it notes when the data dir's filesystem is
+// first seen with less than lowDiskBytes free. A follower that failed to
+// store entries serves on, lagging, and cannot tell; the note is the
+// operator's only sign before it leads. It lives as long as the process: a
+// marker file could not be written on the full disk that calls for it, and
+// a disk filled and emptied between two passes goes unseen.
+func (d *Daemon) noteDisk() {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(d.o.DataDir, &fs); err != nil {
+		return
+	}
+	free := fs.Bavail * uint64(fs.Bsize)
+	d.commitNote.diskFree = free
+	if free < lowDiskBytes && d.commitNote.diskLowAt.IsZero() {
+		d.commitNote.diskLowAt = time.Now()
+		d.log.Warn("the data dir's filesystem is short of space: Dqlite cannot store new Raft entries, and this node's Raft log may lack entries from now on", "dir", d.o.DataDir, "free-bytes", free)
+	}
+}
+
+// commitNoteSuffix is the running status message's tail: a step-down (for
 // commitNoteFor), a data dir short of space, and, once it was, that this
-// node's Raft log may lack entries. A follower that failed to store
-// entries serves on, lagging, and cannot tell; the note is the operator's
-// only sign before it leads. It lives as long as the process: a marker
-// file could not be written on the full disk that calls for it.
+// node's Raft log may lack entries.
 func (d *Daemon) commitNoteSuffix() string {
 	n := &d.commitNote
 	var parts []string
 	if n.text != "" && time.Since(n.at) <= commitNoteFor {
 		parts = append(parts, fmt.Sprintf("at %s: %s", n.at.UTC().Format(time.RFC3339), n.text))
 	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(d.nodeDir, &fs); err == nil {
-		if free := fs.Bavail * uint64(fs.Bsize); free < lowDiskBytes {
-			if n.diskLowAt.IsZero() {
-				n.diskLowAt = time.Now()
-				d.log.Warn("the data dir's filesystem is short of space: Dqlite cannot store new Raft entries", "dir", d.nodeDir, "free-bytes", free)
-			}
-			parts = append(parts, fmt.Sprintf("the data dir's filesystem has %d KiB free: Dqlite cannot store new Raft entries; free some space", free>>10))
-		}
+	if !n.diskLowAt.IsZero() && n.diskFree < lowDiskBytes {
+		parts = append(parts, fmt.Sprintf("the data dir's filesystem has %d KiB free: Dqlite cannot store new Raft entries; free some space", n.diskFree>>10))
 	}
 	if !n.diskLowAt.IsZero() {
 		parts = append(parts, fmt.Sprintf("the data dir ran short of space at %s, so this node's Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): replace this unit (add-unit, then remove-unit) when convenient", n.diskLowAt.UTC().Format(time.RFC3339)))

@@ -237,6 +237,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		return
 	}
 	d.prevDecided, d.decided = d.decided, map[string]bool{}
+	d.noteDisk() // commitwatch.go
 	if d.run == nil {
 		d.reconcileStopped(ctx)
 		return
