@@ -211,7 +211,7 @@ func (d *Daemon) becomeSteppingDown(ctx context.Context, obs *Observation, stall
 		reason := fmt.Sprintf("%s: handed leadership to %s (node %d)", why, m.Address, m.ID)
 		d.decision("step-down", reason, "node-id", strconv.FormatUint(selfID, 10), "to", m.Address)
 		d.setState(StateSteppingDown, reason)
-		d.commitNote = commitNote{text: reason, at: time.Now()}
+		d.commitNote.text, d.commitNote.at = reason, time.Now()
 		r.commits = commitWatch{tookFrom: m.ID}
 		r.leader = nil
 		// The pool's connections reach this node as leader.
@@ -236,7 +236,7 @@ func boolInt(b bool) int {
 func (d *Daemon) stuck(why string) {
 	d.decision("wait", why+"; still leading: not restarting on this data dir (docs/dqlite-behaviour.md#a-full-disk); trying again")
 	d.setState(StateSteppingDown, why)
-	d.commitNote = commitNote{text: why, at: time.Now()}
+	d.commitNote.text, d.commitNote.at = why, time.Now()
 }
 
 // noteDisk runs every pass: it notes when the data dir's filesystem is
