@@ -53,8 +53,8 @@ func TestNextRestart(t *testing.T) {
 			Requests: map[string]string{u0: "a"}, Granted: u2 + " c"},
 		grant: u0 + " a", released: u2,
 	}, {
-		summary: "the leader released its own grant: the roll is over",
-		view:    peers.RestartView{Leader: u0, Units: []string{u1, u2}, Granted: u0 + " a"},
+		summary:  "the leader released its own grant: the roll is over",
+		view:     peers.RestartView{Leader: u0, Units: []string{u1, u2}, Granted: u0 + " a"},
 		released: u0,
 	}, {
 		summary: "a grant to a unit that already restarted and asks again is released; it queues behind the others",
