@@ -179,6 +179,11 @@ type Config struct {
 	// status does not describe the daemon as it was before the change or
 	// mid-transition (default 5 s; negative: no wait).
 	SettleTimeout time.Duration
+	// RejoinTimeout is how long a hook that restarted controllerd (its
+	// turn of a rolling restart, restart.go) waits for its node to be a
+	// running member again before it leaves the release of the restart
+	// lock to a later hook (default 60 s; negative: no wait).
+	RejoinTimeout time.Duration
 }
 
 func (c Config) agentsDir() string { return filepath.Join(c.JujuDir, "agents") }
@@ -222,6 +227,9 @@ type hook struct {
 	joinExpected bool
 	// activeNotes are appended to an active status message.
 	activeNotes []string
+	// peerData is the peers' unit data as the leader's aggregation read
+	// it in this hook (nil: not read).
+	peerData map[string]map[string]string
 	// local caches this machine's addresses for the hook (localAddresses).
 	local     []netip.Addr
 	localErr  error
@@ -243,6 +251,9 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	}
 	if cfg.SettleTimeout == 0 {
 		cfg.SettleTimeout = 5 * time.Second
+	}
+	if cfg.RejoinTimeout == 0 {
+		cfg.RejoinTimeout = time.Minute
 	}
 	if cfg.Runner == nil || cfg.LocalAddresses == nil {
 		return errors.New("cannot run the hook: no command runner or local address source configured")
@@ -301,6 +312,9 @@ func (h *hook) run(ctx context.Context) error {
 		return err
 	} else {
 		h.publishRaftPosition(ctx, relID) // recovery.go
+	}
+	if err := h.rollRestart(ctx, relID, cluster); err != nil { // restart.go
+		return err
 	}
 	api, err := h.resolveAPIHosts(ctx)
 	if err != nil {

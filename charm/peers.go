@@ -150,6 +150,7 @@ func (h *hook) aggregate(ctx context.Context, relID, own string, app map[string]
 			return nil, err
 		}
 	}
+	h.peerData = view.PeerData
 	if view.Departed, err = h.departedPeers(); err != nil {
 		return nil, err
 	}
