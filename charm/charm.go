@@ -230,6 +230,9 @@ type hook struct {
 	// peerData is the peers' unit data as the leader's aggregation read
 	// it in this hook (nil: not read).
 	peerData map[string]map[string]string
+	// serviceSettings are the unit file's settings every unit shares
+	// ("db-port=N api-port=M"), set once it renders (restart.go).
+	serviceSettings string
 	// local caches this machine's addresses for the hook (localAddresses).
 	local     []netip.Addr
 	localErr  error

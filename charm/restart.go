@@ -2,14 +2,18 @@ package charm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/juju/dqlite-controller/charm/hooktools"
@@ -175,6 +179,7 @@ func (h *hook) rollRestart(ctx context.Context, relID string, cluster *controlle
 	}
 	grant, _ := peers.ParseGrant(app[peers.KeyRestartGranted])
 	request := mine[peers.KeyRestartRequest]
+	waiting := "" // this unit's waiting status, if any
 	if st != nil && !st.Restarted && h.alone(units, cluster) {
 		if err := h.restartAlone(ctx, st); err != nil {
 			return err
@@ -195,7 +200,7 @@ func (h *hook) rollRestart(ctx context.Context, relID string, cluster *controlle
 		fallthrough
 	case st.Restarted:
 		if !h.waitRejoin(ctx) {
-			h.status.add(hooktools.StatusWaiting, msgWaitingRejoin)
+			waiting = msgWaitingRejoin
 			request = st.Nonce // keep holding the lock
 			break
 		}
@@ -203,7 +208,7 @@ func (h *hook) rollRestart(ctx context.Context, relID string, cluster *controlle
 		if len(st.Again) > 0 {
 			st = newRestart(strings.Join(st.Again, "+"))
 			request = st.Nonce
-			h.status.add(hooktools.StatusWaiting, msgWaitingRestartLock)
+			waiting = msgWaitingRestartLock
 		} else {
 			st, request = nil, ""
 		}
@@ -213,21 +218,39 @@ func (h *hook) rollRestart(ctx context.Context, relID string, cluster *controlle
 	default:
 		request = st.Nonce
 		if grant.Unit != "" && grant.Unit != h.env.UnitName {
-			h.status.add(hooktools.StatusWaiting, fmt.Sprintf("waiting to restart (%s is restarting)", grant.Unit))
+			waiting = fmt.Sprintf("waiting to restart (%s is restarting)", grant.Unit)
 		} else {
-			h.status.add(hooktools.StatusWaiting, msgWaitingRestartLock)
+			waiting = msgWaitingRestartLock
 		}
 	}
+	target := h.restartTarget()
+	write := map[string]string{}
 	if mine[peers.KeyRestartRequest] != request {
-		if err := h.tools.RelationSet(ctx, relID, false, map[string]string{peers.KeyRestartRequest: request}); err != nil {
-			return err
-		}
+		write[peers.KeyRestartRequest] = request
 	}
-	leader, err := h.tools.IsLeader(ctx)
-	if err != nil || !leader {
+	// Only a unit that is (or is about to be) a cluster member has a
+	// say in the order of the roll.
+	if target != "" && mine[peers.KeyBindAddress] != "" && mine[peers.KeyRestartTarget] != target {
+		write[peers.KeyRestartTarget] = target
+	}
+	if err := h.tools.RelationSet(ctx, relID, false, write); err != nil {
 		return err
 	}
-	return h.moveRestartLock(ctx, relID, units, request, app[peers.KeyRestartGranted])
+	if target == "" {
+		target = mine[peers.KeyRestartTarget]
+	}
+	leader, err := h.tools.IsLeader(ctx)
+	if err == nil && leader {
+		var d peers.RestartDecision
+		d, err = h.moveRestartLock(ctx, relID, units, request, target, app[peers.KeyRestartGranted])
+		if len(d.Behind) > 0 && request != "" {
+			waiting = fmt.Sprintf("waiting to restart (the leader's unit goes last; waiting for %s to ask first)", strings.Join(d.Behind, ", "))
+		}
+	}
+	if waiting != "" {
+		h.status.add(hooktools.StatusWaiting, waiting)
+	}
+	return err
 }
 
 // alone reports whether this unit has nobody to take turns with: no peer
@@ -273,7 +296,7 @@ func (h *hook) waitRejoin(ctx context.Context) bool {
 	}
 	for {
 		st, err := h.workloadStatus(ctx)
-		if err == nil && runningMember(st) {
+		if err == nil && servingMember(st) {
 			return true
 		}
 		if deadline == nil {
@@ -289,18 +312,27 @@ func (h *hook) waitRejoin(ctx context.Context) bool {
 	}
 }
 
-// runningMember reports whether the daemon's node is back in the cluster:
-// a member with a role, in state running (it sees a leader).
-func runningMember(st *WorkloadStatus) bool {
-	return st.Member && st.Role != "" && st.State == "running" && st.ConfigError == ""
+// servingMember reports whether the daemon's node is back in the cluster:
+// a member with a role that sees a leader, in state running, or moving: a
+// node whose new config gives it another address (a db-port change, whose
+// restarts roll like any other) keeps serving as a member at its old
+// address until the Dqlite leader removes it to rejoin at the new one,
+// which the daemons do one member at a time while quorum holds
+// (workload/daemon/decide PickMove), so it is up for the next restart.
+func servingMember(st *WorkloadStatus) bool {
+	if !st.Member || st.Role == "" || st.ConfigError != "" || st.Leader == nil || st.Leader.NodeID == "" {
+		return false
+	}
+	return st.State == "running" || st.State == "moving"
 }
 
 // moveRestartLock is the leader's part: it reads every peer's request and
 // writes the grant peers.NextRestart decides on.
-func (h *hook) moveRestartLock(ctx context.Context, relID string, units []string, ownRequest, granted string) error {
+func (h *hook) moveRestartLock(ctx context.Context, relID string, units []string, ownRequest, ownTarget, granted string) (peers.RestartDecision, error) {
 	view := peers.RestartView{
 		Leader: h.env.UnitName, Units: units, Departing: h.env.DepartingUnit,
 		Requests: map[string]string{h.env.UnitName: ownRequest}, Granted: granted,
+		Targets: map[string]string{h.env.UnitName: ownTarget},
 	}
 	for _, u := range units {
 		if u == h.env.DepartingUnit || u == h.env.UnitName {
@@ -310,16 +342,17 @@ func (h *hook) moveRestartLock(ctx context.Context, relID string, units []string
 		if !ok {
 			var err error
 			if data, err = h.tools.RelationGet(ctx, relID, u); err != nil {
-				return err
+				return peers.RestartDecision{}, err
 			}
 		}
 		if r := data[peers.KeyRestartRequest]; r != "" {
 			view.Requests[u] = r
 		}
+		view.Targets[u] = data[peers.KeyRestartTarget]
 	}
 	d := peers.NextRestart(view)
 	if !d.Changed(view) {
-		return nil
+		return d, nil
 	}
 	if d.Released != "" {
 		h.log.Info("released the restart lock of "+d.Released, "why", d.Why)
@@ -327,5 +360,51 @@ func (h *hook) moveRestartLock(ctx context.Context, relID string, units []string
 	if d.Grant.Unit != "" {
 		h.log.Info("granted the restart lock to "+d.Grant.Unit, "request", d.Grant.Nonce, "queue", strings.Join(d.Queue, ","))
 	}
-	return h.tools.RelationSet(ctx, relID, true, map[string]string{peers.KeyRestartGranted: d.Grant.String()})
+	return d, h.tools.RelationSet(ctx, relID, true, map[string]string{peers.KeyRestartGranted: d.Grant.String()})
+}
+
+// restartTarget is this unit's KeyRestartTarget: the digest of the
+// controllerd binary in the charm directory and the unit file's shared
+// settings ("" while the unit file cannot be rendered).
+func (h *hook) restartTarget() string {
+	if h.serviceSettings == "" {
+		return ""
+	}
+	return "controllerd=" + h.binaryDigest() + " " + h.serviceSettings
+}
+
+// binaryDigest is the SHA-256 of the controllerd binary ("unknown" when it
+// cannot be read), cached in the charm's state directory by size,
+// modification time and inode, since hashing tens of megabytes in every
+// hook would cost more than the hook itself.
+func (h *hook) binaryDigest() string {
+	path := h.controllerd()
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "unknown"
+	}
+	key := fmt.Sprintf("%d %d", fi.Size(), fi.ModTime().UnixNano())
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key += fmt.Sprintf(" %d", sys.Ino)
+	}
+	cache := filepath.Join(h.cfg.stateDir(), "controllerd.digest")
+	if data, err := os.ReadFile(cache); err == nil {
+		if k, d, ok := strings.Cut(string(data), "\n"); ok && k == key && d != "" {
+			return d
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sum := sha256.New()
+	if _, err := io.Copy(sum, f); err != nil {
+		return "unknown"
+	}
+	d := "sha256:" + hex.EncodeToString(sum.Sum(nil))[:16]
+	if err := os.MkdirAll(filepath.Dir(cache), 0o700); err == nil {
+		_ = controllerconf.WriteFileAtomic(cache, []byte(key+"\n"+d), 0o600)
+	}
+	return d
 }

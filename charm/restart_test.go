@@ -182,3 +182,25 @@ func TestRollingRestart_NewReasonDuringTheRestartRestartsAgainAfterRelease(t *te
 		t.Fatalf("restart order %v, want %v", *order, want)
 	}
 }
+
+// The leader's unit runs its hook first (its upgrade-charm, here its
+// config-changed): it does not take the lock while its peers, which
+// publish the old restart target, have not asked yet; it goes last.
+func TestRollingRestart_LeaderFirstWaitsForPeersBehind(t *testing.T) {
+	m, us, order := rollModel(t)
+	m.config["db-port"] = 18000
+	m.mustRun(us[1], "config-changed")
+	if g := m.appData["restart-granted"]; g != "" {
+		t.Fatalf("the leader granted %q while its peers were behind", g)
+	}
+	if want := "waiting to restart (the leader's unit goes last; waiting for dqlite-controller/0, dqlite-controller/2 to ask first)"; us[1].status != [2]string{"waiting", want} {
+		t.Fatalf("leader status %v, want %q", us[1].status, want)
+	}
+	m.mustRun(us[0], "config-changed")
+	m.mustRun(us[2], "config-changed")
+	m.mustRunEnv(us[1], hookEnv{hook: "db-cluster-relation-changed", remoteUnit: us[0].name})
+	runRounds(m, us, 6)
+	if want := []string{"dqlite-controller/0", "dqlite-controller/2", "dqlite-controller/1"}; !slices.Equal(*order, want) {
+		t.Fatalf("restart order %v, want %v", *order, want)
+	}
+}

@@ -91,6 +91,9 @@ func (h *hook) reconcileService(ctx context.Context) error {
 		} else if changed {
 			h.log.Info("wrote the controllerd unit file", "path", h.svc.Path(), "port", port, "api-port", apiPort)
 		}
+		if rerr == nil {
+			h.serviceSettings = fmt.Sprintf("db-port=%d api-port=%d", port, apiPort)
+		}
 	}
 	if h.env.Hook == hookStart {
 		if err := h.markStarted(); err != nil {

@@ -29,6 +29,14 @@ const (
 	// holds the restart lock and the request it was granted for:
 	// "<unit> <nonce>"; absent when nobody holds it.
 	KeyRestartGranted = "restart-granted"
+	// KeyRestartTarget is the unit data key describing what the unit's
+	// controllerd runs once (re)started: its binary's digest and the
+	// settings of its unit file that every unit shares (e.g.
+	// "controllerd=sha256:ab12… db-port=17666 api-port=17070"). The
+	// leader compares its own with its peers' to tell that a peer has not
+	// caught up with a change yet (not run its upgrade-charm or
+	// config-changed) and will ask for a restart.
+	KeyRestartTarget = "restart-target"
 )
 
 // Grant is the restart lock as the application data gives it.
@@ -73,6 +81,9 @@ type RestartView struct {
 	Requests map[string]string
 	// Granted is KeyRestartGranted as the application data holds it.
 	Granted string
+	// Targets holds each unit's KeyRestartTarget (the leader's own as
+	// this hook leaves it); absent or empty: unknown.
+	Targets map[string]string
 }
 
 // RestartDecision is the outcome of NextRestart.
@@ -86,6 +97,10 @@ type RestartDecision struct {
 	// Queue is the units still asking, in the order they will be granted,
 	// the holder excluded.
 	Queue []string
+	// Behind lists the peers the leader's own unit waits for while it is
+	// next in the queue: their restart target differs from the leader's,
+	// so they will ask once they catch up with the change.
+	Behind []string
 }
 
 // Changed reports whether the application data must be written.
@@ -103,9 +118,12 @@ func (d RestartDecision) Changed(v RestartView) bool {
 //     (a departed or dying unit cannot release, so the leader does);
 //   - a free lock goes to the asking peer with the lowest unit number (a
 //     unit that has just had its turn and asks again after the others),
-//     and to the leader's own unit only when no peer asks: the leader
-//     restarts last, so that leadership (and with it the lock) moves as
-//     little as possible during the roll.
+//     and to the leader's own unit only when no peer asks nor is behind
+//     (publishes a restart target other than the leader's: it has not
+//     run the hook that will make it ask yet, e.g. its upgrade-charm
+//     after juju refresh, which every unit runs in its own time): the
+//     leader restarts last, so that leadership (and with it the lock)
+//     moves as little as possible during the roll.
 //
 // Safe because the lock is one application data key that only the leader
 // writes, and Juju commits application data only from a hook that exits 0
@@ -166,12 +184,32 @@ func NextRestart(v RestartView) RestartDecision {
 		}
 		return compareUnits(a, b)
 	})
-	if d.Grant.Unit == "" && len(queue) > 0 {
+	if d.Grant.Unit == "" && len(queue) > 0 && queue[0] == v.Leader {
+		d.Behind = behind(v, present)
+	}
+	if d.Grant.Unit == "" && len(queue) > 0 && len(d.Behind) == 0 {
 		d.Grant = Grant{Unit: queue[0], Nonce: v.Requests[queue[0]]}
 		queue = queue[1:]
 	}
 	d.Queue = queue
 	return d
+}
+
+// behind lists the present peers whose restart target is known and not
+// the leader's, in unit order.
+func behind(v RestartView, present map[string]bool) []string {
+	own := v.Targets[v.Leader]
+	if own == "" {
+		return nil
+	}
+	var out []string
+	for u := range present {
+		if t := v.Targets[u]; u != v.Leader && t != "" && t != own {
+			out = append(out, u)
+		}
+	}
+	slices.SortFunc(out, compareUnits)
+	return out
 }
 
 // validUnitName reports whether s looks like "app/N".

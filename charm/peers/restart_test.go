@@ -21,6 +21,7 @@ func TestNextRestart(t *testing.T) {
 		grant    string
 		released string
 		queue    []string
+		behind   []string
 	}{{
 		summary: "nobody asks: no grant",
 		view:    peers.RestartView{Leader: u0, Units: []string{u1, u2}},
@@ -97,6 +98,26 @@ func TestNextRestart(t *testing.T) {
 			Requests: map[string]string{u1: "b"}, Granted: "nonsense"},
 		grant: u1 + " b", released: "nonsense",
 	}, {
+		summary: "the leader alone asking waits for a peer that has not caught up with the change (it will ask)",
+		view: peers.RestartView{Leader: u0, Units: []string{u1, u2}, Requests: map[string]string{u0: "a"},
+			Targets: map[string]string{u0: "new", u1: "old", u2: "new"}},
+		queue: []string{u0}, behind: []string{u1},
+	}, {
+		summary: "the leader is granted once every peer has caught up (or publishes no target)",
+		view: peers.RestartView{Leader: u0, Units: []string{u1, u2}, Requests: map[string]string{u0: "a"},
+			Targets: map[string]string{u0: "new", u1: "new"}},
+		grant: u0 + " a",
+	}, {
+		summary: "a peer behind does not hold up the other peers",
+		view: peers.RestartView{Leader: u0, Units: []string{u1, u2}, Requests: map[string]string{u0: "a", u2: "c"},
+			Targets: map[string]string{u0: "new", u1: "old", u2: "new"}},
+		grant: u2 + " c", queue: []string{u0},
+	}, {
+		summary: "a departing peer behind does not hold up the leader",
+		view: peers.RestartView{Leader: u0, Units: []string{u1}, Departing: u1, Requests: map[string]string{u0: "a"},
+			Targets: map[string]string{u0: "new", u1: "old"}},
+		grant: u0 + " a",
+	}, {
 		summary: "a request of a unit not in the relation is not granted",
 		view: peers.RestartView{Leader: u0, Units: []string{u1},
 			Requests: map[string]string{u3: "x"}},
@@ -112,6 +133,9 @@ func TestNextRestart(t *testing.T) {
 			}
 			if tc.released != "" && d.Why == "" {
 				t.Error("a release without a reason")
+			}
+			if !slices.Equal(d.Behind, tc.behind) {
+				t.Errorf("behind = %v, want %v", d.Behind, tc.behind)
 			}
 			if !slices.Equal(d.Queue, tc.queue) {
 				t.Errorf("queue = %v, want %v", d.Queue, tc.queue)
