@@ -184,6 +184,9 @@ type Config struct {
 	// running member again before it leaves the release of the restart
 	// lock to a later hook (default 60 s; negative: no wait).
 	RejoinTimeout time.Duration
+	// AgentIDTimeout bounds GET /agent-id on configchange.socket
+	// (agentid.go; default 2 s).
+	AgentIDTimeout time.Duration
 }
 
 func (c Config) agentsDir() string { return filepath.Join(c.JujuDir, "agents") }
@@ -220,7 +223,10 @@ type hook struct {
 	tools   *hooktools.Client
 	svc     *service.Manager
 	agentID string
-	status  statusCollector
+	// agentIDFromSocket is set when the agent id is not the unit number
+	// (configchange.socket answered it).
+	agentIDFromSocket bool
+	status            statusCollector
 	// joinExpected is set when this hook changed the cluster part of
 	// controller.conf and the new file lists this unit: controllerd is
 	// about to (re)join.
@@ -258,23 +264,24 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	if cfg.RejoinTimeout == 0 {
 		cfg.RejoinTimeout = time.Minute
 	}
+	if cfg.AgentIDTimeout <= 0 {
+		cfg.AgentIDTimeout = defaultAgentIDTimeout
+	}
 	if cfg.Runner == nil || cfg.LocalAddresses == nil {
 		return errors.New("cannot run the hook: no command runner or local address source configured")
 	}
-	agentID, err := peers.UnitAgentID(env.UnitName)
-	if err != nil {
-		return fmt.Errorf("cannot derive the agent id: %w", err)
-	}
 	runner := timeoutRunner{inner: cfg.Runner, timeout: cfg.ToolTimeout}
 	h := &hook{
-		cfg:     cfg,
-		env:     env,
-		log:     cfg.Logger.With("hook", env.Hook),
-		tools:   hooktools.New(runner),
-		svc:     service.NewManager(runner, cfg.SystemdDir),
-		agentID: agentID,
+		cfg:   cfg,
+		env:   env,
+		log:   cfg.Logger.With("hook", env.Hook),
+		tools: hooktools.New(runner),
+		svc:   service.NewManager(runner, cfg.SystemdDir),
 	}
-	err = h.run(ctx)
+	ok, err := h.resolveAgentID(ctx) // agentid.go
+	if ok {
+		err = h.run(ctx)
+	}
 	if serr := h.status.apply(ctx, h.tools); serr != nil && err == nil {
 		err = serr
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
 	"github.com/juju/dqlite-controller/tests/simtest"
+	"github.com/juju/dqlite-controller/workload/daemon/agentsocket"
 )
 
 // oneElection bounds the writer's longest time without an acknowledged
@@ -395,6 +396,33 @@ func TestRollingRestart_RefreshWithANewBinary(t *testing.T) {
 		data, err := os.ReadFile(filepath.Join(m.MachineDir(u), "var-lib-juju", "agents", "unit-"+strings.ReplaceAll(u, "/", "-"), "charm", "controllerd"))
 		if err != nil || !strings.Contains(string(data[len(data)-200:]), "rolling-restart test marker") {
 			t.Errorf("%s does not run the refreshed charm's binary (%v)", u, err)
+		}
+	}
+	checkAgentSocket(t, m, us)
+}
+
+// checkAgentSocket: every unit's controllerd serves Juju 4's
+// configchange.socket, GET /agent-id answers the agent id the unit
+// publishes in the relation, and the charm, which asks the socket in
+// every hook, never found it answering another id than the one it runs as.
+func checkAgentSocket(t *testing.T, m *sim.Model, us []string) {
+	t.Helper()
+	data := m.RelationData("db-cluster")
+	for _, u := range us {
+		path := filepath.Join(m.MachineDir(u), "var-lib-juju", "configchange.socket")
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: configchange.socket %v (mode %v), want a socket with mode 0700", u, err, fi)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		id, err := agentsocket.NewClient(path).AgentID(ctx)
+		cancel()
+		if err != nil || id != data[u]["agent-id"] || id == "" {
+			t.Errorf("%s: GET /agent-id = %q, %v; the unit publishes agent-id %q", u, id, err, data[u]["agent-id"])
+		}
+		if log := m.UnitLog(u); !strings.Contains(log, "chose the agent id") || strings.Contains(log, "answers another agent id") {
+			t.Errorf("%s: the charm did not choose its agent id once, or found the socket answering another one", u)
 		}
 	}
 }
