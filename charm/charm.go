@@ -12,7 +12,8 @@
 //     scope tier of network-get db-cluster's ingress-addresses, which must be
 //     configured on one of the machine's interfaces (package bindaddr).
 //  2. It publishes it in its db-cluster unit data: db-bind-address and
-//     agent-id (its unit number).
+//     agent-id (its unit number, or what configchange.socket's GET
+//     /agent-id answered in its first hook: agentid.go).
 //  3. The leader aggregates every unit with valid data into the application
 //     data: db-bind-addresses (sorted JSON {"<agent-id>": "<host>"}) and, once,
 //     bootstrap-agent-id.
@@ -59,8 +60,9 @@
 // joined may not have run a hook since), and guessing wrong makes two
 // clusters, which is worse than waiting. So the charm does not re-choose; the
 // way out is to redeploy the application. Agent ids are unit numbers, which
-// Juju never reuses, so a removed bootstrap unit can never come back as a
-// second bootstrapper.
+// Juju never reuses, or Juju 4 controller agent ids (configchange.socket),
+// which Juju does not reuse either, so a removed bootstrap unit can never
+// come back as a second bootstrapper.
 //
 // # A leader that has not seen every unit yet
 //
