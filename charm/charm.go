@@ -12,7 +12,8 @@
 //     scope tier of network-get db-cluster's ingress-addresses, which must be
 //     configured on one of the machine's interfaces (package bindaddr).
 //  2. It publishes it in its db-cluster unit data: db-bind-address and
-//     agent-id (its unit number).
+//     agent-id (its unit number, or what configchange.socket's GET
+//     /agent-id answered in its first hook: agentid.go).
 //  3. The leader aggregates every unit with valid data into the application
 //     data: db-bind-addresses (sorted JSON {"<agent-id>": "<host>"}) and, once,
 //     bootstrap-agent-id.
@@ -59,8 +60,9 @@
 // joined may not have run a hook since), and guessing wrong makes two
 // clusters, which is worse than waiting. So the charm does not re-choose; the
 // way out is to redeploy the application. Agent ids are unit numbers, which
-// Juju never reuses, so a removed bootstrap unit can never come back as a
-// second bootstrapper.
+// Juju never reuses, or Juju 4 controller agent ids (configchange.socket),
+// which Juju does not reuse either, so a removed bootstrap unit can never
+// come back as a second bootstrapper.
 //
 // # A leader that has not seen every unit yet
 //
@@ -179,6 +181,14 @@ type Config struct {
 	// status does not describe the daemon as it was before the change or
 	// mid-transition (default 5 s; negative: no wait).
 	SettleTimeout time.Duration
+	// RejoinTimeout is how long a hook that restarted controllerd (its
+	// turn of a rolling restart, restart.go) waits for its node to be a
+	// running member again before it leaves the release of the restart
+	// lock to a later hook (default 60 s; negative: no wait).
+	RejoinTimeout time.Duration
+	// AgentIDTimeout bounds GET /agent-id on configchange.socket
+	// (agentid.go; default 2 s).
+	AgentIDTimeout time.Duration
 }
 
 func (c Config) agentsDir() string { return filepath.Join(c.JujuDir, "agents") }
@@ -215,13 +225,22 @@ type hook struct {
 	tools   *hooktools.Client
 	svc     *service.Manager
 	agentID string
-	status  statusCollector
+	// agentIDFromSocket is set when the agent id is not the unit number
+	// (configchange.socket answered it).
+	agentIDFromSocket bool
+	status            statusCollector
 	// joinExpected is set when this hook changed the cluster part of
 	// controller.conf and the new file lists this unit: controllerd is
 	// about to (re)join.
 	joinExpected bool
 	// activeNotes are appended to an active status message.
 	activeNotes []string
+	// peerData is the peers' unit data as the leader's aggregation read
+	// it in this hook (nil: not read).
+	peerData map[string]map[string]string
+	// serviceSettings are the unit file's settings every unit shares
+	// ("db-port=N api-port=M"), set once it renders (restart.go).
+	serviceSettings string
 	// local caches this machine's addresses for the hook (localAddresses).
 	local     []netip.Addr
 	localErr  error
@@ -244,23 +263,27 @@ func Reconcile(ctx context.Context, cfg Config, env Env) error {
 	if cfg.SettleTimeout == 0 {
 		cfg.SettleTimeout = 5 * time.Second
 	}
+	if cfg.RejoinTimeout == 0 {
+		cfg.RejoinTimeout = time.Minute
+	}
+	if cfg.AgentIDTimeout <= 0 {
+		cfg.AgentIDTimeout = defaultAgentIDTimeout
+	}
 	if cfg.Runner == nil || cfg.LocalAddresses == nil {
 		return errors.New("cannot run the hook: no command runner or local address source configured")
 	}
-	agentID, err := peers.UnitAgentID(env.UnitName)
-	if err != nil {
-		return fmt.Errorf("cannot derive the agent id: %w", err)
-	}
 	runner := timeoutRunner{inner: cfg.Runner, timeout: cfg.ToolTimeout}
 	h := &hook{
-		cfg:     cfg,
-		env:     env,
-		log:     cfg.Logger.With("hook", env.Hook),
-		tools:   hooktools.New(runner),
-		svc:     service.NewManager(runner, cfg.SystemdDir),
-		agentID: agentID,
+		cfg:   cfg,
+		env:   env,
+		log:   cfg.Logger.With("hook", env.Hook),
+		tools: hooktools.New(runner),
+		svc:   service.NewManager(runner, cfg.SystemdDir),
 	}
-	err = h.run(ctx)
+	ok, err := h.resolveAgentID(ctx) // agentid.go
+	if ok {
+		err = h.run(ctx)
+	}
 	if serr := h.status.apply(ctx, h.tools); serr != nil && err == nil {
 		err = serr
 	}
@@ -301,6 +324,9 @@ func (h *hook) run(ctx context.Context) error {
 		return err
 	} else {
 		h.publishRaftPosition(ctx, relID) // recovery.go
+	}
+	if err := h.rollRestart(ctx, relID, cluster); err != nil { // restart.go
+		return err
 	}
 	api, err := h.resolveAPIHosts(ctx)
 	if err != nil {

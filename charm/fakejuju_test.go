@@ -53,6 +53,8 @@ type model struct {
 	// revision each: the charm never updates one).
 	secrets   map[string]map[string]string
 	secretSeq int
+	// onRestart, when set, is called on every systemctl restart.
+	onRestart func(u *unit)
 }
 
 type unit struct {
@@ -211,6 +213,7 @@ func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 		Runner:         r,
 		LocalAddresses: fakeAddrs{u},
 		SettleTimeout:  m.settle,
+		RejoinTimeout:  -1,
 	}
 	cfg.Logger = slog.New(hooktools.NewLogHandler(hooktools.New(r), slog.LevelDebug, os.Stderr))
 	err := charm.Reconcile(context.Background(), cfg, m.env(u, h))
@@ -525,6 +528,9 @@ func (r *hookRunner) systemctl(args []string) ([]byte, error) {
 		u.enabled = false
 	case "start", "restart":
 		u.active = true
+		if args[0] == "restart" && r.m.onRestart != nil {
+			r.m.onRestart(u)
+		}
 	case "stop":
 		u.active = false
 	case "is-active":

@@ -173,6 +173,7 @@ for argv, js in %s:
 		Runner:         replayRunner{tools: tools},
 		LocalAddresses: fakeAddrs{u},
 		SettleTimeout:  -1,
+		RejoinTimeout:  -1,
 	}
 	env := charm.Env{Hook: "update-status", UnitName: unitName(0), CharmDir: charmDir}
 	cfg.Logger = slog.New(hooktools.NewLogHandler(hooktools.New(cfg.Runner), slog.LevelInfo, os.Stderr))

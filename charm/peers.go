@@ -67,6 +67,12 @@ func (h *hook) publishAddress(ctx context.Context, relID string) (string, error)
 	if err != nil {
 		return "", err
 	}
+	if other, err := h.agentIDCollision(ctx, relID); err != nil { // agentid.go
+		return "", err
+	} else if other != "" {
+		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("agent id %s (from %s) is also claimed by %s; this unit does not join the cluster under another controller's id", h.agentID, h.cfg.agentSocket(), other))
+		return "", nil
+	}
 	write, own := peers.Publish(bag, h.agentID, addr)
 	if write != nil {
 		if err := h.tools.RelationSet(ctx, relID, false, write); err != nil {
@@ -150,6 +156,7 @@ func (h *hook) aggregate(ctx context.Context, relID, own string, app map[string]
 			return nil, err
 		}
 	}
+	h.peerData = view.PeerData
 	if view.Departed, err = h.departedPeers(); err != nil {
 		return nil, err
 	}

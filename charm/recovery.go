@@ -88,8 +88,14 @@ func (a *action) recover(ctx context.Context) (map[string]string, string) {
 		if v := data[KeyRaftPosition]; v == "" || json.Unmarshal([]byte(v), &ri) != nil {
 			continue
 		}
-		if id, err := peers.UnitAgentID(u); err == nil {
-			ri.ControllerID = id // the unit's own number, whatever it wrote
+		// The agent id the unit publishes for the cluster list (its
+		// number or its configchange.socket's answer), whatever the
+		// position says.
+		if id, _, err := peers.Entry(a.env.AppName(), u, data); err == nil && id != "" {
+			ri.ControllerID = id
+			published = append(published, ri)
+		} else if id, err := peers.UnitAgentID(u); err == nil {
+			ri.ControllerID = id
 			published = append(published, ri)
 		}
 	}

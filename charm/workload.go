@@ -64,9 +64,11 @@ func (h *hook) portOption(cfg map[string]any, key string, def int) (int, bool) {
 // reconcileService keeps the controllerd unit file in line with config and
 // drives systemctl as the hook requires: install only writes the file, start
 // enables and starts, and a change of the file (db-port, api-port) after
-// start restarts the daemon (before start, the start hook uses the new
-// file). upgrade-charm also restarts a running daemon, because the new charm
-// brings a new controllerd binary that a running process would not pick up.
+// start asks for a restart of the daemon (before start, the start hook uses
+// the new file). upgrade-charm also asks for a restart of a running daemon,
+// because the new charm brings a new controllerd binary that a running
+// process would not pick up. Those restarts roll, one unit at a time
+// (restart.go).
 func (h *hook) reconcileService(ctx context.Context) error {
 	if err := h.ensureConfigFile(); err != nil {
 		h.status.add(hooktools.StatusBlocked, err.Error())
@@ -88,6 +90,9 @@ func (h *hook) reconcileService(ctx context.Context) error {
 			return h.serviceFailed(err)
 		} else if changed {
 			h.log.Info("wrote the controllerd unit file", "path", h.svc.Path(), "port", port, "api-port", apiPort)
+		}
+		if rerr == nil {
+			h.serviceSettings = fmt.Sprintf("db-port=%d api-port=%d", port, apiPort)
 		}
 	}
 	if h.env.Hook == hookStart {
@@ -123,20 +128,18 @@ func (h *hook) reconcileService(ctx context.Context) error {
 		if err := h.svc.Enable(ctx); err != nil {
 			return h.serviceFailed(err)
 		}
-		if err := h.svc.Restart(ctx); err != nil {
-			return h.serviceFailed(err)
+		if err := h.requestRestart("unit-file"); err != nil {
+			return err
 		}
-		h.log.Info("restarted controllerd with the new unit file")
 	case h.env.Hook == hookUpgradeCharm:
 		state, err := h.svc.State(ctx)
 		if err != nil {
 			return h.serviceFailed(err)
 		}
 		if state == "active" || state == "activating" {
-			if err := h.svc.Restart(ctx); err != nil {
-				return h.serviceFailed(err)
+			if err := h.requestRestart(hookUpgradeCharm); err != nil {
+				return err
 			}
-			h.log.Info("restarted controllerd to run the upgraded binary")
 		}
 	}
 	return nil

@@ -30,6 +30,11 @@ const (
 	KeyBindAddresses = "db-bind-addresses"
 	// KeyBootstrapAgentID is the application data key naming the bootstrap node.
 	KeyBootstrapAgentID = "bootstrap-agent-id"
+	// KeyAgentUnits is the application data key mapping the listed agent
+	// ids that are not their unit's number (a unit whose configchange.socket
+	// answered another id) to their unit: JSON {"<agent-id>": "<unit>"};
+	// absent when every listed id is its unit's number.
+	KeyAgentUnits = "db-agent-units"
 )
 
 // UnitAgentID returns the agent id of a unit name "app/N": its unit number,
@@ -46,7 +51,10 @@ func UnitAgentID(unit string) (string, error) {
 }
 
 // Entry validates one peer's unit data. It returns an empty id and no error
-// when the unit has not published both keys yet.
+// when the unit has not published both keys yet. The agent id is the unit
+// number unless the unit's configchange.socket answered another one (Juju
+// 4's controller agent id, which the unit cannot prove), so any valid id
+// is accepted here; Aggregate keeps one unit per id.
 func Entry(app, unit string, data map[string]string) (id, addr string, err error) {
 	id, addr = data[KeyAgentID], data[KeyBindAddress]
 	if id == "" || addr == "" {
@@ -56,12 +64,8 @@ func Entry(app, unit string, data map[string]string) (id, addr string, err error
 		return "", "", err
 	}
 	unitApp, _, _ := strings.Cut(unit, "/")
-	number, err := UnitAgentID(unit)
-	if err != nil || unitApp != app {
+	if _, err := UnitAgentID(unit); err != nil || unitApp != app {
 		return "", "", fmt.Errorf("%q is not a unit of %s", unit, app)
-	}
-	if id != number {
-		return "", "", fmt.Errorf("agent id %q does not match the unit number %s", id, number)
 	}
 	if err := controllerconf.ValidateHost(addr); err != nil {
 		return "", "", err
@@ -133,8 +137,8 @@ type View struct {
 	PeerData map[string]map[string]string
 	// AppData is the application data as this hook read it.
 	AppData map[string]string
-	// Departed holds the agent ids of the peers this unit saw depart, in
-	// this hook or an earlier one.
+	// Departed holds the unit numbers of the peers this unit saw depart,
+	// in this hook or an earlier one.
 	Departed map[string]bool
 }
 
@@ -184,9 +188,11 @@ type Aggregation struct {
 func Aggregate(v View) (Aggregation, error) {
 	var out Aggregation
 	current, currentErr := DecodeAddresses(v.AppData[KeyBindAddresses])
+	currentUnits := decodeAgentUnits(v.AppData[KeyAgentUnits])
 	entries := map[string]string{}
+	owners := map[string]string{} // agent id → unit
 	if v.Own != "" {
-		entries[v.AgentID] = v.Own
+		entries[v.AgentID], owners[v.AgentID] = v.Own, v.Unit
 	}
 	for _, unit := range v.Units {
 		if unit == v.Departing || unit == v.Unit {
@@ -200,10 +206,27 @@ func Aggregate(v View) (Aggregation, error) {
 		if id == "" {
 			continue // not published yet
 		}
-		entries[id] = addr
+		if other, taken := owners[id]; taken {
+			keep, drop := claimant(id, other, unit, current[id] == entries[id], current[id] == addr)
+			out.Ignored = append(out.Ignored, Ignored{Unit: drop, Err: fmt.Errorf("agent id %s is also claimed by %s", id, keep)})
+			if keep == other {
+				continue
+			}
+		}
+		entries[id], owners[id] = addr, unit
 	}
-	out.Kept = keepUnseen(v, current, entries)
+	out.Kept = keepUnseen(v, current, currentUnits, entries)
 	out.Duplicates = dropDuplicates(current, entries)
+	agentUnits := map[string]string{}
+	for id := range entries {
+		unit, ok := owners[id]
+		if !ok {
+			unit, ok = currentUnits[id] // kept: as listed
+		}
+		if ok && unit != v.App+"/"+id {
+			agentUnits[id] = unit
+		}
+	}
 
 	out.Set = map[string]string{}
 	_, hasList := v.AppData[KeyBindAddresses]
@@ -213,6 +236,17 @@ func Aggregate(v View) (Aggregation, error) {
 			return Aggregation{}, fmt.Errorf("cannot encode db-bind-addresses: %w", err)
 		}
 		out.Set[KeyBindAddresses] = string(encoded)
+	}
+	if !maps.Equal(agentUnits, currentUnits) {
+		encoded := ""
+		if len(agentUnits) > 0 {
+			b, err := json.Marshal(agentUnits)
+			if err != nil {
+				return Aggregation{}, fmt.Errorf("cannot encode db-agent-units: %w", err)
+			}
+			encoded = string(b)
+		}
+		out.Set[KeyAgentUnits] = encoded
 	}
 	out.Bootstrap = chooseBootstrap(v, entries)
 	if out.Bootstrap != "" {
@@ -224,14 +258,54 @@ func Aggregate(v View) (Aggregation, error) {
 		out.AppData = map[string]string{}
 	}
 	maps.Copy(out.AppData, out.Set)
+	if out.AppData[KeyAgentUnits] == "" {
+		delete(out.AppData, KeyAgentUnits)
+	}
 	return out, nil
+}
+
+// claimant decides between two units claiming one agent id: the unit whose
+// number it is (the default agent id, which needs no socket to vouch for
+// it), else the one the current list has at its address, else the lower
+// unit. It returns the unit kept and the one dropped.
+func claimant(id, a, b string, aListed, bListed bool) (keep, drop string) {
+	_, na, _ := strings.Cut(a, "/")
+	_, nb, _ := strings.Cut(b, "/")
+	switch {
+	case na == id && nb != id:
+		return a, b
+	case nb == id && na != id:
+		return b, a
+	case aListed && !bListed:
+		return a, b
+	case bListed && !aListed:
+		return b, a
+	case compareUnits(a, b) <= 0:
+		return a, b
+	}
+	return b, a
+}
+
+// decodeAgentUnits parses db-agent-units, keeping only valid entries.
+func decodeAgentUnits(raw string) map[string]string {
+	out := map[string]string{}
+	var m map[string]string
+	if raw == "" || json.Unmarshal([]byte(raw), &m) != nil {
+		return out
+	}
+	for id, unit := range m {
+		if controllerconf.ValidateAgentID(id) == nil && validUnitName(unit) {
+			out[id] = unit
+		}
+	}
+	return out
 }
 
 // keepUnseen adds to entries the listed agents whose unit this leader
 // neither sees in the relation nor saw depart: a leader elected before it
 // processed every peer's relation-joined must not drop live members. It
 // returns the ids it kept.
-func keepUnseen(v View, current, entries map[string]string) []string {
+func keepUnseen(v View, current, units, entries map[string]string) []string {
 	inView := map[string]bool{}
 	for _, unit := range v.Units {
 		inView[unit] = true
@@ -239,7 +313,11 @@ func keepUnseen(v View, current, entries map[string]string) []string {
 	var kept []string
 	for _, id := range controllerconf.SortedAgentIDs(current) {
 		unit := v.App + "/" + id
-		if _, ok := entries[id]; ok || id == v.AgentID || inView[unit] || unit == v.Departing || v.Departed[id] {
+		if u, ok := units[id]; ok {
+			unit = u
+		}
+		_, number, _ := strings.Cut(unit, "/")
+		if _, ok := entries[id]; ok || id == v.AgentID || inView[unit] || unit == v.Departing || v.Departed[number] {
 			continue
 		}
 		entries[id] = current[id]

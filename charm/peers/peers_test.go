@@ -140,13 +140,72 @@ func TestAggregate(t *testing.T) {
 		summary: "hostile peer data is ignored, naming the unit",
 		view: func() peers.View {
 			v := view(`{"0":"10.0.0.0"}`, "1=10.0.0.1", "2=not-an-ip", "3=10.0.0.3")
-			v.PeerData[unit("3")] = data("4", "10.0.0.3") // claims another unit's id
+			v.PeerData[unit("3")] = data("1", "10.0.0.3") // claims another unit's id
 			v.AppData[peers.KeyBootstrapAgentID] = "0"
 			return v
 		},
 		entries: map[string]string{"0": "10.0.0.0", "1": "10.0.0.1"},
 		set:     map[string]string{peers.KeyBindAddresses: `{"0":"10.0.0.0","1":"10.0.0.1"}`},
 		ignored: []string{unit("2"), unit("3")},
+	}, {
+		summary: "an agent id that is not the unit number (from configchange.socket) is listed and mapped to its unit",
+		view: func() peers.View {
+			v := view(`{"0":"10.0.0.0"}`, "1=10.0.0.1")
+			v.PeerData[unit("1")] = data("7", "10.0.0.1")
+			v.AppData[peers.KeyBootstrapAgentID] = "0"
+			return v
+		},
+		entries: map[string]string{"0": "10.0.0.0", "7": "10.0.0.1"},
+		set: map[string]string{peers.KeyBindAddresses: `{"0":"10.0.0.0","7":"10.0.0.1"}`,
+			peers.KeyAgentUnits: `{"7":"dqlite-controller/1"}`},
+	}, {
+		summary: "two units claiming one socket agent id: the lower unit is kept when neither is listed nor numbered so",
+		view: func() peers.View {
+			v := view(`{"0":"10.0.0.0"}`, "1=10.0.0.1", "2=10.0.0.2")
+			v.PeerData[unit("1")] = data("7", "10.0.0.1")
+			v.PeerData[unit("2")] = data("7", "10.0.0.2")
+			v.AppData[peers.KeyBootstrapAgentID] = "0"
+			return v
+		},
+		entries: map[string]string{"0": "10.0.0.0", "7": "10.0.0.1"},
+		set: map[string]string{peers.KeyBindAddresses: `{"0":"10.0.0.0","7":"10.0.0.1"}`,
+			peers.KeyAgentUnits: `{"7":"dqlite-controller/1"}`},
+		ignored: []string{unit("2")},
+	}, {
+		summary: "two units claiming one socket agent id: the one listed at its address is kept",
+		view: func() peers.View {
+			v := view(`{"0":"10.0.0.0","7":"10.0.0.2"}`, "1=10.0.0.1", "2=10.0.0.2")
+			v.PeerData[unit("1")] = data("7", "10.0.0.1")
+			v.PeerData[unit("2")] = data("7", "10.0.0.2")
+			v.AppData[peers.KeyBootstrapAgentID] = "0"
+			v.AppData[peers.KeyAgentUnits] = `{"7":"dqlite-controller/2"}`
+			return v
+		},
+		entries: map[string]string{"0": "10.0.0.0", "7": "10.0.0.2"},
+		set:     map[string]string{},
+		ignored: []string{unit("1")},
+	}, {
+		summary: "a departed unit with a socket agent id is dropped (its unit found through db-agent-units)",
+		view: func() peers.View {
+			v := view(`{"0":"10.0.0.0","7":"10.0.0.2"}`)
+			v.AppData[peers.KeyBootstrapAgentID] = "0"
+			v.AppData[peers.KeyAgentUnits] = `{"7":"dqlite-controller/2"}`
+			v.Departed = map[string]bool{"2": true}
+			return v
+		},
+		entries: map[string]string{"0": "10.0.0.0"},
+		set:     map[string]string{peers.KeyBindAddresses: `{"0":"10.0.0.0"}`, peers.KeyAgentUnits: ""},
+	}, {
+		summary: "an unseen unit with a socket agent id is kept with its mapping",
+		view: func() peers.View {
+			v := view(`{"0":"10.0.0.0","7":"10.0.0.2"}`)
+			v.AppData[peers.KeyBootstrapAgentID] = "0"
+			v.AppData[peers.KeyAgentUnits] = `{"7":"dqlite-controller/2"}`
+			return v
+		},
+		entries: map[string]string{"0": "10.0.0.0", "7": "10.0.0.2"},
+		set:     map[string]string{},
+		kept:    []string{"7"},
 	}, {
 		summary: "a unit of another application is ignored",
 		view: func() peers.View {
@@ -243,6 +302,7 @@ func TestAggregate(t *testing.T) {
 			}
 			want := maps.Clone(before)
 			maps.Copy(want, test.set)
+			maps.DeleteFunc(want, func(_, v string) bool { return v == "" }) // relation-set k= deletes k
 			if !maps.Equal(agg.AppData, want) {
 				t.Errorf("application data %v, want %v", agg.AppData, want)
 			}
@@ -342,7 +402,7 @@ func TestEntry(t *testing.T) {
 		{unit: unit("3"), id: "3", addr: "fd00::3", wantID: "3"},
 		{unit: unit("3"), id: "", addr: "10.0.0.3"},
 		{unit: unit("3"), id: "3", addr: ""},
-		{unit: unit("3"), id: "4", addr: "10.0.0.3", err: "does not match the unit number"},
+		{unit: unit("3"), id: "4", addr: "10.0.0.3", wantID: "4"}, // configchange.socket's id
 		{unit: unit("3"), id: "-3", addr: "10.0.0.3", err: "not a non-negative integer"},
 		{unit: unit("3"), id: "3", addr: "[fd00::3]", err: ""},
 		{unit: unit("3"), id: "3", addr: "host.example", err: ""},

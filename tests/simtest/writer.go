@@ -38,6 +38,7 @@ type Writer struct {
 	longest      time.Duration
 	longestUntil time.Time
 	lastErr      string
+	problems     []WriteProblem // writerproblems.go
 }
 
 // WriterReport is what a writer saw.
@@ -75,6 +76,7 @@ func (w *Writer) run(ctx context.Context) {
 		w.next++
 		id := w.next
 		w.mu.Unlock()
+		began := time.Now()
 		code, errText := w.insert(ctx, unit, id)
 		if ctx.Err() != nil && code != 0 {
 			// Cut short by Stop: the outcome is unknown.
@@ -92,9 +94,11 @@ func (w *Writer) run(ctx context.Context) {
 		case 1:
 			w.failed = append(w.failed, id)
 			w.lastErr = unit + ": " + errText
+			w.noteProblem(id, unit, code, errText, began, now)
 		default:
 			w.unknown = append(w.unknown, id)
 			w.lastErr = unit + ": " + errText
+			w.noteProblem(id, unit, code, errText, began, now)
 		}
 		w.mu.Unlock()
 		if code != 0 {
