@@ -191,7 +191,7 @@ func workloads(m map[string][3]int) string {
 // linearizable. DQC_JEPSEN_FAULT_TIME changes the minute.
 // DQC_JEPSEN_KINDS (comma-separated) picks other nemeses, e.g. adding
 // "disk". The full-disk nemesis runs in `make jepsen` and in
-// TestFullDisk_FollowerThenLeader (workload/cmd/controllerd), not here: a
+// TestFullDisk_FollowerIsReplaced (workload/cmd/controllerd), not here: a
 // node that went through a full disk can lead without committing
 // (libraft 0.15, docs/dqlite-behaviour.md "A full disk"); its commit
 // watchdog hands the leadership over, but once every voter went through

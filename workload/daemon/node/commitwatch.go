@@ -73,6 +73,9 @@ type commitNote struct {
 	at        time.Time
 	diskLowAt time.Time
 	diskFree  uint64 // bytes free on the data dir's filesystem at the last pass
+	// replaceWait says why a node with a suspect log is not replaced
+	// yet (replace.go).
+	replaceWait string
 }
 
 func (o *Options) commitWatchDefaults() {
@@ -170,9 +173,10 @@ type transferrer interface {
 // the stall (a kill -9 did, in the campaign), but after a full disk
 // libraft 0.15's log on disk lacks the entries the node failed to store and
 // holds later ones at their indices; the restarted node crashed with a
-// segmentation fault when it next led (TestFullDisk_FollowerThenLeader,
-// docs/dqlite-behaviour.md#a-full-disk). When no voter takes the
-// leadership, the node keeps leading, says so and tries again next pass.
+// segmentation fault when it next led (docs/dqlite-behaviour.md#a-full-disk).
+// When no voter takes the leadership, the node keeps leading, says so and
+// tries again next pass; once its disk has room again it has itself
+// replaced (replace.go).
 func (d *Daemon) becomeSteppingDown(ctx context.Context, obs *Observation, stalled time.Duration) {
 	r := d.run
 	selfID := r.node.ID()
@@ -271,7 +275,11 @@ func (d *Daemon) commitNoteSuffix() string {
 		parts = append(parts, fmt.Sprintf("the data dir's filesystem has %d KiB free: Dqlite cannot store new Raft entries; free some space", n.diskFree>>10))
 	}
 	if !n.diskLowAt.IsZero() {
-		parts = append(parts, fmt.Sprintf("the data dir ran short of space at %s, so this node's Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): replace this unit (add-unit, then remove-unit) when convenient", n.diskLowAt.UTC().Format(time.RFC3339)))
+		next := "the node has itself replaced once the filesystem has room"
+		if n.replaceWait != "" {
+			next = n.replaceWait + "; add a unit, or replace this one (add-unit, then remove-unit)"
+		}
+		parts = append(parts, fmt.Sprintf("the data dir ran short of space at %s, so this node's Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): %s", n.diskLowAt.UTC().Format(time.RFC3339), next))
 	}
 	if len(parts) == 0 {
 		return ""

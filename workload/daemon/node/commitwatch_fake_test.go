@@ -48,10 +48,17 @@ func (probeTx) Rollback() error { return nil }
 type fakeLeader struct {
 	mu        sync.Mutex
 	transfers []uint64
+	removes   []uint64
 	refuse    bool
 }
 
-func (f *fakeLeader) Remove(context.Context, uint64) error                  { return nil }
+func (f *fakeLeader) Remove(_ context.Context, id uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.removes = append(f.removes, id)
+	return nil
+}
+
 func (f *fakeLeader) Assign(context.Context, uint64, client.NodeRole) error { return nil }
 func (f *fakeLeader) Close() error                                          { return nil }
 func (f *fakeLeader) Transfer(_ context.Context, id uint64) error {

@@ -647,7 +647,7 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		d.setState(StateStarting, "member; waiting for the node to be ready")
 		return
 	}
-	if d.watchCommits(ctx, obs) {
+	if d.watchCommits(ctx, obs) || d.replaceSuspectLog(ctx, obs) {
 		return
 	}
 	if r.registered != r.node.Address() {

@@ -1,0 +1,120 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/canonical/go-dqlite/client"
+)
+
+// A node whose data dir ran short of space may hold a Raft log with
+// entries missing and later ones written in their place (libraft 0.15,
+// docs/dqlite-behaviour.md#a-full-disk): it counts those entries as never
+// stored, so it cannot commit once it leads, and restarted on that log it
+// crashed each time it led again, and may serve a state that differs from
+// the cluster's. Its data dir cannot be repaired, only replaced: once
+// space is back and it follows a leader that keeps a majority of voters
+// without it, it asks that leader to remove it, wipes, and joins again as
+// a new node (becomeReplacing).
+
+// suspectLogName marks a data dir whose node ran short of space, so that
+// the knowledge survives a restart of controllerd (it is written once
+// space is back: a full disk cannot take it).
+const suspectLogName = "raft-log-suspect"
+
+// replaceMinFree is the free space on the data dir's filesystem before a
+// node with a suspect log has itself replaced: a new node needs room for
+// its log segments and a snapshot.
+const replaceMinFree = 2 * lowDiskBytes
+
+// loadSuspectLog reads the marker into the disk note (after a restart).
+func (d *Daemon) loadSuspectLog() {
+	if !d.commitNote.diskLowAt.IsZero() {
+		return
+	}
+	if fi, err := os.Stat(filepath.Join(d.o.DataDir, suspectLogName)); err == nil {
+		d.commitNote.diskLowAt = fi.ModTime()
+	}
+}
+
+// recordSuspectLog writes the marker once there is room for it.
+func (d *Daemon) recordSuspectLog() {
+	path := filepath.Join(d.o.DataDir, suspectLogName)
+	if d.commitNote.diskLowAt.IsZero() || fileExists(path) {
+		return
+	}
+	msg := fmt.Sprintf("this data dir's filesystem ran short of space at %s: its node's Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk); the node has itself replaced\n",
+		d.commitNote.diskLowAt.UTC().Format(time.RFC3339))
+	if err := os.WriteFile(path, []byte(msg), 0o600); err == nil {
+		os.Chtimes(path, d.commitNote.diskLowAt, d.commitNote.diskLowAt)
+	}
+}
+
+// replaceSuspectLog runs every pass of a ready member and reports whether
+// it acted (which ends the pass).
+func (d *Daemon) replaceSuspectLog(ctx context.Context, obs *Observation) bool {
+	d.loadSuspectLog()
+	if d.commitNote.diskLowAt.IsZero() || d.commitNote.diskFree < replaceMinFree {
+		return false // nothing suspect, or no room yet (the status says so)
+	}
+	d.recordSuspectLog()
+	r := d.run
+	selfID := r.node.ID()
+	if obs.Leader.ID == selfID {
+		// Hand the leadership over first: the removal goes through
+		// another leader, whose log is not this one.
+		hctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
+		err := r.node.Handover(hctx)
+		cancel()
+		d.decision("hand-over", "this node's Raft log may lack entries (its data dir ran short of space): handing the leadership over before having it replaced", "err", err)
+		return true
+	}
+	others := 0
+	for _, m := range obs.Members {
+		if m.ID != selfID && m.Role == client.Voter {
+			others++
+		}
+	}
+	if others < 2 {
+		// With one other voter left, that voter alone would hold the
+		// cluster until the new node is promoted: keep this one.
+		d.commitNote.replaceWait = fmt.Sprintf("not replacing it while the cluster has %d other voter(s): it needs at least 2", others)
+		return false
+	}
+	d.commitNote.replaceWait = ""
+	d.becomeReplacing(ctx, obs, selfID)
+	return true
+}
+
+// becomeReplacing removes this node through the leader, wipes its data
+// dir and lets it join again as a new node (new id). Safe because the
+// leader is another node and keeps at least two voters without this one,
+// so Raft commits the removal with a majority of the configuration that
+// holds every committed entry, and no committed entry depends on this
+// node's log; the node never restarts on that log (it is removed, and
+// becomeRemoved wipes it). The config still lists this controller, so the
+// leader wants it back (wantedByLeader) and it joins after becomeRemoved's
+// back-off. The marker goes with the data it described.
+func (d *Daemon) becomeReplacing(ctx context.Context, obs *Observation, selfID uint64) {
+	r := d.run
+	reason := fmt.Sprintf("this node's data dir ran short of space at %s, so its Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): removing node %d through the leader %s, wiping it and joining again as a new node",
+		d.commitNote.diskLowAt.UTC().Format(time.RFC3339), selfID, obs.Leader.Address)
+	d.decision("replace", reason, "node-id", strconv.FormatUint(selfID, 10))
+	d.setState(StateLeaving, reason)
+	rctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
+	err := obs.Client.Remove(rctx, selfID)
+	cancel()
+	if err != nil {
+		d.log.Warn("cannot have this node removed for its replacement; will retry", "err", err)
+		return
+	}
+	if err := os.Remove(filepath.Join(d.o.DataDir, suspectLogName)); err != nil && !os.IsNotExist(err) {
+		d.log.Warn("cannot remove the suspect-log marker", "err", err)
+	}
+	d.commitNote.diskLowAt = time.Time{}
+	d.becomeRemoved(r.node.Address(), reason)
+}

@@ -1,0 +1,85 @@
+package node
+
+import (
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/canonical/go-dqlite/client"
+)
+
+// followingDaemon is controller 0's daemon whose node 1 follows node 2 in
+// the given configuration, ready and running.
+func followingDaemon(t *testing.T, members []client.NodeInfo) (*Daemon, *fakeEngine, *fakeLeader) {
+	t.Helper()
+	var stuckDB atomic.Bool
+	d, e := newFakeDaemon(t, conf("0", "10.9.0.1", "1", "10.9.0.2", "2", "10.9.0.3"), true)
+	e.openDB = func() (*sql.DB, error) { return sql.OpenDB(probeConnector{stuck: &stuckDB}), nil }
+	leader := &fakeLeader{}
+	e.observe = func() (*Observation, error) {
+		return &Observation{Leader: client.NodeInfo{ID: 2, Address: addr1}, Members: members, Client: leader}, nil
+	}
+	e.set(addr1, Answer{Accepted: true, Answered: true, Leader: client.NodeInfo{ID: 2, Address: addr1}, Members: members})
+	d.watchCtx = t.Context()
+	d.passes(1)
+	if d.run == nil {
+		t.Fatalf("node not started: %s: %s", d.state, d.message)
+	}
+	d.run.started = true
+	d.passes(1)
+	if d.state != StateRunning {
+		t.Fatalf("state %s: %s", d.state, d.message)
+	}
+	return d, e, leader
+}
+
+// A follower whose data dir ran short of space (so its Raft log may lack
+// entries, libraft 0.15) has itself replaced once space is back: removed
+// through the leader, its node dir wiped, marked to rejoin as a new node.
+// The marker written meanwhile makes a restarted controllerd remember.
+func TestTransition_SuspectLogIsReplacedThroughTheLeader(t *testing.T) {
+	d, _, leader := followingDaemon(t, threeVoters())
+	d.commitNote.diskLowAt = time.Now().Add(-time.Minute) // as noteDisk sets it
+	d.passes(1)
+	if len(leader.removes) != 1 || leader.removes[0] != 1 {
+		t.Fatalf("removes = %v, want node 1 removed through the leader (%s: %s)", leader.removes, d.state, d.message)
+	}
+	if d.state != StateRemoved || d.run != nil || fileExists(filepath.Join(d.nodeDir, "info.yaml")) {
+		t.Fatalf("after the removal: state %s (%s), run %v, node dir kept: %v", d.state, d.message, d.run != nil, fileExists(filepath.Join(d.nodeDir, "info.yaml")))
+	}
+	if fileExists(filepath.Join(d.o.DataDir, suspectLogName)) {
+		t.Errorf("the suspect-log marker outlived the data it described")
+	}
+}
+
+// With only one other voter, the node is kept (that voter alone would
+// hold the cluster), and the status says why and what to do.
+func TestTransition_SuspectLogKeptWithOneOtherVoter(t *testing.T) {
+	two := []client.NodeInfo{{ID: 1, Address: addr0, Role: client.Voter}, {ID: 2, Address: addr1, Role: client.Voter}, {ID: 3, Address: addr2, Role: client.Spare}}
+	d, _, leader := followingDaemon(t, two)
+	d.commitNote.diskLowAt = time.Now().Add(-time.Minute)
+	d.passes(3)
+	if len(leader.removes) != 0 || d.state != StateRunning {
+		t.Fatalf("removed with one other voter: %v (%s: %s)", leader.removes, d.state, d.message)
+	}
+	if !strings.Contains(d.message, "not replacing it while the cluster has 1 other voter(s)") {
+		t.Errorf("status does not say why: %s", d.message)
+	}
+	if !fileExists(filepath.Join(d.o.DataDir, suspectLogName)) {
+		t.Errorf("no marker written once space was back")
+	}
+	// A restarted controllerd reads the marker back.
+	d2, _ := newFakeDaemon(t, conf("0", "10.9.0.1"), false)
+	d2.o.DataDir = d.o.DataDir
+	d2.loadSuspectLog()
+	if d2.commitNote.diskLowAt.IsZero() {
+		t.Errorf("the marker was not read back after a restart")
+	}
+	if _, err := os.Stat(filepath.Join(d.o.DataDir, suspectLogName)); err != nil {
+		t.Fatal(err)
+	}
+}
