@@ -19,7 +19,9 @@
 //
 // Each controller keeps its own backups in a local directory, each backup
 // a directory backup-<UTC time> holding the files Dump returned (the
-// database and its WAL), written to a temporary directory, synced and
+// database and its WAL) and a MANIFEST of their sizes and SHA-256 sums
+// (restore.go checks it: a WAL cut at a frame boundary is otherwise a
+// valid, older database), written to a temporary directory, synced and
 // renamed into place, so a listed backup is always complete. Only the
 // newest Keep backups of the directory are kept.
 package backup
@@ -303,6 +305,9 @@ func writeDir(dir, name string, files []client.File) (err error) {
 		if err := writeSynced(filepath.Join(tmp, base), f.Data); err != nil {
 			return err
 		}
+	}
+	if err := writeSynced(filepath.Join(tmp, ManifestName), manifest(files)); err != nil {
+		return err
 	}
 	if err := syncDir(tmp); err != nil {
 		return err
