@@ -38,6 +38,7 @@ var actionTimeouts = map[string]time.Duration{
 	ActionRemoveMember:  time.Minute,
 	ActionRecover:       3 * time.Minute,
 	ActionRotateCA:      time.Minute,
+	ActionRestore:       10 * time.Minute,
 }
 
 // RunAction runs the action env.Action.
@@ -113,6 +114,8 @@ func (a *action) run(ctx context.Context) (map[string]string, string) {
 		return a.recover(ctx)
 	case ActionRotateCA:
 		return a.rotateCA(ctx) // rotation.go
+	case ActionRestore:
+		return a.restore(ctx)
 	}
 	return nil, "unknown action " + a.env.Action
 }

@@ -20,7 +20,7 @@ import (
 
 func opsCmds(stdout io.Writer) []*cobra.Command {
 	return []*cobra.Command{clusterStatusCmd(stdout), createBackupCmd(stdout), listBackupsCmd(stdout), removeMemberCmd(stdout),
-		raftPositionCmd(stdout), recoverCmd(stdout)}
+		raftPositionCmd(stdout), recoverCmd(stdout), restoreCmd(stdout)}
 }
 
 // opCmd is one operation: flags --data-dir and --format, a deadline, and

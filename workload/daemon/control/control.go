@@ -201,6 +201,9 @@ func Serve(ctx context.Context, dataDir string, b Backend, log *slog.Logger) (<-
 	if ops, ok := b.(Operations); ok {
 		registerOperations(mux, ops)
 	}
+	if r, ok := b.(Restorer); ok {
+		registerRestore(mux, r)
+	}
 	done := unixsock.Serve(ctx, l, path, mux, 2*time.Second)
 	log.Debug("control socket ready", "path", path)
 	return done, nil

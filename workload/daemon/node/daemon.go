@@ -68,6 +68,7 @@ type Daemon struct {
 	commitNote commitNote // commitwatch.go
 
 	proxyLog *proxyLog // go-dqlite's per-connection errors, summarised
+	rs       restorer  // restore.go
 }
 
 // nodeRun is one run of the Dqlite node: from Engine.Start to Close.
@@ -267,6 +268,9 @@ func (d *Daemon) reconcileStopped(ctx context.Context) {
 		d.decision("wait", err.Error())
 		d.setState(StateWaiting, err.Error())
 		d.retryAt = now.Add(time.Second)
+		return
+	}
+	if d.restoreStopped(ctx) {
 		return
 	}
 	info, hasData, err := readInfo(d.nodeDir)
@@ -668,6 +672,9 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		d.addressChanged(ctx, obs, want)
 		return
 	}
+	if d.restoreRunning(ctx) {
+		return
+	}
 	d.plane.serve(ctx, d.cfg)
 	if obs.Leader.ID == selfID {
 		d.leaderPass(ctx, obs)
@@ -773,6 +780,9 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 	// this run (fresh) has nothing stale to wipe.
 	if by, out := d.lockedOut(r.leaderSeen); out && !r.fresh {
 		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is locked out: its peers (%s) refuse its certificate, so their configs and Raft configuration no longer hold it; wiping its data dir so it never serves stale state", r.node.ID(), by))
+		return
+	}
+	if d.restoreNoLeader() {
 		return
 	}
 	if at, out := d.excludedAtNewAddress(ctx, r.members, r.node.ID()); out && !r.fresh {
