@@ -498,6 +498,12 @@ func (d *Daemon) Restore(ctx context.Context, req control.RestoreRequest) (contr
 		return res, fmt.Errorf("cannot restore: restore %s of backup %s is under way on this controller (step %d/%d: %s); it continues by itself: watch juju status, or run restore-backup again to see where it is", r.RestoreID, r.BackupID, step, restoreSteps, what)
 	}
 	d.rs.mu.Unlock()
+	if data, err := os.ReadFile(d.restoreRecordPath()); err == nil {
+		// A restore this process has not resumed yet (it just restarted).
+		var rec restoreRecord
+		_ = json.Unmarshal(data, &rec)
+		return res, fmt.Errorf("cannot restore: restore %s of backup %s (driven by controller %s) is under way, at %s; it resumes by itself: watch juju status, or run restore-backup again to see where it is", orUnknown(rec.ID), orUnknown(rec.Backup), orUnknown(rec.Source), orUnknown(rec.Step))
+	}
 	if st := d.Status(ctx); st.State == string(StateRestoring) {
 		return res, fmt.Errorf("cannot restore: this controller takes part in another restore: %s", st.Message)
 	}
