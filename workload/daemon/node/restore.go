@@ -57,7 +57,8 @@ import (
 //
 // An interruption resumes from the records: a daemon restarted mid-restore
 // reads its data dir's record before it does anything else. The source
-// resumes from its step (a restore still in step 1 is cancelled); a marked
+// resumes from its step (in step 1 it waits for the acknowledgements
+// again, and cancels without them); a marked
 // member restarts its old node only when the source's cluster still lists
 // it and says marking. Status says `restoring` and which step every node
 // is in, and a second restore-backup on the source reports it.
