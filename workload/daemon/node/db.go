@@ -294,6 +294,10 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 	if db == nil {
 		return control.SQLResult{}, fmt.Errorf("the controller database is not available: this node is %s", state)
 	}
+	if state == string(StateRestoring) {
+		// Whatever it wrote would be lost with the database it restores.
+		return control.SQLResult{}, fmt.Errorf("the controller database is not available: this controller takes part in a restore-backup (see controllerd status); retry once it is running")
+	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	backoff := 10 * time.Millisecond
