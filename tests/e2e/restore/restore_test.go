@@ -145,9 +145,8 @@ func TestRestore_ThreeUnitsReturnToTheBackupsRows(t *testing.T) {
 
 // The source's controllerd restarts (systemctl restart) after the other
 // nodes closed for the restore: the action's answer is lost, a second
-// restore-backup says the restore is under way (or, if it finished
-// meanwhile, restores again), and the restore resumes from the records
-// to one cluster of 3 with the backup's rows.
+// restore-backup says the restore is under way and where, and the restore
+// resumes from the records to one cluster of 3 with the backup's rows.
 func TestRestore_SourceRestartedMidRestoreResumes(t *testing.T) {
 	m, source, id, others := seeded(t)
 	before := nodeIDs(t, m, others)
