@@ -176,3 +176,56 @@ func TestRestoreBackup_KilledMemberAndFrozenSourceEndInOneClusterWithTheBackupsR
 		t.Fatalf("second restore-backup without confirm: %v %q", err, stderr)
 	}
 }
+
+// A member cannot take part (its restore record cannot be written: a
+// directory stands where its temporary file goes), so it never
+// acknowledges: the source cancels the restore after its minute, says so,
+// and every controller serves again with the data it had; nothing was
+// changed and no record is left behind.
+func TestRestoreBackup_AMemberThatCannotTakePartCancelsIt(t *testing.T) {
+	c := newCluster(t)
+	c.form(3)
+	c.mustSQL("0", "CREATE TABLE k (id INTEGER PRIMARY KEY)")
+	c.mustSQL("0", "INSERT INTO k VALUES (1)")
+	stdout, stderr, err := runCLI(t, "create-backup", "--data-dir", c.node("0").data, "--format=json")
+	if err != nil {
+		t.Fatalf("create-backup: %v: %s", err, stderr)
+	}
+	var b control.BackupInfo
+	if err := json.Unmarshal([]byte(stdout), &b); err != nil {
+		t.Fatal(err)
+	}
+	c.mustSQL("0", "INSERT INTO k VALUES (2)")
+	source, stuck := b.ControllerID, ""
+	for _, id := range ids(3) {
+		if id != source {
+			stuck = id
+		}
+	}
+	if err := os.Mkdir(filepath.Join(c.node(stuck).data, "restore.json.tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]string{}
+	for _, id := range ids(3) {
+		before[id] = c.mustStatus(id).NodeID
+	}
+	_, stderr, err = runCLI(t, "restore-backup", "--data-dir", c.node(source).data, "--backup-id", b.ID, "--confirm")
+	if !isExitCode(err, 1) || !strings.Contains(stderr, "controllers "+stuck+" did not stop serving") || !strings.Contains(stderr, "cancelled and nothing was changed") {
+		t.Fatalf("restore-backup with a member that cannot take part: err %v, stderr %q", err, stderr)
+	}
+	for _, id := range ids(3) {
+		st := c.waitState(id, "running")
+		if st.NodeID != before[id] {
+			t.Fatalf("controller %s runs node %s, was %s: the cancelled restore changed membership", id, st.NodeID, before[id])
+		}
+		if n, err := c.count(id, "k"); err != nil || n != 2 {
+			t.Fatalf("controller %s reads %d rows, %v; want the 2 it had", id, n, err)
+		}
+		if _, err := os.Stat(filepath.Join(c.node(id).data, "restore.json")); err == nil {
+			t.Fatalf("controller %s kept its restore record after the cancellation", id)
+		}
+	}
+	if _, ok := c.node(stuck).lineAfter(time.Time{}, "cannot take part in the restore"); !ok {
+		t.Fatalf("the stuck member did not say why it cannot take part:\n%s", c.node(stuck).logs())
+	}
+}
