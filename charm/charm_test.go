@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -705,6 +706,30 @@ func TestConfigChange_StatusWaitsForTheDaemonToJoin(t *testing.T) {
 	}
 }
 
+// A daemon that does not answer while the hook waits for it to settle (a
+// stalled or restarting controllerd) is asked again, not dereferenced: the
+// hook panicked here when the simulator paused controllerd during juju bind.
+func TestConfigChange_SettleWaitSurvivesADaemonNotAnswering(t *testing.T) {
+	m := newModel(t)
+	m.settle = 10 * time.Second
+	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
+	m.leader = u0.name
+	m.settleScope(u0, u1)
+	m.appData = map[string]string{"db-bind-addresses": `{"0":"10.0.0.1"}`, "bootstrap-agent-id": "0"}
+	m.seedCA()
+	u1.workload = `{"controller-id":"1","member":false,"state":"waiting","message":"address for this Dqlite node to bind to not found in config"}`
+	m.mustRun(u1, "install")
+	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-created"})
+	m.mustRun(u1, "start")
+	m.appData["db-bind-addresses"] = `{"0":"10.0.0.1","1":"10.0.0.2"}`
+	u1.workload = ""
+	u1.workloadLater, u1.workloadLaterAfter = workloadJSON("1", "spare", "0:voter", "1:spare"), 2
+	m.mustRunEnv(u1, hookEnv{hook: "db-cluster-relation-changed"})
+	if u1.status != [2]string{"active", "spare; 2 members (1 voter: no redundancy)"} {
+		t.Fatalf("status = %v", u1.status)
+	}
+}
+
 func TestConfigChange_NoSettleWaitForARefusingDaemon(t *testing.T) {
 	m := newModel(t)
 	m.settle = 3 * time.Second
@@ -843,5 +868,31 @@ func TestLeaderLosingLeaseMidHook_NoUncommittedBootstrapInControllerConf(t *test
 	}
 	if c := u0.readConf(t); c.BootstrapAgentID != "" || len(c.DBBindAddresses) != 0 {
 		t.Fatalf("controller.conf = %+v; want nothing from the refused write", c)
+	}
+}
+
+// The unit opens api-port (and only it) so that a cloud's firewall lets
+// agents outside the model reach controllerd's API; a new api-port closes
+// the old one in the same hook.
+func TestAPIPort_OpenedAndMovedWithConfig(t *testing.T) {
+	m := newModel(t)
+	u := m.addUnit(0, "10.0.0.1")
+	m.leader = u.name
+	u.workload = workloadJSON("0", "voter", "0:voter")
+	deploy(m, u)
+	if !slices.Equal(u.ports, []string{"17070/tcp"}) {
+		t.Fatalf("opened ports after deploy = %v, want [17070/tcp]", u.ports)
+	}
+	m.config["api-port"] = 17071
+	m.mustRun(u, "config-changed")
+	if !slices.Equal(u.ports, []string{"17071/tcp"}) {
+		t.Fatalf("opened ports after api-port=17071 = %v, want [17071/tcp]", u.ports)
+	}
+	// An invalid api-port leaves the last good one open (the unit is
+	// blocked and the last good unit file stays).
+	m.config["api-port"] = "x"
+	m.mustRun(u, "config-changed")
+	if !slices.Equal(u.ports, []string{"17071/tcp"}) {
+		t.Fatalf("opened ports after an invalid api-port = %v, want [17071/tcp]", u.ports)
 	}
 }

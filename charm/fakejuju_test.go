@@ -89,6 +89,9 @@ type unit struct {
 	relationSets       int
 	appSets            int
 	calls              []string
+	// ports are the unit's opened ports (open-port applies at once here;
+	// the simulator models Juju's commit at hook exit).
+	ports []string
 }
 
 func newModel(t *testing.T) *model {
@@ -435,6 +438,16 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 		return nil, nil
 	case "juju-log":
 		u.logs = append(u.logs, strings.Join(args, " "))
+		return nil, nil
+	case "opened-ports":
+		return jsonOut(append([]string{}, u.ports...)), nil
+	case "open-port":
+		if !slices.Contains(u.ports, args[0]) {
+			u.ports = append(u.ports, args[0])
+		}
+		return nil, nil
+	case "close-port":
+		u.ports = slices.DeleteFunc(u.ports, func(p string) bool { return p == args[0] })
 		return nil, nil
 	case "systemctl":
 		return r.systemctl(args)

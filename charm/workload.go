@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -61,6 +62,33 @@ func (h *hook) portOption(cfg map[string]any, key string, def int) (int, bool) {
 	return p, true
 }
 
+// openAPIPort keeps api-port, and no other TCP port, open for this unit,
+// so that a cloud's firewall lets agents on other machines (outside the
+// model's own security group) reach controllerd's HTTP API; the old port
+// closes when api-port changes. The Dqlite port stays closed: only the
+// application's machines talk to it. Juju applies the change when the
+// hook exits 0; a failure is logged and the next hook tries again.
+func (h *hook) openAPIPort(ctx context.Context, apiPort int) {
+	opened, err := h.tools.OpenedPorts(ctx)
+	if err != nil {
+		h.log.Warn("cannot list this unit's opened ports; the next hook tries again", "err", err)
+		return
+	}
+	want := fmt.Sprintf("%d/tcp", apiPort)
+	for _, p := range opened {
+		if p != want && strings.HasSuffix(p, "/tcp") {
+			if err := h.tools.ClosePort(ctx, p); err != nil {
+				h.log.Warn("cannot close a port that is not api-port", "port", p, "err", err)
+			}
+		}
+	}
+	if !slices.Contains(opened, want) {
+		if err := h.tools.OpenPort(ctx, want); err != nil {
+			h.log.Warn("cannot open api-port; agents outside the model may not reach controllerd", "port", want, "err", err)
+		}
+	}
+}
+
 // reconcileService keeps the controllerd unit file in line with config and
 // drives systemctl as the hook requires: install only writes the file, start
 // enables and starts, and a change of the file (db-port, api-port) after
@@ -80,6 +108,7 @@ func (h *hook) reconcileService(ctx context.Context) error {
 	}
 	if ok {
 		h.publishCOS(ctx, apiPort) // cosagent.go
+		h.openAPIPort(ctx, apiPort)
 	}
 	changed := false
 	if ok {
@@ -301,8 +330,10 @@ func (h *hook) settledWorkloadStatus(ctx context.Context) (*WorkloadStatus, erro
 	}
 	deadline := time.After(h.cfg.SettleTimeout)
 	for err != nil || !st.Member || st.Role == "" || !settled(st) {
-		if status, _ := describeWorkload(st); err == nil && status == hooktools.StatusBlocked {
-			return st, nil // it will not join by itself
+		if err == nil {
+			if status, _ := describeWorkload(st); status == hooktools.StatusBlocked {
+				return st, nil // it will not join by itself
+			}
 		}
 		select {
 		case <-ctx.Done():

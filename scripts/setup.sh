@@ -4,7 +4,7 @@
 # returns in well under a second once everything is there.
 set -euo pipefail
 
-packages=(libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev liblz4-dev iproute2 gcc pkg-config)
+packages=(libdqlite-dev libraft-dev libuv1-dev libsqlite3-dev liblz4-dev iproute2 nftables gcc pkg-config)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -280,6 +280,30 @@ func (c *Client) UnitGet(ctx context.Context, key string) (string, error) {
 	return v, nil
 }
 
+// OpenedPorts runs `opened-ports --format=json`: this unit's port ranges
+// on every endpoint, e.g. "17070/tcp", "8000-8100/udp", "icmp"
+// (juju/juju: internal/worker/uniter/runner/jujuc/opened-ports.go).
+func (c *Client) OpenedPorts(ctx context.Context) ([]string, error) {
+	var ports []string
+	if err := c.json(ctx, &ports, "opened-ports", "--format=json"); err != nil {
+		return nil, err
+	}
+	return ports, nil
+}
+
+// OpenPort runs `open-port <range>` for every endpoint; Juju applies it
+// when the hook exits 0 (jujuc/ports.go).
+func (c *Client) OpenPort(ctx context.Context, portRange string) error {
+	_, err := c.output(ctx, "open-port", portRange)
+	return err
+}
+
+// ClosePort runs `close-port <range>` for every endpoint.
+func (c *Client) ClosePort(ctx context.Context, portRange string) error {
+	_, err := c.output(ctx, "close-port", portRange)
+	return err
+}
+
 // Status is a workload status name accepted by status-set.
 type Status string
 

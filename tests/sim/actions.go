@@ -306,6 +306,7 @@ func (m *Model) runQueuedActionLocked(u *unit) bool {
 		}
 		m.commitLocked(u, h, hc)
 		m.commitSecretsLocked(hc)
+		m.commitPortsLocked(hc)
 		if res.Status == "" {
 			res.Status = ActionCompleted
 		}

@@ -193,6 +193,10 @@ type Model struct {
 	acts      actionState // actions.go
 	closed    bool
 	secrets   secretState // secrets.go
+	// firewall is the rule set last applied in the fabric (ports.go), and
+	// firewallErr why the last update failed.
+	firewall    string
+	firewallErr error
 }
 
 // New creates the run's fabric namespace and subnets. Close tears everything
@@ -394,6 +398,12 @@ func (m *Model) setUp() error {
 	}
 	if err := registerRun(m.runID, prefixes); err != nil {
 		return err
+	}
+	// The fabric's firewall (ports.go) must work, or the model would be
+	// kinder than a cloud: agents could reach ports no unit opened.
+	m.updateFirewallLocked()
+	if m.firewallErr != nil {
+		return fmt.Errorf("cannot set up the fabric's firewall (nftables; scripts/setup.sh installs it): %w", m.firewallErr)
 	}
 	m.log.Info("model created", "run", m.runID, "dir", m.runDir, "subnets", prefixes)
 	return nil

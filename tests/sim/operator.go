@@ -68,6 +68,8 @@ func (m *Model) addUnits(n int, specs []MachineSpec) ([]string, error) {
 		names = append(names, u.name)
 		created = append(created, u)
 	}
+	// The cloud's firewall covers a new machine before anything runs on it.
+	m.updateFirewallLocked()
 	if m.leader == "" && !m.electing && len(created) > 0 {
 		u := created[mathrand.IntN(len(created))]
 		if m.opts.FirstUnitLeads {
@@ -194,6 +196,7 @@ func (m *Model) finishUnitLocked(u *unit) {
 	u.agent, u.agentMsg = "", ""
 	mc := u.machine
 	delete(m.machines, mc.id)
+	m.updateFirewallLocked()
 	if m.leader == u.name {
 		m.leader = ""
 		m.scheduleElectionLocked()

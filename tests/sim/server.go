@@ -30,6 +30,9 @@ type hookContext struct {
 	// cutOff is set when the unit's machine is partitioned during the
 	// hook: its agent lost the API connection.
 	cutOff bool
+	// ports are the hook's pending open-port and close-port requests,
+	// sent only if it exits 0 (ports.go).
+	ports portChanges
 }
 
 func (m *Model) newContextLocked(u *unit, h *hookInfo) *hookContext {
@@ -42,6 +45,7 @@ func (m *Model) newContextLocked(u *unit, h *hookInfo) *hookContext {
 		appDelta:  map[int]map[string]*string{},
 		cache:     map[string]map[string]string{},
 		appCache:  map[int]map[string]string{},
+		ports:     portChanges{open: groupedPorts{}, close: groupedPorts{}},
 	}
 	m.contexts[hc.id] = hc
 	m.pruneRelationCacheLocked(u, h)

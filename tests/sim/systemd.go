@@ -435,6 +435,9 @@ func (sd *systemd) stop(s *service) {
 	sd.mu.Unlock()
 	sd.logLine("Stopping %s (SIGTERM to pid %d)", s.name, pid)
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	// systemd follows SIGTERM with SIGCONT, so that a stopped (paused)
+	// process gets it too.
+	_ = syscall.Kill(-pid, syscall.SIGCONT)
 	select {
 	case <-done:
 	case <-time.After(timeout):
@@ -465,6 +468,7 @@ func (sd *systemd) shutdown(kill bool) {
 	}
 	for _, p := range pids {
 		_ = syscall.Kill(-p, sig)
+		_ = syscall.Kill(-p, syscall.SIGCONT)
 	}
 	for i, d := range dones {
 		select {
@@ -474,6 +478,42 @@ func (sd *systemd) shutdown(kill bool) {
 			<-d
 		}
 	}
+}
+
+// PauseService freezes (SIGSTOP) or thaws (SIGCONT) the processes of a
+// running service on a unit's machine: a workload that stalls (an
+// overloaded or swapping machine, a debugger) while the unit agent goes
+// on running hooks, which Juju does not notice either.
+func (m *Model) PauseService(unitName, service string, pause bool) error {
+	m.mu.Lock()
+	u := m.units[unitName]
+	m.mu.Unlock()
+	if u == nil {
+		return fmt.Errorf("cannot pause service: unit %q not found", unitName)
+	}
+	sd := u.machine.sd
+	if !strings.HasSuffix(service, ".service") {
+		service += ".service"
+	}
+	sd.mu.Lock()
+	s := sd.svc[service]
+	pid := 0
+	if s != nil {
+		pid = s.pid
+	}
+	sd.mu.Unlock()
+	if pid == 0 {
+		return fmt.Errorf("cannot pause service: %s is not running on the machine of %s", service, unitName)
+	}
+	sig, verb := syscall.SIGCONT, "Resumed"
+	if pause {
+		sig, verb = syscall.SIGSTOP, "Paused"
+	}
+	if err := syscall.Kill(-pid, sig); err != nil {
+		return fmt.Errorf("cannot pause service %s: %w", service, err)
+	}
+	sd.logLine("%s %s (pid %d)", verb, service, pid)
+	return nil
 }
 
 // ServiceLog returns a unit's machine's service log (stdout and stderr of

@@ -85,6 +85,16 @@ var hookTools = map[string]toolFunc{
 	"unit-get": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
 		return m.toolUnitGet(hc, req.Args)
 	},
+	// Opened ports (ports.go).
+	"open-port": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolPort(hc, "open-port", req.Args)
+	},
+	"close-port": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolPort(hc, "close-port", req.Args)
+	},
+	"opened-ports": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolOpenedPorts(hc, req.Args)
+	},
 	// Secrets (secrets.go).
 	"secret-add": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
 		return m.toolSecretAdd(hc, req.Args)

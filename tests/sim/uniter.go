@@ -103,6 +103,8 @@ type unit struct {
 	agent, agentMsg   string
 	version           string
 	savedWorkload     [2]string
+	// ports are the unit's committed opened ports (ports.go).
+	ports groupedPorts
 
 	lastUpdateStatus time.Time
 
@@ -406,6 +408,7 @@ func (m *Model) runAgent(u *unit) {
 			u.retryDelay = 0
 			m.commitLocked(u, h, hc)
 			m.commitSecretsLocked(hc)
+			m.commitPortsLocked(hc)
 		default:
 			m.discardSecretsLocked(hc)
 			if commitErr != "" {
@@ -436,7 +439,7 @@ func (m *Model) checkCommitLocked(u *unit, hc *hookContext) string {
 			return fmt.Sprintf("cannot apply changes: %q is not leader of %q", u.name, m.app)
 		}
 	}
-	return ""
+	return m.checkPortsLocked(hc)
 }
 
 // commitLocked applies a hook's effects once it exited 0: relation data

@@ -201,6 +201,11 @@ type RemovalInput struct {
 	Grace time.Duration
 	// Port is the Dqlite port of every node.
 	Port int
+	// Registered holds the controllers with a row in controller_node:
+	// every controller whose node was a member, including one removed to
+	// move that has not rejoined yet (its row stays until it registers
+	// its new node), but not one that was never a member.
+	Registered map[string]bool
 }
 
 // Unwanted lists the members (other than this node) whose controller is not
@@ -323,9 +328,13 @@ func Moved(in RemovalInput) []Member {
 	return out
 }
 
-// Settled reports whether every listed controller has a member and Dqlite
-// has assigned its voters (1 below three nodes, else 3): members move one
-// at a time, each only once the previous one is back.
+// Settled reports whether every listed controller that was a member
+// (Registered) has a member again and Dqlite has assigned its voters (1
+// below three nodes, else 3): members move one at a time, each only once
+// the previous one is back. A listed controller that never was a member (a
+// unit added during `juju bind`) does not hold the moves back: its config
+// lists the peers at their new addresses, so it can only join once members
+// serve there, and waiting for it would wait for ever.
 func Settled(in RemovalInput) bool {
 	mapped := map[string]bool{}
 	voters := 0
@@ -336,7 +345,7 @@ func Settled(in RemovalInput) bool {
 		}
 	}
 	for id := range in.Config.DBBindAddresses {
-		if !mapped[id] {
+		if !mapped[id] && in.Registered[id] {
 			return false
 		}
 	}
@@ -355,7 +364,7 @@ func PickMove(in RemovalInput, moved []Member) RemovalDecision {
 		return RemovalDecision{Reason: "no member has moved"}
 	}
 	if !Settled(in) {
-		return RemovalDecision{Reason: "a member has moved; waiting for every listed controller to be a member with voters assigned before moving it"}
+		return RemovalDecision{Reason: "a member has moved; waiting for every listed controller that was a member to be one again, with voters assigned, before moving it"}
 	}
 	sort.SliceStable(moved, func(i, j int) bool { return moved[i].Role != Voter && moved[j].Role == Voter })
 	victim := moved[0]

@@ -270,7 +270,21 @@ func TestMove(t *testing.T) {
 		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.0.0.1", "1", "10.1.0.2", "2", "10.1.0.3"), SelfID: 1, Port: 17666, Members: []decide.Member{
 			member(1, "10.0.0.1:17666", decide.Voter, "0", true),
 			member(3, "10.0.0.3:17666", decide.Voter, "2", true),
-		}},
+		}, Registered: map[string]bool{"0": true, "1": true, "2": true}},
+		reason: "waiting",
+	}, {
+		// A unit added during juju bind lists every peer at its new
+		// address, where nobody serves yet: waiting for it to join
+		// before moving anybody waited for ever.
+		summary: "a listed controller that never was a member does not hold the moves back",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.1.0.1", "1", "10.1.0.2", "2", "10.1.0.3", "3", "10.1.0.4"), SelfID: 1, Port: 17666,
+			Members: three, Registered: map[string]bool{"0": true, "1": true, "2": true}},
+		remove: true,
+		victim: 2,
+	}, {
+		summary: "a listed controller that was a member and is not one now holds the moves back",
+		in: decide.RemovalInput{ControllerID: "0", Config: conf("0", "0", "10.1.0.1", "1", "10.1.0.2", "2", "10.1.0.3", "3", "10.1.0.4"), SelfID: 1, Port: 17666,
+			Members: three, Registered: map[string]bool{"0": true, "1": true, "2": true, "3": true}},
 		reason: "waiting",
 	}, {
 		summary: "a move waits until voters are assigned",

@@ -802,6 +802,12 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 	if len(known) == 0 {
 		known, _ = readStore(d.nodeDir)
 	}
+	if !r.fresh && d.peersMovedAway(known) {
+		if v, reason := d.stillMember(ctx, client.NodeInfo{ID: r.node.ID(), Address: r.node.Address()}, known); v == removedVerdict {
+			d.becomeRemoved(r.node.Address(), "no leader answers at the addresses of the Raft configuration this node knows, but the config lists peers elsewhere (juju bind): "+reason)
+			return
+		}
+	}
 	in := decide.RecoverInput{
 		ControllerID: d.o.ControllerID,
 		Config:       d.cfg,
@@ -857,6 +863,29 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 	default:
 		d.setState(StateNoQuorum, dec.Reason)
 	}
+}
+
+// peersMovedAway reports whether the config lists a peer at an address no
+// member of the Raft configuration this node knows has: after `juju bind`
+// the cluster may have removed this node and moved on to the new
+// addresses (its leader rebound in place as the sole member, say), where
+// this node, asking only the old addresses, would never hear from a
+// leader again. Then it also asks the listed addresses (stillMember), and
+// becomes removed only on stillMember's evidence: a leader that says so
+// itself and whose configuration lacks this node's id, or its peers
+// refusing its certificate, exactly what the same wipe needs when a
+// leader answers at the old addresses.
+func (d *Daemon) peersMovedAway(known []client.NodeInfo) bool {
+	addrs := map[string]bool{}
+	for _, n := range known {
+		addrs[n.Address] = true
+	}
+	for id, host := range d.cfg.DBBindAddresses {
+		if id != d.o.ControllerID && !addrs[decide.JoinHostPort(host, d.o.Port)] {
+			return true
+		}
+	}
+	return false
 }
 
 // becomeReconfiguring forces a Raft configuration in which this node is

@@ -148,6 +148,10 @@ func (d *Daemon) removalInput(ctx context.Context, obs *Observation) (decide.Rem
 	for _, m := range obs.Members {
 		members = append(members, decide.Member{ID: m.ID, Address: m.Address, Role: decide.Role(m.Role), ControllerID: rows[m.ID]})
 	}
+	registered := map[string]bool{}
+	for _, cid := range rows {
+		registered[cid] = true
+	}
 	return decide.RemovalInput{
 		ControllerID: d.o.ControllerID,
 		Config:       d.cfg,
@@ -157,6 +161,7 @@ func (d *Daemon) removalInput(ctx context.Context, obs *Observation) (decide.Rem
 		CandidateFor: map[uint64]time.Duration{},
 		Grace:        d.o.RemovalGrace,
 		Port:         d.o.Port,
+		Registered:   registered,
 	}, nil
 }
 
@@ -235,6 +240,14 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) (bool, er
 	d.log.Info("removed member from the Raft configuration", "node-id", strconv.FormatUint(dec.Victim.ID, 10),
 		"address", dec.Victim.Address, "controller-id", dec.Victim.ControllerID)
 	delete(d.candidates, dec.Victim.ID)
+	d.plane.configChanged()
+	if action == "move-member" {
+		// The moved controller's row stays until it registers its new
+		// node: it tells every later leader (decide.Settled) that this
+		// controller was a member and is not back yet, so that no
+		// second member moves meanwhile.
+		return true, nil
+	}
 	id := strconv.FormatUint(dec.Victim.ID, 10)
 	if err := d.inTx(ctx, 2*time.Second, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM controller_node WHERE dqlite_node_id = ?`, id)
@@ -242,7 +255,6 @@ func (d *Daemon) removeDeparted(ctx context.Context, obs *Observation) (bool, er
 	}); err != nil {
 		d.log.Warn("cannot delete the removed node's controller_node row", "err", err)
 	}
-	d.plane.configChanged()
 	return true, nil
 }
 
