@@ -186,6 +186,8 @@ func runCmd(stderr io.Writer) *cobra.Command {
 	cmd.Flags().IntVar(&o.BackupKeep, "backup-keep", backup.DefaultKeep, "backups kept in --backup-dir")
 	cmd.Flags().DurationVar(&o.BackupRecordDelay, "test-backup-record-delay", 0, "test hook: pause between writing a backup and recording it")
 	cmd.Flags().MarkHidden("test-backup-record-delay")
+	cmd.Flags().DurationVar(&o.RestoreAckTimeout, "test-restore-ack-timeout", 0, "test hook: how long a restore's source waits for every member to stop serving (default 60s)")
+	cmd.Flags().MarkHidden("test-restore-ack-timeout")
 	cmd.Flags().DurationVar(&o.LeaseDuration, "lease-duration", singular.DefaultDuration, "singular-controller lease duration (a hard-killed holder is replaced within it)")
 	cmd.Flags().DurationVar(&o.LeaseExtendInterval, "lease-extend-interval", singular.DefaultExtendInterval, "how often the holder extends the lease (less than half of duration minus margin)")
 	cmd.Flags().DurationVar(&o.LeaseMargin, "lease-margin", singular.DefaultMargin, "how much before the lease's expiry the holder stops its single-instance workers (stop time plus clock skew)")

@@ -179,11 +179,13 @@ func TestRestoreBackup_KilledMemberAndFrozenSourceEndInOneClusterWithTheBackupsR
 
 // A member cannot take part (its restore record cannot be written: a
 // directory stands where its temporary file goes), so it never
-// acknowledges: the source cancels the restore after its minute, says so,
+// acknowledges: the source cancels the restore after its acknowledgement
+// timeout (10 s here, --test-restore-ack-timeout; 60 s by default), says so,
 // and every controller serves again with the data it had; nothing was
 // changed and no record is left behind.
 func TestRestoreBackup_AMemberThatCannotTakePartCancelsIt(t *testing.T) {
 	c := newCluster(t)
+	c.args = []string{"--test-restore-ack-timeout", "10s"}
 	c.form(3)
 	c.mustSQL("0", "CREATE TABLE k (id INTEGER PRIMARY KEY)")
 	c.mustSQL("0", "INSERT INTO k VALUES (1)")

@@ -141,6 +141,12 @@ type Options struct {
 	BackupKeep     int
 	// BackupRecordDelay is a test hook (backup.Options.RecordDelay).
 	BackupRecordDelay time.Duration
+	// RestoreAckTimeout is how long a restore's source waits for every
+	// member to record the restore and stop serving before it cancels
+	// (nothing changed then); default 60 s. It must leave a member that is
+	// busy (a loaded machine, a slow disk) time to answer: shorter only in
+	// tests.
+	RestoreAckTimeout time.Duration
 	// Lease timing of the singular worker (package singular's defaults
 	// when zero).
 	LeaseDuration       time.Duration
@@ -185,6 +191,7 @@ func (o *Options) setDefaults() {
 	o.commitWatchDefaults()
 	orDefault(&o.APIPort, apiaddr.DefaultPort)
 	orDefault(&o.BackupInterval, backup.DefaultInterval)
+	orDefault(&o.RestoreAckTimeout, restoreAckTimeout)
 	orDefault(&o.BackupKeep, backup.DefaultKeep)
 	orDefault(&o.LeaseExpiryInterval, DefaultLeaseExpiryInterval)
 	orDefault(&o.RepublishInterval, DefaultRepublishInterval)

@@ -39,7 +39,7 @@ import (
 //     plane stops: no lease, no backups, no API addresses) and never starts
 //     its old node unless the restore is cancelled. The source waits for
 //     every other member's acknowledgement; without all of them within
-//     restoreAckTimeout it cancels (state cancelled): nothing has changed.
+//     RestoreAckTimeout (60 s) it cancels (state cancelled): nothing has changed.
 //  2. stopping: the source sets state stopping; each marked member closes
 //     its node (also when it sees no leader: a marked node never waits out a
 //     lost quorum nor recovers from one). The source waits until no other
@@ -699,7 +699,7 @@ func (d *Daemon) onLoop(ctx context.Context, f func(ctx context.Context) error) 
 // row to stopping; without them it cancels.
 func (d *Daemon) waitAcks(ctx context.Context, rec *restoreRecord) ([]string, error) {
 	d.note(1, "recorded the restore; waiting for every other controller to stop serving")
-	deadline := time.Now().Add(restoreAckTimeout)
+	deadline := time.Now().Add(d.o.RestoreAckTimeout)
 	for {
 		st := d.Status(ctx)
 		ids := d.controllerIDs(ctx, nil)
@@ -733,9 +733,9 @@ func (d *Daemon) waitAcks(ctx context.Context, rec *restoreRecord) ([]string, er
 			d.log.Warn("cannot set the restore to stopping; will retry", "err", err)
 		}
 		if time.Now().After(deadline) {
-			why := fmt.Errorf("controllers %s did not stop serving within %s", strings.Join(missing, ", "), restoreAckTimeout)
+			why := fmt.Errorf("controllers %s did not stop serving within %s", strings.Join(missing, ", "), d.o.RestoreAckTimeout)
 			if err != nil {
-				why = fmt.Errorf("cannot read the acknowledgements within %s: %w", restoreAckTimeout, err)
+				why = fmt.Errorf("cannot read the acknowledgements within %s: %w", d.o.RestoreAckTimeout, err)
 			}
 			return nil, d.cancelRestore(ctx, rec, why)
 		}

@@ -1,4 +1,4 @@
-package e2e
+package controlplane_test
 
 import (
 	"encoding/json"
@@ -12,32 +12,6 @@ import (
 	"github.com/juju/dqlite-controller/tests/sim"
 	"github.com/juju/dqlite-controller/tests/simtest"
 )
-
-// runAction is `juju run <unit> <action> args...`, failing the test when
-// the action cannot be queued.
-func runAction(t *testing.T, m *sim.Model, unit, action string, args ...string) *sim.ActionResult {
-	t.Helper()
-	res, err := m.RunAction(simtest.CtxFor(t, 5*time.Minute), unit, action, args...)
-	if err != nil {
-		t.Fatalf("juju run %s %s %v: %v", unit, action, args, err)
-	}
-	t.Logf("juju run %s %s %s:\n%s", unit, action, strings.Join(args, " "), res)
-	return res
-}
-
-func wantFailed(t *testing.T, res *sim.ActionResult, contains string) {
-	t.Helper()
-	if res.Status != sim.ActionFailed || !strings.Contains(res.Message, contains) {
-		t.Fatalf("%s: status %s, message %q; want failed with a message containing %q", res.Action, res.Status, res.Message, contains)
-	}
-}
-
-func wantCompleted(t *testing.T, res *sim.ActionResult) {
-	t.Helper()
-	if res.Status != sim.ActionCompleted {
-		t.Fatalf("%s: status %s, message %q, stderr %q; want completed", res.Action, res.Status, res.Message, res.Stderr)
-	}
-}
 
 // Three controllers: cluster-status lists them all online with their
 // controller ids and the leader; create-backup run on a unit that does not
@@ -56,8 +30,8 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 	holder := waitOneHolder(t, m, us)
 	leader := simtest.DqliteLeaderUnit(t, m, v)
 
-	res := runAction(t, m, us[0], "cluster-status")
-	wantCompleted(t, res)
+	res := simtest.RunAction(t, m, us[0], "cluster-status")
+	simtest.WantCompleted(t, res)
 	if !strings.HasPrefix(res.Results["summary"].(string), "3 members, 3 online") {
 		t.Fatalf("summary = %q", res.Results["summary"])
 	}
@@ -80,8 +54,8 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 	}
 
 	asker := others(us, holder)[0]
-	res = runAction(t, m, asker, "create-backup")
-	wantCompleted(t, res)
+	res = simtest.RunAction(t, m, asker, "create-backup")
+	simtest.WantCompleted(t, res)
 	holderID := strings.TrimPrefix(holder, app+"/")
 	if res.Results["controller-id"] != holderID {
 		t.Fatalf("create-backup on %s was taken by controller %v, want the lease holder %s", asker, res.Results["controller-id"], holderID)
@@ -90,12 +64,12 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 		t.Fatalf("backup size %v", res.Results["size"])
 	}
 	id := res.Results["backup-id"].(string)
-	list := runAction(t, m, holder, "list-backups")
-	wantCompleted(t, list)
+	list := simtest.RunAction(t, m, holder, "list-backups")
+	simtest.WantCompleted(t, list)
 	if !strings.Contains(list.Results["summary"].(string), id) {
 		t.Fatalf("list-backups on the holder %s does not show %s:\n%s", holder, id, list.Results["summary"])
 	}
-	if list = runAction(t, m, asker, "list-backups"); strings.Contains(list.Results["summary"].(string), id) {
+	if list = simtest.RunAction(t, m, asker, "list-backups"); strings.Contains(list.Results["summary"].(string), id) {
 		t.Fatalf("list-backups on %s shows the holder's backup %s", asker, id)
 	}
 
@@ -104,7 +78,7 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 	if _, err := m.RunAction(simtest.CtxFor(t, time.Minute), us[0], "remove-member", "agent-id=one"); err == nil {
 		t.Fatal("a non-integer agent-id was queued")
 	}
-	wantFailed(t, runAction(t, m, us[0], "remove-member"), "no member named")
+	simtest.WantFailed(t, simtest.RunAction(t, m, us[0], "remove-member"), "no member named")
 	victim := others(us, leader)[0]
 	if victim == us[0] {
 		victim = others(us, leader)[1]
@@ -113,14 +87,14 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 	if victim == leader || victim == us[0] {
 		t.Fatalf("no victim: leader %s, asker %s", leader, us[0])
 	}
-	wantFailed(t, runAction(t, m, us[0], "remove-member", "agent-id="+victimID), "still in the db-cluster relation")
+	simtest.WantFailed(t, simtest.RunAction(t, m, us[0], "remove-member", "agent-id="+victimID), "still in the db-cluster relation")
 
 	if err := m.KillMachine(victim); err != nil {
 		t.Fatal(err)
 	}
-	wantFailed(t, runAction(t, m, us[0], "remove-member", "agent-id="+victimID), "still in the db-cluster relation")
-	res = runAction(t, m, us[0], "remove-member", "agent-id="+victimID, "force=true")
-	wantCompleted(t, res)
+	simtest.WantFailed(t, simtest.RunAction(t, m, us[0], "remove-member", "agent-id="+victimID), "still in the db-cluster relation")
+	res = simtest.RunAction(t, m, us[0], "remove-member", "agent-id="+victimID, "force=true")
+	simtest.WantCompleted(t, res)
 	if res.Results["controller-id"] != victimID || res.Results["role"] != "voter" {
 		t.Fatalf("remove-member results %v", res.Results)
 	}
@@ -133,7 +107,7 @@ func TestOps_ClusterStatusBackupsAndRemoveMember(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after the forced removal: %v", err)
 	}
-	wantFailed(t, runAction(t, m, us[0], "remove-member", "agent-id="+victimID, "force=true"), "no member has agent id "+victimID)
+	simtest.WantFailed(t, simtest.RunAction(t, m, us[0], "remove-member", "agent-id="+victimID, "force=true"), "no member has agent id "+victimID)
 }
 
 // raftIndex is `controllerd raft-position` on a unit: its log's last index.
@@ -172,8 +146,8 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 	for i := 1; i <= 20; i++ {
 		simtest.MustSQL(t, m, us[i%len(us)], "INSERT INTO t (id) VALUES ("+strconv.Itoa(i)+") ON CONFLICT DO NOTHING")
 	}
-	wantFailed(t, runAction(t, m, us[0], "recover-from-quorum-loss"), "confirm=true is required")
-	wantFailed(t, runAction(t, m, us[0], "recover-from-quorum-loss", "confirm=true"), "a Dqlite leader is reachable")
+	simtest.WantFailed(t, simtest.RunAction(t, m, us[0], "recover-from-quorum-loss"), "confirm=true is required")
+	simtest.WantFailed(t, simtest.RunAction(t, m, us[0], "recover-from-quorum-loss", "confirm=true"), "a Dqlite leader is reachable")
 
 	var voters, survivors []string
 	for _, u := range us {
@@ -237,10 +211,11 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("published positions: %v", positions)
-	wantFailed(t, runAction(t, m, behind, "recover-from-quorum-loss", "confirm=true"),
+	simtest.WantFailed(t, simtest.RunAction(t, m, behind, "recover-from-quorum-loss", "confirm=true"),
 		"run recover-from-quorum-loss on its unit ("+best+") instead")
-	res := runAction(t, m, best, "recover-from-quorum-loss", "confirm=true")
-	wantCompleted(t, res)
+
+	res := simtest.RunAction(t, m, best, "recover-from-quorum-loss", "confirm=true")
+	simtest.WantCompleted(t, res)
 	if res.Results["survivors"] != strings.TrimPrefix(behind, app+"/") {
 		t.Fatalf("survivors %v, want %s", res.Results["survivors"], behind)
 	}
