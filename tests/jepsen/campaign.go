@@ -3,7 +3,6 @@ package jepsen
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
+	"github.com/juju/dqlite-controller/tests/simtest"
 )
 
 // Nemesis kinds.
@@ -149,21 +149,9 @@ func (p *phase) waitCluster(ctx context.Context, limit time.Duration) error {
 	return nil
 }
 
-// sql runs `controllerd sql --format=json stmt` on a unit's machine and
-// returns its output, exit code (-1 when the command itself was cut
-// short) and error text.
+// sql runs a statement through a unit's controllerd (simtest.SQLExit).
 func (p *phase) sql(ctx context.Context, unit, stmt string) ([]byte, int, string) {
-	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
-	defer cancel()
-	out, errOut, err := p.Model.Exec(ctx, unit, probe.Controllerd(p.Model, unit), "sql", "--format=json", stmt)
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return out, 0, ""
-	case errors.As(err, &ee) && ee.ExitCode() >= 0:
-		return out, ee.ExitCode(), strings.TrimSpace(string(errOut))
-	}
-	return out, -1, strings.TrimSpace(err.Error() + " " + string(errOut))
+	return simtest.SQLExit(ctx, p.Model, unit, stmt)
 }
 
 // mustSQL retries an idempotent statement or a read until it succeeds.

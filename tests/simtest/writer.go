@@ -111,18 +111,26 @@ func (w *Writer) run(ctx context.Context) {
 }
 
 func (w *Writer) insert(ctx context.Context, unit string, id int) (int, string) {
+	_, code, errText := SQLExit(ctx, w.m, unit, fmt.Sprintf("INSERT INTO %s (id, unit) VALUES (%d, '%s')", w.table, id, unit))
+	return code, errText
+}
+
+// SQLExit runs `controllerd sql --format=json stmt` on a unit's machine
+// (within 45 s) and returns its output, its exit code (0 acknowledged, 1
+// failed: certainly not applied, 3 outcome unknown; -1 when the command
+// itself was cut short, also unknown) and its error text.
+func SQLExit(ctx context.Context, m *sim.Model, unit, stmt string) ([]byte, int, string) {
 	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
-	stmt := fmt.Sprintf("INSERT INTO %s (id, unit) VALUES (%d, '%s')", w.table, id, unit)
-	_, errOut, err := w.m.Exec(ctx, unit, probe.Controllerd(w.m, unit), "sql", "--format=json", stmt)
+	out, errOut, err := m.Exec(ctx, unit, probe.Controllerd(m, unit), "sql", "--format=json", stmt)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
-		return 0, ""
+		return out, 0, ""
 	case errors.As(err, &ee) && ee.ExitCode() >= 0:
-		return ee.ExitCode(), strings.TrimSpace(string(errOut))
+		return out, ee.ExitCode(), strings.TrimSpace(string(errOut))
 	}
-	return -1, strings.TrimSpace(err.Error() + " " + string(errOut))
+	return out, -1, strings.TrimSpace(err.Error() + " " + string(errOut))
 }
 
 // Stop ends the writer (idempotent) and reports what it saw.

@@ -124,6 +124,7 @@ func newDaemon(o Options, engine Engine) *Daemon {
 		engine:     engine,
 	}
 	d.proxyLog = newProxyLog(d.log, time.Now)
+	d.loadSuspectLog() // replace.go
 	if d.engine == nil {
 		d.engine = goDqlite{d: d}
 	}

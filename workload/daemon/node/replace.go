@@ -31,7 +31,8 @@ const suspectLogName = "raft-log-suspect"
 // its log segments and a snapshot.
 const replaceMinFree = 2 * lowDiskBytes
 
-// loadSuspectLog reads the marker into the disk note (after a restart).
+// loadSuspectLog reads the marker into the disk note, once when the
+// daemon is created (after a restart of controllerd).
 func (d *Daemon) loadSuspectLog() {
 	if !d.commitNote.diskLowAt.IsZero() {
 		return
@@ -57,7 +58,6 @@ func (d *Daemon) recordSuspectLog() {
 // replaceSuspectLog runs every pass of a ready member and reports whether
 // it acted (which ends the pass).
 func (d *Daemon) replaceSuspectLog(ctx context.Context, obs *Observation) bool {
-	d.loadSuspectLog()
 	if d.commitNote.diskLowAt.IsZero() || d.commitNote.diskFree < replaceMinFree {
 		return false // nothing suspect, or no room yet (the status says so)
 	}
