@@ -310,11 +310,23 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 		// Whatever it wrote would be lost with the database it restores.
 		return control.SQLResult{}, fmt.Errorf("the controller database is not available: this controller takes part in a restore-backup (see controllerd status); retry once it is running")
 	}
+	return d.sqlOn(ctx, db, statement)
+}
+
+// sqlOn is SQL's retry loop on db, the daemon's database when SQL began.
+func (d *Daemon) sqlOn(ctx context.Context, db *sql.DB, statement string) (control.SQLResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	backoff := 10 * time.Millisecond
 	for {
 		res, committing, err := runSQL(ctx, db, statement)
+		if err != nil && !committing {
+			if state, closed := d.dbClosedSince(db); closed {
+				// The node stopped under the statement ("sql: database
+				// is closed"): nothing was committed.
+				return res, fmt.Errorf("the controller database is not available: this node closed it while the statement ran (now %s); the statement was not applied", state)
+			}
+		}
 		stale := dbtx.StaleConn(err)
 		if stale {
 			dbtx.Flush(db)
@@ -329,6 +341,14 @@ func (d *Daemon) SQL(ctx context.Context, statement string) (control.SQLResult, 
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)
 	}
+}
+
+// dbClosedSince reports whether db is no longer the daemon's database
+// (closeRun closed it), with the node's state now.
+func (d *Daemon) dbClosedSince(db *sql.DB) (state string, closed bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.status.State, d.db != db
 }
 
 // runSQL runs statement in a transaction; committing says whether the
