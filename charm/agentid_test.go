@@ -2,6 +2,8 @@ package charm_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/daemon/agentsocket"
 )
 
@@ -155,6 +158,10 @@ func TestAgentID_Collision_Blocked(t *testing.T) {
 	m.leader = u0.name
 	m.settleScope(u0, u1)
 	m.published(u0)
+	m.mustRunEnv(u0, hookEnv{hook: "db-cluster-relation-changed", remoteUnit: u1.name}) // the leader lists id 0
+	if got := m.appData["db-bind-addresses"]; got != `{"0":"10.0.0.1"}` {
+		t.Fatalf("db-bind-addresses = %s", got)
+	}
 	serveAgentSocket(t, u1, "0", nil) // unit 1's socket answers unit 0's id
 	deploy(m, u1)
 	if u1.status[0] != "blocked" || !strings.Contains(u1.status[1], "agent id 0 (from ") || !strings.Contains(u1.status[1], "is also claimed by dqlite-controller/0") {
@@ -162,5 +169,15 @@ func TestAgentID_Collision_Blocked(t *testing.T) {
 	}
 	if _, ok := m.unitData[u1.name]["db-bind-address"]; ok {
 		t.Fatalf("the colliding unit published %v", m.unitData[u1.name])
+	}
+	// Its controller.conf is unit 1's path named by agent id 0 (the
+	// socket's answer): it must not list id 0 at unit 0's address, or
+	// controllerd there would take unit 0's node as its own.
+	c, err := controllerconf.Read(filepath.Join(u1.jujuDir(), "agents", "controller-0", "controller.conf"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err == nil && len(c.DBBindAddresses) > 0 {
+		t.Fatalf("the colliding unit's controller.conf lists %v", c.DBBindAddresses)
 	}
 }

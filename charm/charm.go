@@ -228,7 +228,10 @@ type hook struct {
 	// agentIDFromSocket is set when the agent id is not the unit number
 	// (configchange.socket answered it).
 	agentIDFromSocket bool
-	status            statusCollector
+	// agentIDClaimedBy is the peer that claims this unit's agent id
+	// (agentIDCollision), "" when none does.
+	agentIDClaimedBy string
+	status           statusCollector
 	// joinExpected is set when this hook changed the cluster part of
 	// controller.conf and the new file lists this unit: controllerd is
 	// about to (re)join.

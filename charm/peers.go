@@ -47,6 +47,14 @@ func (h *hook) reconcilePeers(ctx context.Context, relID string) (*controllercon
 			return nil, err
 		}
 	}
+	if h.agentIDClaimedBy != "" {
+		// The cluster list's entry for this agent id is the other
+		// unit's node: controllerd here must never get it as its own
+		// (it would dial, and answer for, another controller). The
+		// file keeps what it had, which the first relation hook
+		// found empty (the collision shows from then on).
+		return nil, nil
+	}
 	cluster := h.clusterConfig(app)
 	if own != "" && (cluster == nil || cluster.DBBindAddresses[h.agentID] != own) {
 		h.status.add(hooktools.StatusWaiting, msgNotListed)
@@ -70,6 +78,7 @@ func (h *hook) publishAddress(ctx context.Context, relID string) (string, error)
 	if other, err := h.agentIDCollision(ctx, relID); err != nil { // agentid.go
 		return "", err
 	} else if other != "" {
+		h.agentIDClaimedBy = other
 		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("agent id %s (from %s) is also claimed by %s; this unit does not join the cluster under another controller's id", h.agentID, h.cfg.agentSocket(), other))
 		return "", nil
 	}
