@@ -76,6 +76,9 @@ type commitNote struct {
 	// replaceWait says why a node with a suspect log is not replaced
 	// yet (replace.go).
 	replaceWait string
+	// markerReady is set once the empty file that becomes the
+	// suspect-log marker by a rename is in the data dir (replace.go).
+	markerReady bool
 }
 
 func (o *Options) commitWatchDefaults() {
@@ -246,20 +249,37 @@ func (d *Daemon) stuck(why string) {
 // noteDisk runs every pass: it notes when the data dir's filesystem is
 // first seen with less than lowDiskBytes free. A follower that failed to
 // store entries serves on, lagging, and cannot tell; the note is the
-// operator's only sign before it leads. It lives as long as the process: a
-// marker file could not be written on the full disk that calls for it, and
-// a disk filled and emptied between two passes goes unseen.
+// operator's only sign before it leads. The note reaches the data dir at
+// once by renaming the empty file prepared while there was room into the
+// marker (a rename takes no data blocks, which a full disk has none of), so
+// that a controllerd killed before the disk has room again still knows
+// after its restart; writing the marker waits for room only when that
+// rename failed. A disk filled and emptied between two passes goes unseen.
 func (d *Daemon) noteDisk() {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(d.o.DataDir, &fs); err != nil {
+	free, err := d.freeSpace(d.o.DataDir)
+	if err != nil {
 		return
 	}
-	free := fs.Bavail * uint64(fs.Bsize)
 	d.commitNote.diskFree = free
 	if free < lowDiskBytes && d.commitNote.diskLowAt.IsZero() {
 		d.commitNote.diskLowAt = time.Now()
 		d.log.Warn("the data dir's filesystem is short of space: Dqlite cannot store new Raft entries, and this node's Raft log may lack entries from now on", "dir", d.o.DataDir, "free-bytes", free)
+		d.markSuspectLog()
+		return
 	}
+	if d.commitNote.diskLowAt.IsZero() && !d.commitNote.markerReady {
+		d.prepareSuspectMarker()
+	}
+}
+
+// statfsFree returns the bytes an unprivileged writer may still allocate
+// on dir's filesystem.
+func statfsFree(dir string) (uint64, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return 0, err
+	}
+	return fs.Bavail * uint64(fs.Bsize), nil
 }
 
 // commitNoteSuffix is the running status message's tail: a step-down (for

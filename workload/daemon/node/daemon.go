@@ -32,6 +32,9 @@ type Daemon struct {
 	nodeDir string
 	engine  Engine
 	plane   controlPlane
+	// freeSpace returns the bytes free on a filesystem (statfs; tests
+	// give a full disk without one).
+	freeSpace func(dir string) (uint64, error)
 
 	cfg        *controllerconf.Config
 	configErr  string
@@ -122,6 +125,7 @@ func newDaemon(o Options, engine Engine) *Daemon {
 		state:      StateWaiting,
 		gate:       memberGate{changed: make(chan struct{})},
 		engine:     engine,
+		freeSpace:  statfsFree,
 	}
 	d.proxyLog = newProxyLog(d.log, time.Now)
 	d.loadSuspectLog() // replace.go

@@ -31,6 +31,7 @@ type fakeEngine struct {
 	listed       []string                // controller_listed; nil: unreadable
 	failStarts   int                     // so many Starts fail first, leaving no node
 	openDB       func() (*sql.DB, error) // nil: no database
+	handovers    int                     // Node.Handover calls
 }
 
 type startCall struct {
@@ -108,7 +109,12 @@ func (n *fakeNode) Observe(context.Context) (*Observation, error) {
 	}
 	return n.e.observe()
 }
-func (n *fakeNode) Handover(context.Context) error { return nil }
+func (n *fakeNode) Handover(context.Context) error {
+	n.e.mu.Lock()
+	defer n.e.mu.Unlock()
+	n.e.handovers++
+	return nil
+}
 func (n *fakeNode) OpenDB() (*sql.DB, error) {
 	if n.e.openDB != nil {
 		return n.e.openDB()

@@ -22,9 +22,37 @@ import (
 // a new node (becomeReplacing).
 
 // suspectLogName marks a data dir whose node ran short of space, so that
-// the knowledge survives a restart of controllerd (it is written once
-// space is back: a full disk cannot take it).
+// the knowledge survives a restart of controllerd (renamed from a file
+// prepared while there was room: a full disk cannot take a new one).
 const suspectLogName = "raft-log-suspect"
+
+// suspectMarkerReadyName is the empty file that becomes the marker by a
+// rename when the disk runs short (noteDisk).
+const suspectMarkerReadyName = suspectLogName + ".ready"
+
+// prepareSuspectMarker creates the empty file that markSuspectLog renames
+// into the marker (in the data dir, once it exists).
+func (d *Daemon) prepareSuspectMarker() {
+	f, err := os.OpenFile(filepath.Join(d.o.DataDir, suspectMarkerReadyName), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return // no data dir yet: the next pass tries again
+	}
+	f.Close()
+	d.commitNote.markerReady = true
+}
+
+// markSuspectLog turns the prepared file into the marker, dated when the
+// disk was first seen short. Without it (the data dir was wiped since) the
+// marker is written once there is room (recordSuspectLog).
+func (d *Daemon) markSuspectLog() {
+	d.commitNote.markerReady = false
+	path := filepath.Join(d.o.DataDir, suspectLogName)
+	if err := os.Rename(filepath.Join(d.o.DataDir, suspectMarkerReadyName), path); err != nil {
+		d.log.Warn("cannot record the suspect Raft log in the data dir yet; it is recorded once there is room", "err", err)
+		return
+	}
+	os.Chtimes(path, d.commitNote.diskLowAt, d.commitNote.diskLowAt)
+}
 
 // replaceMinFree is the free space on the data dir's filesystem before a
 // node with a suspect log has itself replaced: a new node needs room for
@@ -57,21 +85,37 @@ func (d *Daemon) recordSuspectLog() {
 
 // replaceSuspectLog runs every pass of a ready member and reports whether
 // it acted (which ends the pass).
+//
+// A leader hands over at once, room or not. libraft 0.15 rolls a leader's
+// on-disk index back over the appends that failed, while its in-memory log
+// keeps them and has sent them to the followers; the entries it appends
+// once there is room again are then sent at indices the followers already
+// hold other entries at, in the same term, so the followers keep theirs and
+// report them stored, and the leader commits and acknowledges a write that
+// no other node has (TestFullDisk_LeaderDiskFillsAndEmpties lost one that
+// way when the hand-over waited for room). Leadership must leave such a
+// node before its disk has room again.
 func (d *Daemon) replaceSuspectLog(ctx context.Context, obs *Observation) bool {
-	if d.commitNote.diskLowAt.IsZero() || d.commitNote.diskFree < replaceMinFree {
-		return false // nothing suspect, or no room yet (the status says so)
+	if d.commitNote.diskLowAt.IsZero() {
+		return false // nothing suspect
 	}
-	d.recordSuspectLog()
+	room := d.commitNote.diskFree >= replaceMinFree
+	if room {
+		d.recordSuspectLog()
+	}
 	r := d.run
 	selfID := r.node.ID()
 	if obs.Leader.ID == selfID {
-		// Hand the leadership over first: the removal goes through
-		// another leader, whose log is not this one.
+		// The removal goes through another leader, whose log is not
+		// this one.
 		hctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
 		err := r.node.Handover(hctx)
 		cancel()
-		d.decision("hand-over", "this node's Raft log may lack entries (its data dir ran short of space): handing the leadership over before having it replaced", "err", err)
+		d.decision("hand-over", "this node's Raft log may lack entries (its data dir ran short of space): handing the leadership over at once, before its disk has room again, and then having it replaced", "err", err)
 		return true
+	}
+	if !room {
+		return false // no room yet (the status says so)
 	}
 	others := 0
 	for _, m := range obs.Members {

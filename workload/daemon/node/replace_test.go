@@ -83,3 +83,53 @@ func TestTransition_SuspectLogKeptWithOneOtherVoter(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A leader whose data dir runs short of space hands the leadership over
+// at once, while its disk is still full: once there is room again a
+// libraft 0.15 leader writes new entries at indices its followers hold
+// others at, and commits a write no other node has.
+func TestTransition_LeaderShortOfSpaceHandsOverBeforeRoomReturns(t *testing.T) {
+	d, e, leader := leadingDaemon(t, false)
+	d.freeSpace = func(string) (uint64, error) { return 1 << 20, nil } // full
+	d.passes(1)
+	if d.commitNote.diskLowAt.IsZero() {
+		t.Fatal("the full disk was not noted")
+	}
+	e.mu.Lock()
+	handovers := e.handovers
+	e.mu.Unlock()
+	if handovers == 0 {
+		t.Fatalf("a leader on a full disk kept its leadership (%s: %s)", d.state, d.message)
+	}
+	if len(leader.removes) != 0 {
+		t.Errorf("removed itself while its disk had no room for a new node: %v", leader.removes)
+	}
+}
+
+// The marker reaches the data dir when the disk runs short, without room
+// for a new file: the file prepared while there was room is renamed, so a
+// controllerd killed before the disk empties knows after its restart.
+func TestTransition_SuspectMarkerRecordedWhileTheDiskIsFull(t *testing.T) {
+	d, _, _ := followingDaemon(t, []client.NodeInfo{{ID: 1, Address: addr0, Role: client.Voter}, {ID: 2, Address: addr1, Role: client.Voter}})
+	if !fileExists(filepath.Join(d.o.DataDir, suspectMarkerReadyName)) {
+		t.Fatal("no marker prepared while there was room")
+	}
+	d.freeSpace = func(string) (uint64, error) { return 0, nil }
+	d.passes(1)
+	if fileExists(filepath.Join(d.o.DataDir, suspectMarkerReadyName)) {
+		t.Error("the prepared file is still there: the marker was not made by a rename")
+	}
+	fi, err := os.Stat(filepath.Join(d.o.DataDir, suspectLogName))
+	if err != nil {
+		t.Fatalf("no marker on the full disk: %v", err)
+	}
+	if !fi.ModTime().Equal(d.commitNote.diskLowAt) {
+		t.Errorf("marker dated %s, want %s (when the disk was seen short)", fi.ModTime(), d.commitNote.diskLowAt)
+	}
+	d2, _ := newFakeDaemon(t, conf("0", "10.9.0.1"), false)
+	d2.o.DataDir = d.o.DataDir
+	d2.loadSuspectLog()
+	if d2.commitNote.diskLowAt.IsZero() {
+		t.Errorf("a restarted controllerd does not know its log is suspect")
+	}
+}
