@@ -38,10 +38,11 @@ import (
 const writeStall = 10 * time.Second
 
 // sample is one look at every unit's controllerd: which nodes answered as
-// running members, between start and end.
+// running members, and the Dqlite leader each named, between start and end.
 type sample struct {
 	start, end time.Time
 	running    map[string]bool
+	leaders    map[string]string // unit -> leader address ("": none)
 }
 
 // sampler looks at every unit's controllerd status, all units at once,
@@ -66,7 +67,7 @@ func startSampler(t *testing.T, m *sim.Model, units []string) *sampler {
 func (s *sampler) run(ctx context.Context) {
 	defer close(s.done)
 	for ctx.Err() == nil {
-		smp := sample{start: time.Now(), running: map[string]bool{}}
+		smp := sample{start: time.Now(), running: map[string]bool{}, leaders: map[string]string{}}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for _, u := range s.units {
@@ -82,6 +83,9 @@ func (s *sampler) run(ctx context.Context) {
 				// running or moving (serving at its old address).
 				smp.running[u] = err == nil && st.Member && st.Role != "" && st.LeaderAddress() != "" &&
 					(st.State == "running" || st.State == "moving")
+				if err == nil {
+					smp.leaders[u] = st.LeaderAddress()
+				}
 				mu.Unlock()
 			}()
 		}
@@ -263,14 +267,23 @@ func checkRoll(t *testing.T, m *sim.Model, units []string, since time.Time, samp
 // are the node states in which a node's refusal is allowed at any time
 // (a db-port change: after the roll, each node moves to the new port,
 // removed and rejoining one at a time).
-func checkProblems(t *testing.T, problems []simtest.WriteProblem, rs []restart, moveStates ...string) {
+//
+// An unknown outcome is also allowed through any node while the Dqlite
+// leader changed (the samples around it name more than one leader): after
+// a db-port change the roll is over before the nodes move, and a moved
+// leader hands leadership over (workload/daemon/node stepAside) so that
+// the next one moves it, with the same effect on a commit in flight as a
+// leader stepping down on SIGTERM. This hides no lost write: Writer.Check
+// still finds every acknowledged insert exactly once and no failed one,
+// and a failure (exit 1) is never excused by a leader change.
+func checkProblems(t *testing.T, problems []simtest.WriteProblem, rs []restart, samples []sample, moveStates ...string) {
 	t.Helper()
 	window := map[string]restart{}
 	for _, r := range rs {
 		window[r.unit] = r
 	}
 	const slack = 500 * time.Millisecond // the sampler sees "back" late
-	refused, unknown, moving := 0, 0, 0
+	refused, unknown, moving, handedOver := 0, 0, 0, 0
 	for _, p := range problems {
 		if p.Unknown && (strings.Contains(p.Err, "signal: killed") || strings.Contains(p.Err, "context canceled")) {
 			continue // cut short by Stop
@@ -290,6 +303,14 @@ func checkProblems(t *testing.T, problems []simtest.WriteProblem, rs []restart, 
 			moving++
 			continue
 		}
+		if !inside && p.Unknown {
+			if from, to, ok := leaderChanged(samples, p.Began.Add(-slack), p.End.Add(slack)); ok {
+				t.Logf("insert %d through %s (%s-%s): outcome unknown while the Dqlite leader changed from %s to %s (%q)",
+					p.ID, p.Unit, p.Began.Format("15:04:05.000"), p.End.Format("15:04:05.000"), from, to, p.Err)
+				handedOver++
+				continue
+			}
+		}
 		if !inside {
 			t.Errorf("insert %d through %s (%s-%s) got %q outside that node's restart (stopped %s, back %s)",
 				p.ID, p.Unit, p.Began.Format("15:04:05.000"), p.End.Format("15:04:05.000"), p.Err,
@@ -306,7 +327,29 @@ func checkProblems(t *testing.T, problems []simtest.WriteProblem, rs []restart, 
 		}
 		refused++
 	}
-	t.Logf("writes through a node while it restarted: %d refused by it (not applied), %d unknown; refused by a moving node: %d", refused, unknown, moving)
+	t.Logf("writes through a node while it restarted: %d refused by it (not applied), %d unknown; refused by a moving node: %d; unknown while the leader changed: %d", refused, unknown, moving, handedOver)
+}
+
+// leaderChanged reports whether the samples that overlap [from, to], with
+// the last one before it, name more than one Dqlite leader, and which.
+func leaderChanged(samples []sample, from, to time.Time) (string, string, bool) {
+	first := ""
+	for i, s := range samples {
+		next := i+1 < len(samples) && !samples[i+1].start.After(from)
+		if next || s.start.After(to) {
+			continue
+		}
+		for _, l := range s.leaders {
+			switch {
+			case l == "":
+			case first == "":
+				first = l
+			case l != first:
+				return first, l, true
+			}
+		}
+	}
+	return "", "", false
 }
 
 // refusedWhile reports whether err is a node's refusal in one of states.
@@ -363,6 +406,7 @@ func roll(t *testing.T, m *sim.Model, us []string, table string, change func(), 
 	since := time.Now()
 	change()
 	waitRolled(t, m, us, since)
+	w.Stop() // every write inside the samples (checkProblems)
 	samples := smp.stop()
 	rs := checkRoll(t, m, us, since, samples)
 	rep := w.Check(t, us[0])
@@ -371,7 +415,7 @@ func roll(t *testing.T, m *sim.Model, us []string, table string, change func(), 
 	if rep.Acked == 0 {
 		t.Fatal("no write was acknowledged")
 	}
-	checkProblems(t, w.Problems(), rs, moveStates...)
+	checkProblems(t, w.Problems(), rs, samples, moveStates...)
 	if rep.LongestOutage > writeStall {
 		t.Errorf("longest time without an acknowledged write %s (ended %s): the cluster stalled (over %s)",
 			rep.LongestOutage.Round(10*time.Millisecond), rep.OutageEnded.Format("15:04:05.000"), writeStall)
@@ -437,27 +481,28 @@ func checkAgentSocket(t *testing.T, m *sim.Model, us []string) {
 // the same way. A restarted node is then a member at its old port in state
 // moving (serving) until the Dqlite leader runs on the new port too (the
 // Juju leader's unit, last) and moves the members one at a time (removed,
-// rejoining at the new port with a new node id); writes through a node in
-// its move are refused by it, never lost, and the nodes end at the new
-// port in one cluster.
+// rejoining at the new port with a new node id, a moved leader handing
+// leadership over first); writes through a node in its move are refused
+// by it, never lost, a commit in flight at a hand-over is of unknown
+// outcome, never failed, and the nodes end at the new port in one cluster.
 //
-// Known daemon bug, so the scenario runs only with DQC_KNOWN_BUGS=1: a
-// moved node rejoins only through its peers' hosts at its own (new) port
-// (workload/daemon/node: peers are decide.JoinHostPort(host, own port)),
-// where nobody serves until the peers have moved too; when the Dqlite
-// leader removes a member before any peer serves on the new port, that
-// member waits in "joining" for ever, the roll's last unit is never back
-// and the charm (rightly) keeps the restart lock. One run of two converged.
+// The Juju leader's unit restarts last, so the Dqlite leader may remove
+// its node while it is down, before any peer serves at the new port: it
+// rejoins through the addresses at which its peers last served
+// (decide.JoinPeers). It used to ask only its peers' hosts at its own new
+// port, where nobody served, and waited in "joining" for ever: the roll's
+// last unit was never back, so the charm kept the restart lock.
 func TestRollingRestart_DBPortChange(t *testing.T) {
-	if os.Getenv("DQC_KNOWN_BUGS") == "" {
-		t.Skip("known daemon bug: a db-port change on a multi-node cluster can leave a moved node joining for ever (see the comment); DQC_KNOWN_BUGS=1 runs it")
-	}
 	m, us := deployThree(t)
 	roll(t, m, us, "rolled_port", func() {
 		if err := m.SetConfig(map[string]string{"db-port": "17777"}); err != nil {
 			t.Fatal(err)
 		}
-	}, "moving", "removed", "joining")
+	}, "moving", "removed", "joining",
+		// A rejoined node is a member catching up (a new node's snapshot)
+		// before it is ready: refused by it, not applied, as in the other
+		// states of its move.
+		"starting")
 	err := probe.Eventually(simtest.CtxFor(t, 3*time.Minute), time.Second, func() error {
 		v := probe.Look(context.Background(), m)
 		if err := v.OneCluster(us, 3, 3); err != nil {
@@ -472,5 +517,12 @@ func TestRollingRestart_DBPortChange(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("the nodes never moved to port 17777 after the roll: %v", err)
+	}
+	for _, u := range us {
+		for _, line := range strings.Split(m.ServiceLog(u), "\n") {
+			if strings.Contains(line, "action=wipe") || strings.Contains(line, "action=join") {
+				t.Logf("%s: %s", u, line)
+			}
+		}
 	}
 }

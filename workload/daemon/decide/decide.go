@@ -142,6 +142,46 @@ func Start(in StartInput) StartDecision {
 		Reason: fmt.Sprintf("joining the cluster through %d listed peer(s)", len(peers))}
 }
 
+// JoinPeers lists the addresses a brand new node joins through, in the
+// order tried: the listed peers (the config's hosts at the configured
+// port, Start's Peers) first, then the addresses at which the members this
+// data dir last knew served (the members a leader reported when the node
+// was removed, its cluster.yaml before the wipe), each once and none of
+// the node's own addresses (own: where it joins and where it was removed;
+// nothing else serves there).
+//
+// The known addresses are what lets a moved node back in: after a db-port
+// change or a `juju bind` the config lists every peer at its new address,
+// where nobody serves until that peer has moved too, and the members move
+// one at a time, each only once the previous one is back (Settled). A
+// node removed before any peer serves at a listed address would otherwise
+// wait in "joining" for ever, and with it every later move.
+//
+// Joining through them is safe under the same condition as joining
+// through the listed peers: the node's data dir holds no node (a new id,
+// nothing stale to serve), and a join only asks the leader that answers
+// to add it as a spare, so it enters an existing Raft configuration
+// through that configuration's own change and never forms a cluster (an
+// address where no leader answers is only tried again). Every address is
+// dialled over TLS and the peer there must present a certificate of the
+// cluster CA for a controller the trust view holds, wherever it serves.
+func JoinPeers(listed, known []string, own ...string) []string {
+	seen := map[string]bool{"": true}
+	for _, a := range own {
+		seen[a] = true
+	}
+	var out []string
+	for _, list := range [][]string{listed, known} {
+		for _, a := range list {
+			if !seen[a] {
+				seen[a] = true
+				out = append(out, a)
+			}
+		}
+	}
+	return out
+}
+
 // Role mirrors Dqlite's node roles.
 type Role int
 

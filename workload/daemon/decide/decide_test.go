@@ -315,3 +315,54 @@ func TestMove(t *testing.T) {
 		})
 	}
 }
+
+func TestJoinPeers(t *testing.T) {
+	tests := []struct {
+		summary string
+		listed  []string
+		known   []string
+		own     []string
+		want    []string
+	}{{
+		summary: "no member known: the listed peers, in order",
+		listed:  []string{"10.0.0.2:17777", "10.0.0.3:17777"},
+		own:     []string{"10.0.0.1:17777"},
+		want:    []string{"10.0.0.2:17777", "10.0.0.3:17777"},
+	}, {
+		summary: "db-port change: the listed peers at the new port first, then where the members last served",
+		listed:  []string{"10.0.0.2:17777", "10.0.0.3:17777"},
+		known:   []string{"10.0.0.2:17666", "10.0.0.3:17666"},
+		own:     []string{"10.0.0.1:17777", "10.0.0.1:17666"},
+		want:    []string{"10.0.0.2:17777", "10.0.0.3:17777", "10.0.0.2:17666", "10.0.0.3:17666"},
+	}, {
+		summary: "never its own addresses: neither where it joins nor where it was removed",
+		listed:  []string{"10.0.0.2:17777"},
+		known:   []string{"10.0.0.1:17666", "10.0.0.1:17777", "10.0.0.2:17666"},
+		own:     []string{"10.0.0.1:17777", "10.0.0.1:17666"},
+		want:    []string{"10.0.0.2:17777", "10.0.0.2:17666"},
+	}, {
+		summary: "a member that moved already is known where it is listed: once",
+		listed:  []string{"10.0.0.2:17777", "10.0.0.3:17777"},
+		known:   []string{"10.0.0.3:17777", "10.0.0.2:17666", "10.0.0.2:17666", ""},
+		own:     []string{"10.0.0.1:17777"},
+		want:    []string{"10.0.0.2:17777", "10.0.0.3:17777", "10.0.0.2:17666"},
+	}, {
+		summary: "juju bind: the new hosts first, the old ones after",
+		listed:  []string{"[fd00::2]:17666"},
+		known:   []string{"10.0.0.2:17666"},
+		own:     []string{"[fd00::1]:17666"},
+		want:    []string{"[fd00::2]:17666", "10.0.0.2:17666"},
+	}, {
+		summary: "nothing listed and nothing known: nothing to join through",
+		own:     []string{"10.0.0.1:17666"},
+		want:    nil,
+	}}
+	for _, tc := range tests {
+		t.Run(tc.summary, func(t *testing.T) {
+			got := decide.JoinPeers(tc.listed, tc.known, tc.own...)
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") || len(got) != len(tc.want) {
+				t.Fatalf("JoinPeers(%v, %v, %v) = %v, want %v", tc.listed, tc.known, tc.own, got, tc.want)
+			}
+		})
+	}
+}

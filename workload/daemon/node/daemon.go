@@ -53,7 +53,7 @@ type Daemon struct {
 	removals    int
 	rejoinAt    time.Time
 	retryAt     time.Time
-	joinHints   []string        // addresses of the members when this node was removed
+	joinHints   []string        // addresses of the members when this node was removed (lastKnown)
 	awaySince   time.Time       // first unanswered "still a member?" round before a start
 	watchCtx    context.Context // ends with Run: the address lists' watcher
 	listedAt    time.Time       // when a removed node may next ask whether the leader lists it
@@ -411,13 +411,17 @@ func (d *Daemon) becomeBootstrapping(address, reason string) {
 // configuration change makes it a member. A member still registered at
 // this very address (the node of a wiped data dir, or of a dead machine
 // whose address this one now has) is removed first: see removeFormerNode.
+//
+// The peers are the listed ones and, after them, the addresses of the
+// members this data dir last knew (decide.JoinPeers, which names the
+// condition that keeps a join through them safe): after a db-port change
+// or `juju bind` the listed addresses serve nothing until the peers moved
+// too, and the peers move only once this node is back.
 func (d *Daemon) becomeJoining(ctx context.Context, address string, peers []string, reason string) {
-	for _, h := range d.joinHints {
-		// The old members' addresses help when the peers moved too
-		// and do not serve at their new addresses yet.
-		if h != address && !slices.Contains(peers, h) {
-			peers = append(peers, h)
-		}
+	listed := len(peers)
+	peers = decide.JoinPeers(peers, d.lastKnown(), address)
+	if extra := len(peers) - listed; extra > 0 {
+		reason += fmt.Sprintf(", then %d address(es) where members served when this node was removed", extra)
 	}
 	if !d.removeFormerNode(ctx, address, peers) {
 		return
@@ -639,6 +643,10 @@ func (d *Daemon) reconcileRunning(ctx context.Context) {
 		}
 		d.becomeRemoved(r.node.Address(), fmt.Sprintf("node %d is not in the Raft configuration of the cluster led by %s (Ready does not mean member); stopping it and wiping its data dir so it never serves stale state", selfID, obs.Leader.Address))
 		return
+	}
+	if r.fresh {
+		// Joined: its own store lists the members now.
+		d.forgetJoinHints()
 	}
 	r.member, r.fresh = true, false
 	if role := decide.Role(self.Role).String(); role != r.role {
@@ -975,14 +983,28 @@ func (d *Daemon) becomeRebinding(info client.NodeInfo, address string) {
 // removedAt).
 func (d *Daemon) becomeRemoved(address, reason string) {
 	d.decision("wipe", reason)
-	d.joinHints = nil
+	// Where the members served, for the rejoin (becomeJoining): the
+	// leader's last report, then cluster.yaml (all a node removed while
+	// it was down knows), kept outside the node dir it wipes.
+	var known []string
 	if r := d.run; r != nil {
 		for _, m := range r.members {
 			if m.ID != r.node.ID() {
-				d.joinHints = append(d.joinHints, m.Address)
+				known = append(known, m.Address)
 			}
 		}
 		d.closeRun()
+	}
+	store, _ := readStore(d.nodeDir)
+	for _, n := range store {
+		known = append(known, n.Address)
+	}
+	d.joinHints = decide.JoinPeers(nil, known, address)
+	if d.joinHints == nil {
+		d.joinHints = []string{}
+	}
+	if err := writeJoinHints(d.o.DataDir, d.joinHints); err != nil {
+		d.log.Warn("cannot keep the members' addresses for the rejoin", "err", err)
 	}
 	if err := d.markMember(); err != nil {
 		d.log.Warn("cannot record membership", "err", err)
@@ -1018,6 +1040,26 @@ func (d *Daemon) becomeLeaving(ctx context.Context, self *client.NodeInfo) {
 		}
 	}
 	d.setState(StateLeaving, "this controller is not in the config: handed over, waiting to be removed")
+}
+
+// lastKnown returns the addresses of the members this data dir knew when
+// its node was last removed (becomeRemoved), from memory or, after a
+// restart, from the data dir.
+func (d *Daemon) lastKnown() []string {
+	if d.joinHints == nil {
+		d.joinHints = readJoinHints(d.o.DataDir)
+	}
+	return d.joinHints
+}
+
+func (d *Daemon) forgetJoinHints() {
+	if d.joinHints == nil && !fileExists(filepath.Join(d.o.DataDir, hintsName)) {
+		return
+	}
+	d.joinHints = nil
+	if err := writeJoinHints(d.o.DataDir, nil); err != nil {
+		d.log.Warn("cannot forget the members' addresses of the last removal", "err", err)
+	}
 }
 
 func (d *Daemon) markMember() error {

@@ -395,3 +395,64 @@ func TestTransition_RemovedButListedByTheLeaderRejoins(t *testing.T) {
 		t.Fatalf("a wanted node did not rejoin: %+v (%s: %s)", e.started, d.state, d.message)
 	}
 }
+
+// A db-port change (tests/e2e/rolling TestRollingRestart_DBPortChange):
+// controller 0 restarts with port 17777 while its node is at 17666, and
+// the leader removed that node while it was down, before any peer serves
+// at 17777. It wipes and joins through its peers at the new port and then
+// where they served when it was removed (its cluster.yaml), never through
+// its own addresses; a restart before the rejoin still knows where they
+// served; once a member again it forgets them. It used to join through
+// the new port only and wait in "joining" for ever.
+func TestTransition_MovedNodeRemovedWhileDownJoinsWhereItsPeersServed(t *testing.T) {
+	cfg := conf("0", "10.9.0.1", "1", "10.9.0.2", "2", "10.9.0.3")
+	d, e := newFakeDaemon(t, cfg, true)
+	d.o.Port = 17777
+	leader := client.NodeInfo{ID: 2, Address: addr1, Role: client.Voter}
+	after := []client.NodeInfo{leader, {ID: 3, Address: addr2, Role: client.Voter}}
+	e.set(addr1, Answer{Accepted: true, Answered: true, Leader: leader, Members: after})
+	d.passes(1)
+	if d.state != StateRemoved || len(e.started) != 0 {
+		t.Fatalf("state %s (%s), started %+v; want removed, not started on its old data", d.state, d.message, e.started)
+	}
+	if _, ok, _ := readInfo(d.nodeDir); ok {
+		t.Fatalf("node dir not wiped")
+	}
+	want := []string{"10.9.0.2:17777", "10.9.0.3:17777", addr1, addr2}
+	check := func(e *fakeEngine, d *Daemon) {
+		t.Helper()
+		if len(e.started) != 1 || e.started[0].address != "10.9.0.1:17777" || strings.Join(e.started[0].join, ",") != strings.Join(want, ",") {
+			t.Fatalf("started %+v (%s: %s), want a join at 10.9.0.1:17777 through %v", e.started, d.state, d.message, want)
+		}
+	}
+
+	// Restarted before the rejoin (on a copy of the data dir): the wiped
+	// node dir's cluster.yaml is gone, the data dir still says where the
+	// peers served.
+	o2 := d.o
+	o2.DataDir = filepath.Join(t.TempDir(), "data")
+	if err := os.CopyFS(o2.DataDir, os.DirFS(d.o.DataDir)); err != nil {
+		t.Fatal(err)
+	}
+	d2 := newDaemon(o2, &fakeEngine{answers: map[string]Answer{}})
+	d2.readConfig()
+	d2.passes(1)
+	check(d2.engine.(*fakeEngine), d2)
+
+	d.rejoinAt = time.Time{}
+	d.passes(1)
+	check(e, d)
+	if d.state != StateJoining {
+		t.Fatalf("state %s: %s", d.state, d.message)
+	}
+	// The leader adds it; a member again, it forgets the old addresses.
+	joined := append(after, client.NodeInfo{ID: d.run.node.ID(), Address: "10.9.0.1:17777", Role: client.Spare})
+	e.observe = func() (*Observation, error) {
+		return &Observation{Leader: leader, Members: joined}, nil
+	}
+	d.run.started = true
+	d.passes(1)
+	if !d.run.member || d.joinHints != nil || fileExists(filepath.Join(d.o.DataDir, hintsName)) {
+		t.Fatalf("member %v, hints %v (file kept: %v); state %s: %s", d.run.member, d.joinHints, fileExists(filepath.Join(d.o.DataDir, hintsName)), d.state, d.message)
+	}
+}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +19,7 @@ const (
 	nodeDirName  = "node"
 	markerName   = "was-member"
 	removedName  = "removed"
+	hintsName    = "join-hints"
 	infoFile     = "info.yaml"
 	clusterFile  = "cluster.yaml"
 	databaseName = "controller"
@@ -69,6 +71,41 @@ func writeStore(nodeDir string, nodes []client.NodeInfo) error {
 	}
 	if err := store.Set(context.Background(), nodes); err != nil {
 		return fmt.Errorf("cannot write cluster.yaml: %w", err)
+	}
+	return nil
+}
+
+// readJoinHints returns the addresses kept by writeJoinHints (none when
+// the file is missing or unreadable: they only add places to ask).
+func readJoinHints(dataDir string) []string {
+	data, err := os.ReadFile(filepath.Join(dataDir, hintsName))
+	if err != nil {
+		return nil
+	}
+	var hints []string
+	if json.Unmarshal(data, &hints) != nil {
+		return nil
+	}
+	return hints
+}
+
+// writeJoinHints keeps the addresses of the members a removed node last
+// knew outside its node dir, which is wiped, so that a restart before it
+// rejoins still knows where they serve; nil removes the file.
+func writeJoinHints(dataDir string, hints []string) error {
+	path := filepath.Join(dataDir, hintsName)
+	if hints == nil {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("cannot remove the join hints: %w", err)
+		}
+		return nil
+	}
+	data, err := json.Marshal(hints)
+	if err != nil {
+		return fmt.Errorf("cannot encode the join hints: %w", err)
+	}
+	if err := renameio.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("cannot write the join hints: %w", err)
 	}
 	return nil
 }

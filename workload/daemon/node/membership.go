@@ -194,11 +194,7 @@ func (d *Daemon) wantedByLeader(ctx context.Context) bool {
 			peers = append(peers, decide.JoinHostPort(host, d.o.Port))
 		}
 	}
-	for _, h := range d.joinHints {
-		if !slices.Contains(peers, h) {
-			peers = append(peers, h)
-		}
-	}
+	peers = decide.JoinPeers(peers, d.lastKnown())
 	if len(peers) == 0 {
 		return false
 	}
