@@ -41,7 +41,7 @@ vet: setup
 # starts packages in the order given; ./... adds the rest once).
 LONG_TEST_PKGS := ./tests/e2e ./workload/cmd/controllerd ./tests/e2e/bind \
 	./tests/e2e/controlplane ./tests/sim ./tests/e2e/recovery ./tests/jepsen \
-	./tests/e2e/rotation ./tests/e2e/restore
+	./tests/e2e/rotation ./tests/e2e/restore ./tests/e2e/rolling
 test: charm vet
 	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 4 $(LONG_TEST_PKGS) ./...
 
