@@ -17,6 +17,7 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -291,7 +292,8 @@ func (c *Client) do(ctx context.Context, method, route string, body any, out any
 		var e errorBody
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
 			if e.Outcome == outcomeUnknown {
-				return fmt.Errorf("%w: %s", ErrOutcomeUnknown, e.Error)
+				// The daemon's message starts with it already.
+				return fmt.Errorf("%w: %s", ErrOutcomeUnknown, strings.TrimPrefix(e.Error, ErrOutcomeUnknown.Error()+": "))
 			}
 			return errors.New(e.Error)
 		}

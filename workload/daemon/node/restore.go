@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -120,6 +121,12 @@ type restoreRecord struct {
 }
 
 func (r *restoreRecord) isSource(self string) bool { return r != nil && r.Source == self }
+
+// errRestoreFinished: the source's record names a restore whose row says
+// done (a record left behind by a daemon stopped between the replay's last
+// transaction and removing its record): nothing is left to do, and
+// replaying again would lose what was written since.
+var errRestoreFinished = errors.New("the restore is done already")
 
 // restorer is the daemon's restore state: the record (the loop's copy)
 // and, on the source, the driver's progress (shared with the op).
@@ -370,10 +377,13 @@ func (d *Daemon) restoreStopped(ctx context.Context) bool {
 	d.retryAt = time.Now().Add(time.Second)
 	a := d.engine.Ask(ctx, rec.SourceAddress)
 	info, hasData, _ := readInfo(d.nodeDir)
-	leads := a.Answered && a.Leader.ID != 0 && a.Leader.Address == rec.SourceAddress && len(a.Members) > 0
+	// The source's cluster may be led by another node by now (a member
+	// that joined it, after the source restarted): what counts is that it
+	// has a leader and what its controller_restore row says.
+	leads := a.Answered && a.Leader.ID != 0 && len(a.Members) > 0
 	if !leads {
-		d.decision("restore-wait", "the restore's source does not lead a cluster yet")
-		d.setState(StateRestoring, d.restoreMessage(rec, 2, fmt.Sprintf("this node is stopped; waiting for controller %s (%s) to restore the backup (it does not lead a cluster yet)", rec.Source, rec.SourceAddress)))
+		d.decision("restore-wait", "the restore's source is in no cluster with a leader yet")
+		d.setState(StateRestoring, d.restoreMessage(rec, 2, fmt.Sprintf("this node is stopped; waiting for controller %s (%s) to restore the backup (it sees no leader yet)", rec.Source, rec.SourceAddress)))
 		return true
 	}
 	state, err := d.sourceRestoreState(ctx, rec)
@@ -397,6 +407,16 @@ func (d *Daemon) restoreStopped(ctx context.Context) bool {
 	case state == restoreDone && (!hasData || !a.Knows(info.ID)):
 		d.becomeRestoreWiped(rec)
 		return true
+	case state == restoreDone && hasData && a.Knows(info.ID):
+		// A record left behind (the daemon stopped between joining and
+		// removing it): the restored cluster lists this node's id, and
+		// node ids are random, so its data is the restored cluster's.
+		d.log.Info("the restore is done and the restored cluster lists this node; removing the record left behind", "restore", rec.ID, "node-id", info.ID)
+		if err := d.clearRecord(); err != nil {
+			d.log.Warn("cannot clear the restore record", "err", err)
+			return true
+		}
+		return false
 	}
 	d.setState(StateRestoring, d.restoreMessage(rec, 3, fmt.Sprintf("this node is stopped; controller %s is restoring the backup (state %s)", rec.Source, orUnknown(state))))
 	return true
@@ -404,9 +424,10 @@ func (d *Daemon) restoreStopped(ctx context.Context) bool {
 
 // becomeRestoreWiped wipes a marked member's node dir (a copy first) so
 // that it joins the restored cluster as a new node. Safe because the
-// source leads a configuration that lacks this node (it can never be a
-// member under its old id again) and says the restore is done, so the
-// node joins a complete database.
+// source's cluster says the restore is done (only the restored cluster
+// ever does: the replay's last transaction sets it) and its configuration
+// lacks this node (it can never be a member under its old id again), so
+// the node joins a complete database.
 func (d *Daemon) becomeRestoreWiped(rec *restoreRecord) {
 	copyDir := ""
 	if _, ok, _ := readInfo(d.nodeDir); ok {
@@ -527,7 +548,7 @@ func (d *Daemon) Restore(ctx context.Context, req control.RestoreRequest) (contr
 	}
 	st := d.Status(ctx)
 	if !st.Member || st.Leader == nil || st.State != string(StateRunning) {
-		return res, fmt.Errorf("cannot restore: no quorum: controller %s is %s (%s); a restore needs every member running and a leader, so that each stops before this node restarts alone; if quorum is lost for good, run recover-from-quorum-loss first", d.o.ControllerID, st.State, st.Message)
+		return res, d.restoreNoQuorum(ctx, st)
 	}
 	ids2 := d.controllerIDs(ctx, nil)
 	listedNow := d.configSnapshot()
@@ -610,11 +631,50 @@ VALUES (?, ?, ?, ?, 'marking', strftime('%Y-%m-%d %H:%M:%f','now'), strftime('%Y
 	return out, d.rs.err
 }
 
+// restoreNoQuorum is the refusal of a restore asked while this node sees
+// no leader (or is no running member): it names the members that do not
+// answer, by controller id from the config alone (without a leader
+// controller_node cannot be read).
+func (d *Daemon) restoreNoQuorum(ctx context.Context, st control.Status) error {
+	ids := nodeControllers{byNode: map[string]string{}, byHost: map[string]string{}}
+	for id, host := range d.configSnapshot() {
+		ids.byHost[host] = id
+	}
+	members := st.Members
+	if len(members) == 0 {
+		store, _ := readStore(d.nodeDir)
+		for _, n := range store {
+			members = append(members, control.Member{NodeID: strconv.FormatUint(n.ID, 10), Address: n.Address})
+		}
+	}
+	var silent []string
+	for _, m := range members {
+		if m.NodeID == st.NodeID || m.Address == st.Address || d.answers(ctx, m.Address) {
+			continue
+		}
+		silent = append(silent, fmt.Sprintf("controller %s (%s)", orUnknown(ids.lookup(m.NodeID, m.Address)), m.Address))
+	}
+	sort.Strings(silent)
+	msg := fmt.Sprintf("cannot restore: no quorum: controller %s is %s (%s)", d.o.ControllerID, st.State, st.Message)
+	if len(silent) > 0 {
+		msg += "; " + strings.Join(silent, ", ") + " do not answer: start their controllerd (or bring their machines back) and retry once cluster-status shows a leader"
+	} else {
+		msg += "; retry once cluster-status shows a leader"
+	}
+	msg += "; a restore needs every member running and a leader, so that each stops before this node restarts alone; if quorum is lost for good, run recover-from-quorum-loss first; nothing was changed"
+	return errors.New(msg)
+}
+
 // drive is the source's driver: it runs the restore from the record's
 // step to the end, then leaves the result for Restore.
 func (d *Daemon) drive(rec restoreRecord) {
 	err := d.driveSteps(&rec)
 	d.rs.mu.Lock()
+	if err != nil && d.watchCtx != nil && d.watchCtx.Err() != nil {
+		// controllerd is stopping: the restore goes on from its record
+		// when it starts again.
+		err = fmt.Errorf("%w: controllerd stopped during restore %s of backup %s (step %d/%d: %s): it resumes from its record when controllerd starts again; watch juju status, or run restore-backup again to see where it is", control.ErrOutcomeUnknown, rec.ID, rec.Backup, d.rs.step, restoreSteps, d.rs.progress)
+	}
 	d.rs.err = err
 	if err != nil {
 		d.rs.transcript = append(d.rs.transcript, time.Now().UTC().Format("15:04:05.000Z")+" failed: "+err.Error())
@@ -631,12 +691,34 @@ func (d *Daemon) driveSteps(rec *restoreRecord) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	err := d.driveFrom(ctx, rec)
+	if !errors.Is(err, errRestoreFinished) {
+		return err
+	}
+	if err := d.onLoop(ctx, func(context.Context) error { return d.clearRecord() }); err != nil {
+		return err
+	}
+	d.note(restoreSteps, "the restore was done already (controller_restore says so); removed the record left behind")
+	d.rs.mu.Lock()
+	r := &d.rs.result
+	r.Step = fmt.Sprintf("%d/%d", restoreSteps, restoreSteps)
+	r.Message = fmt.Sprintf("restore %s of backup %s was done already; nothing was replayed again", rec.ID, rec.Backup)
+	d.rs.mu.Unlock()
+	return nil
+}
+
+// driveFrom runs the restore from the record's step.
+func (d *Daemon) driveFrom(ctx context.Context, rec *restoreRecord) error {
 	if rec.Step == restoreMarking {
 		others, err := d.waitAcks(ctx, rec)
 		if err != nil {
 			return err
 		}
-		d.note(2, "every other controller stopped serving ("+strings.Join(others, ", ")+"); stopping their nodes")
+		if len(others) == 0 {
+			d.note(2, "no other controller takes part (a single-node cluster)")
+		} else {
+			d.note(2, "every other controller stopped serving ("+strings.Join(others, ", ")+"); stopping their nodes")
+		}
 		if err := d.onLoop(ctx, func(ctx context.Context) error {
 			next := *rec
 			next.Step = restoreStopping
@@ -710,11 +792,29 @@ func (d *Daemon) waitAcks(ctx context.Context, rec *restoreRecord) ([]string, er
 			}
 		}
 		var acked []string
+		state := ""
 		err := d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
 			var err error
+			if state, err = restoreRow(ctx, tx, rec.ID); err != nil || state == "" {
+				return err
+			}
 			acked, err = dbtx.Strings(ctx, tx, `SELECT controller_id FROM controller_restore_ack WHERE id = ?`, rec.ID)
 			return err
 		})
+		switch {
+		case err != nil:
+		case state == restoreDone:
+			return nil, errRestoreFinished
+		case state == restoreCancelled:
+			if err := d.onLoop(ctx, func(context.Context) error { return d.clearRecord() }); err != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("cannot restore: restore %s was cancelled; nothing was changed", rec.ID)
+		case state == "":
+			// The record is on disk but the restore never was in
+			// controller_restore: nobody took part.
+			return nil, d.cancelRestore(ctx, rec, errors.New("the restore was never recorded in controller_restore"))
+		}
 		var missing []string
 		for _, w := range want {
 			if !slices.Contains(acked, w) {
@@ -745,8 +845,14 @@ func (d *Daemon) waitAcks(ctx context.Context, rec *restoreRecord) ([]string, er
 
 // cancelRestore ends a restore still in step 1: nothing has changed.
 func (d *Daemon) cancelRestore(ctx context.Context, rec *restoreRecord, why error) error {
+	// An upsert: a row whose insert is still unknown ends cancelled too.
 	err := d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE controller_restore SET state = 'cancelled', updated_at = strftime('%Y-%m-%d %H:%M:%f','now') WHERE id = ? AND state = 'marking'`, rec.ID)
+		if _, err := tx.ExecContext(ctx, restoreSchema); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO controller_restore (id, backup, source, source_address, state, started_at, updated_at)
+VALUES (?, ?, ?, ?, 'cancelled', strftime('%Y-%m-%d %H:%M:%f','now'), strftime('%Y-%m-%d %H:%M:%f','now'))
+ON CONFLICT (id) DO UPDATE SET state = 'cancelled', updated_at = excluded.updated_at WHERE state = 'marking'`, rec.ID, rec.Backup, rec.Source, rec.SourceAddress)
 		return err
 	})
 	if err != nil {
@@ -795,10 +901,18 @@ func (d *Daemon) waitOthersClosed(ctx context.Context, rec *restoreRecord) error
 		sort.Strings(open)
 		d.note(2, fmt.Sprintf("waiting for the nodes at %s to stop (they accept connections; a paused machine does too)", strings.Join(open, ", ")))
 		if st.Leader != nil {
+			state := ""
 			_ = d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
-				_, err := tx.ExecContext(ctx, `UPDATE controller_restore SET state = 'stopping' WHERE id = ? AND state IN ('marking', 'stopping')`, rec.ID)
+				var err error
+				if state, err = restoreRow(ctx, tx, rec.ID); err != nil || state == restoreDone {
+					return err
+				}
+				_, err = tx.ExecContext(ctx, `UPDATE controller_restore SET state = 'stopping' WHERE id = ? AND state IN ('marking', 'stopping')`, rec.ID)
 				return err
 			})
+			if state == restoreDone {
+				return errRestoreFinished
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -817,8 +931,19 @@ func (d *Daemon) replay(ctx context.Context, rec *restoreRecord) error {
 		d.mu.RLock()
 		ready := d.db != nil
 		d.mu.RUnlock()
-		if st.Member && st.Leader != nil && st.Leader.NodeID == st.NodeID && ready {
-			break
+		if st.Member && st.Leader != nil && ready {
+			state := ""
+			_ = d.inTx(ctx, opTimeout, func(ctx context.Context, tx *sql.Tx) error {
+				var err error
+				state, err = restoreRow(ctx, tx, rec.ID)
+				return err
+			})
+			if state == restoreDone {
+				return errRestoreFinished
+			}
+			if st.Leader.NodeID == st.NodeID {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("this node does not lead its forced configuration after %s (%s: %s); the restore resumes when controllerd restarts", restoreStartWait, st.State, st.Message)
@@ -883,7 +1008,10 @@ func (d *Daemon) waitRejoined(ctx context.Context, rec *restoreRecord) error {
 			d.rs.mu.Lock()
 			r := &d.rs.result
 			r.Rejoined, r.Waiting, r.Step = joined, waiting, fmt.Sprintf("%d/%d", restoreSteps, restoreSteps)
-			r.Message = fmt.Sprintf("restored backup %s: controller %s replayed %d tables (%d rows) as the only voter, then controllers %s wiped their data and joined", rec.Backup, d.o.ControllerID, r.Tables, r.Rows, orNone(joined))
+			r.Message = fmt.Sprintf("restored backup %s: controller %s replayed %d tables (%d rows) as the only voter", rec.Backup, d.o.ControllerID, r.Tables, r.Rows)
+			if len(joined) > 0 {
+				r.Message += fmt.Sprintf(", then controllers %s wiped their data and joined", strings.Join(joined, ", "))
+			}
 			if r.SafetyCopy != "" {
 				r.Message += "; this node's data dir before the restore is in " + r.SafetyCopy
 			}
@@ -891,7 +1019,11 @@ func (d *Daemon) waitRejoined(ctx context.Context, rec *restoreRecord) error {
 				r.Message += fmt.Sprintf("; controllers %s have not joined yet after %s: see their juju status (they join by themselves)", strings.Join(waiting, ", "), restoreRejoinWait)
 			}
 			d.rs.mu.Unlock()
-			d.note(4, "done: "+strings.Join(joined, ", ")+" joined")
+			if len(joined) > 0 {
+				d.note(4, "done: "+strings.Join(joined, ", ")+" joined")
+			} else {
+				d.note(4, "done")
+			}
 			return nil
 		}
 		d.note(4, "waiting for controllers "+strings.Join(waiting, ", ")+" to wipe and join")
@@ -911,11 +1043,4 @@ func (d *Daemon) configSnapshot() map[string]string {
 		return map[string]string{}
 	}
 	return cfg.DBBindAddresses
-}
-
-func orNone(ids []string) string {
-	if len(ids) == 0 {
-		return "none"
-	}
-	return strings.Join(ids, ", ")
 }
