@@ -160,9 +160,10 @@ func agentReachesAPI(ctx context.Context, m *sim.Model, id int) error {
 // no write failed or lost, the longest time without an acknowledged write
 // below one election (the bound: 5 s), a client certificate of
 // the old CA refused at the Dqlite port while a current one is accepted,
-// and the agent's cacert the new CA alone, with which it still reaches
-// every controller's API (it learnt old and new from its watch during
-// step 1, or it could not have verified anyone after step 2).
+// the agent's cacert the new CA alone, with which it still reaches every
+// controller's API (it learnt old and new from its watch during step 1,
+// or it could not have verified anyone after step 2), and the CA secret
+// pruned to its latest revision (no revision with the old CA's key left).
 func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 	m := simtest.NewModel(t, sim.Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(3); err != nil {
@@ -289,6 +290,30 @@ func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 	if err := agentReachesAPI(ctx, m, agent); err != nil {
 		t.Errorf("the agent machine cannot reach the API with its cacert after the rotation: %v", err)
 	}
+
+	// The old CA's key is pruned from the secret's history: Juju runs
+	// secret-remove on the leader for every revision no unit tracks, and
+	// the leader removes it, until the latest revision (the new CA's)
+	// alone is left.
+	err = probe.Eventually(simtest.CtxFor(t, time.Minute), 200*time.Millisecond, func() error {
+		existing, obsolete, ok := m.ObsoleteSecretRevisions(caLabel)
+		if !ok || len(existing) != 1 {
+			return fmt.Errorf("the CA secret's revisions are %v (obsolete %v), want the latest alone", existing, obsolete)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("old CA secret revisions were not pruned: %v", err)
+	}
+	removes := 0
+	for _, u := range units {
+		for _, h := range m.History(u) {
+			if h.Hook == "secret-remove" && h.ExitCode == 0 {
+				removes++
+			}
+		}
+	}
+	t.Logf("secret-remove hooks run: %d", removes)
 	t.Logf("agent log:\n%s", simtest.Tail(m.MachineServiceLog(agent), 8))
 }
 
