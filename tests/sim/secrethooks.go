@@ -10,9 +10,9 @@ import (
 // The secret hooks and rotate policies, as Juju's uniter and controller run
 // them:
 //
-//   - The secrets resolver comes after leader-elected and before the
-//     charm's other hooks, and only when the unit is installed, alive and
-//     has no failed hook (juju/juju: internal/worker/uniter/resolver.go
+//   - The secrets resolver comes after leader-elected and before queued
+//     actions and the charm's other hooks, and only when the unit is
+//     installed, alive and has no failed hook (juju/juju: internal/worker/uniter/resolver.go
 //     nextOp, badge "secrets"; internal/worker/uniter/secrets/resolver.go
 //     NextOp: localState.Installed, not Dying, Kind == Continue). Within it
 //     expiry comes first, then rotation, then secret-changed.

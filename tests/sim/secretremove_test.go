@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // obsoleteIs checks the existing and the obsolete revisions of the secret
@@ -155,5 +156,52 @@ func TestSecretHooks_SecretRemoveForObsoleteRevisionsOnTheOwnerOnly(t *testing.T
 	h.end(0)
 	if _, _, ok := m.ObsoleteSecretRevisions("ca"); ok {
 		t.Error("the secret is still there after secret-remove without --revision")
+	}
+}
+
+// When a secret hook and a queued action are both due, the unit agent runs
+// the secret hook first: the uniter's resolver asks the secrets resolver
+// before the actions resolver (juju/juju: internal/worker/uniter/
+// resolver.go NextOp, badges "secrets" then "actions"). Both are made due
+// under the model's lock, so the agent sees them together.
+func TestSecretHooks_RunBeforeAQueuedAction(t *testing.T) {
+	m := newActionModel(t)
+	unit := "acty/0"
+	m.mu.Lock()
+	u := m.units[unit]
+	s := &secret{id: newSecretID(), kind: ownerApplication, owner: m.app, label: "ca",
+		revisions: []map[string]string{{"ca-cert": "first"}, {"ca-cert": "second"}},
+		tracked:   map[string]int{unit: 1}, notified: map[string]int{unit: 1}}
+	if m.secrets.byID == nil {
+		m.secrets.byID = map[string]*secret{}
+	}
+	m.secrets.byID[s.id] = s
+	if m.acts.queued == nil {
+		m.acts.queued, m.acts.running = map[string][]*actionRun{}, map[string]*actionRun{}
+	}
+	m.acts.seq++
+	run := &actionRun{res: ActionResult{ID: "queued", Unit: unit, Action: "echo-params", Params: map[string]any{"name": "x"}}, done: make(chan struct{})}
+	m.acts.queued[unit] = append(m.acts.queued[unit], run)
+	if u.failed != nil || m.nextSecretHookLocked(u) == nil {
+		m.mu.Unlock()
+		t.Fatal("set-up: no secret hook due")
+	}
+	m.notifyLocked()
+	m.mu.Unlock()
+
+	select {
+	case <-run.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the queued action never ran")
+	}
+	var changed *HookRecord
+	for _, r := range m.History(unit) {
+		if r.Hook == "secret-changed" {
+			changed = &r
+			break
+		}
+	}
+	if changed == nil || !changed.Started.Before(run.res.Started) {
+		t.Fatalf("the action started at %s, before the due secret-changed (%v): %v", run.res.Started, changed, hookNames(m.History(unit)))
 	}
 }
