@@ -136,8 +136,9 @@ func TestTwoAddresses_BlockedAndNotPublished(t *testing.T) {
 	if u.status != [2]string{"blocked", "multiple possible DB bind addresses; set a suitable db-cluster network binding"} {
 		t.Fatalf("status = %v", u.status)
 	}
-	// Only the cluster CA's secret is named (it needs no address).
-	if len(m.unitData[u.name]) != 0 || len(m.appData) != 1 || m.appData[charm.KeyCASecretID] == "" {
+	// Only the cluster CA's secret (and its rotate policy) is named (it
+	// needs no address).
+	if len(m.unitData[u.name]) != 0 || len(m.appData) != 2 || m.appData[charm.KeyCASecretID] == "" || m.appData[charm.KeyCARotatePolicy] != charm.CARotatePolicy {
 		t.Fatalf("published %v / %v", m.unitData[u.name], m.appData)
 	}
 	if !u.logged("10.0.0.1, 192.168.7.1") {

@@ -3,6 +3,7 @@ package charm
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -30,6 +31,9 @@ type Env struct {
 	DepartingUnit string
 	// SecretID is set in secret hooks (JUJU_SECRET_ID): the secret's URI.
 	SecretID string
+	// SecretRevision is set in secret hooks about one revision
+	// (JUJU_SECRET_REVISION: secret-remove's obsolete revision), else 0.
+	SecretRevision int
 }
 
 // EnvFromGetenv reads the hook environment with getenv (os.Getenv in the
@@ -46,6 +50,13 @@ func EnvFromGetenv(getenv func(string) string) (Env, error) {
 		RemoteApp:     getenv("JUJU_REMOTE_APP"),
 		DepartingUnit: getenv("JUJU_DEPARTING_UNIT"),
 		SecretID:      getenv("JUJU_SECRET_ID"),
+	}
+	if v := getenv("JUJU_SECRET_REVISION"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return Env{}, fmt.Errorf("cannot handle JUJU_SECRET_REVISION %q: not a revision number", v)
+		}
+		env.SecretRevision = n
 	}
 	if env.CharmDir == "" {
 		env.CharmDir = getenv("CHARM_DIR")

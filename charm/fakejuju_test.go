@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,11 @@ type model struct {
 	// revision each: the charm never updates one).
 	secrets   map[string]map[string]string
 	secretSeq int
+	// secretRotate is each secret's rotate policy (secret-add or
+	// secret-set --rotate), removedRevisions the revisions secret-remove
+	// committed, by URI.
+	secretRotate     map[string]string
+	removedRevisions map[string][]int
 	// onRestart, when set, is called on every systemctl restart.
 	onRestart func(u *unit)
 }
@@ -103,6 +109,9 @@ func newModel(t *testing.T) *model {
 		units:    map[string]*unit{},
 		settle:   -1,
 		secrets:  map[string]map[string]string{},
+
+		secretRotate:     map[string]string{},
+		removedRevisions: map[string][]int{},
 	}
 }
 
@@ -182,14 +191,15 @@ func (u *unit) readConf(t *testing.T) *controllerconf.Config {
 
 // hookEnv is the environment of one hook.
 type hookEnv struct {
-	hook       string
-	remoteUnit string
-	departing  string
-	secretID   string
+	hook           string
+	remoteUnit     string
+	departing      string
+	secretID       string
+	secretRevision int
 }
 
 func (m *model) env(u *unit, h hookEnv) charm.Env {
-	e := charm.Env{Hook: h.hook, UnitName: u.name, CharmDir: charmDir, SecretID: h.secretID}
+	e := charm.Env{Hook: h.hook, UnitName: u.name, CharmDir: charmDir, SecretID: h.secretID, SecretRevision: h.secretRevision}
 	if strings.HasPrefix(h.hook, charm.Endpoint+"-relation-") {
 		e.RelationName = charm.Endpoint
 		e.RelationID = relID
@@ -209,7 +219,8 @@ type hookResult struct {
 // returns nil and, for application data, u is still the leader.
 func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 	m.t.Helper()
-	r := &hookRunner{m: m, u: u, env: h, unitPending: map[string]string{}, appPending: map[string]string{}, secretPending: map[string]map[string]string{}}
+	r := &hookRunner{m: m, u: u, env: h, unitPending: map[string]string{}, appPending: map[string]string{}, secretPending: map[string]map[string]string{},
+		rotatePending: map[string]string{}, removePending: map[string][]int{}}
 	cfg := charm.Config{
 		JujuDir:        u.jujuDir(),
 		SystemdDir:     u.systemdDir(),
@@ -230,6 +241,10 @@ func (m *model) run(u *unit, h hookEnv) (hookResult, error) {
 	res.unitChanged = apply(m.unitData[u.name], r.unitPending)
 	res.appChanged = apply(m.appData, r.appPending)
 	maps.Copy(m.secrets, r.secretPending)
+	maps.Copy(m.secretRotate, r.rotatePending)
+	for uri, revs := range r.removePending {
+		m.removedRevisions[uri] = append(m.removedRevisions[uri], revs...)
+	}
 	return res, nil
 }
 
@@ -284,6 +299,10 @@ type hookRunner struct {
 	// secretPending are the secrets this hook added: committed with the
 	// relation data when it exits 0 (Juju: changes commit at hook end).
 	secretPending map[string]map[string]string
+	// rotatePending and removePending are its secret-set --rotate and
+	// secret-remove --revision calls, committed likewise.
+	rotatePending map[string]string
+	removePending map[string][]int
 }
 
 // seedCA gives the model a committed cluster CA secret named in the
@@ -297,7 +316,9 @@ func (m *model) seedCA() {
 	m.secretSeq++
 	uri := fmt.Sprintf("secret:d4k3s5pkf9d0d6q0%04d", m.secretSeq)
 	m.secrets[uri] = map[string]string{"ca-cert": string(ca.CertPEM), "ca-key": string(ca.KeyPEM)}
+	m.secretRotate[uri] = charm.CARotatePolicy
 	m.appData[charm.KeyCASecretID] = uri
+	m.appData[charm.KeyCARotatePolicy] = charm.CARotatePolicy
 }
 
 // secretAdd is secret-add --owner application: leader only (Juju's
@@ -307,9 +328,14 @@ func (r *hookRunner) secretAdd(args []string) ([]byte, error) {
 		return nil, exitErr("secret-add", 1, "ERROR this unit is not the leader", "")
 	}
 	data := map[string]string{}
+	rotate := ""
 	for i := 0; i < len(args); i++ {
 		switch args[i] {
-		case "--owner", "--label", "--description", "--rotate":
+		case "--rotate":
+			i++
+			rotate = args[i]
+			continue
+		case "--owner", "--label", "--description":
 			i++
 			continue
 		}
@@ -322,6 +348,9 @@ func (r *hookRunner) secretAdd(args []string) ([]byte, error) {
 	r.m.secretSeq++
 	uri := fmt.Sprintf("secret:d4k3s5pkf9d0d6q0%04d", r.m.secretSeq)
 	r.secretPending[uri] = data
+	if rotate != "" {
+		r.rotatePending[uri] = rotate
+	}
 	return []byte(uri + "\n"), nil
 }
 
@@ -402,11 +431,33 @@ func (r *hookRunner) Run(_ context.Context, name string, args ...string) ([]byte
 			return nil, exitErr(name, 1, "ERROR secret not found", "")
 		}
 		data := map[string]string{}
-		for _, kv := range args[1:] {
-			k, v, _ := strings.Cut(kv, "=")
+		for i := 1; i < len(args); i++ {
+			if args[i] == "--rotate" && i+1 < len(args) {
+				r.rotatePending[args[0]] = args[i+1]
+				i++
+				continue
+			}
+			k, v, _ := strings.Cut(args[i], "=")
 			data[k] = v
 		}
-		r.secretPending[args[0]] = data
+		if len(data) > 0 {
+			r.secretPending[args[0]] = data
+		}
+		return nil, nil
+	case "secret-remove":
+		// Leader only for an application-owned secret; committed once
+		// the hook succeeds.
+		if m.leader != u.name {
+			return nil, exitErr(name, 1, "ERROR this unit is not the leader", "")
+		}
+		if len(args) != 3 || args[1] != "--revision" || m.secrets[args[0]] == nil {
+			return nil, exitErr(name, 2, fmt.Sprintf("ERROR unexpected secret-remove %q", args), "")
+		}
+		rev, err := strconv.Atoi(args[2])
+		if err != nil || rev < 1 {
+			return nil, exitErr(name, 2, fmt.Sprintf("ERROR invalid revision %q", args[2]), "")
+		}
+		r.removePending[args[0]] = append(r.removePending[args[0]], rev)
 		return nil, nil
 	case "secret-get":
 		if len(args) == 0 {

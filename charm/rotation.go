@@ -33,6 +33,11 @@ import (
 //	        both;
 //	step 3: ca-cert/ca-key the new CA alone: every unit drops the old CA.
 //
+// Old revisions are pruned: Juju runs secret-remove on the leader for each
+// revision no unit tracks any more, and the leader removes it
+// (pruneCARevision), so the old CA's key does not outlive the rotation in
+// the secret's history.
+//
 // Each secret revision is written with the application data KeyCARotation
 // in the same hook, so they commit together and every unit runs a hook
 // (relation-changed for the application data, secret-changed for the
@@ -49,6 +54,12 @@ const (
 	ActionRotateCA = "rotate-ca"
 	// CARotatePolicy is the CA secret's rotate policy.
 	CARotatePolicy = "yearly"
+	// KeyCARotatePolicy is the application data key recording the rotate
+	// policy the leader gave the CA secret (written in the same hook as
+	// secret-add --rotate or secret-set --rotate, so they commit
+	// together). A CA secret created before the policy existed has none:
+	// the leader sets it once, in its next hook (upgrade-charm, say).
+	KeyCARotatePolicy = "ca-rotate-policy"
 	// KeyLeaderUnit is the application data key naming the leader (as of
 	// its last hook), so that an action run elsewhere can say where to run.
 	KeyLeaderUnit = "leader-unit"
@@ -56,6 +67,7 @@ const (
 	secretCANextKey = "ca-next-key"
 
 	hookSecretRotate = "secret-rotate"
+	hookSecretRemove = "secret-remove"
 )
 
 // fingerprint is the SHA-256 of a certificate's DER, in hex.
@@ -172,6 +184,11 @@ func (h *hook) reconcileRotation(ctx context.Context, relID, uri string, content
 			return err
 		}
 	}
+	if app[KeyCARotatePolicy] != CARotatePolicy {
+		if err := h.setRotatePolicy(ctx, relID, uri); err != nil {
+			return rotationToolError(h, err)
+		}
+	}
 	sec, err := parseCASecret(content)
 	if err != nil {
 		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("the cluster CA secret %s is unusable (%v); fix or recreate it", uri, err))
@@ -216,6 +233,54 @@ func (h *hook) reconcileRotation(ctx context.Context, relID, uri string, content
 	}
 	h.log.Info("CA rotation: every unit finished a step", "done", rot.Step, "next", next.Step)
 	h.status.add(hooktools.StatusMaintenance, next.WaitingMessage(next.Waiting(units, reports)))
+	return nil
+}
+
+// setRotatePolicy gives the CA secret the rotate policy CARotatePolicy
+// (a secret created before the policy existed has none, so Juju would
+// never ask for a rotation) and records it in the application data, in
+// the same hook, so that it is done once.
+func (h *hook) setRotatePolicy(ctx context.Context, relID, uri string) error {
+	if err := h.tools.SecretSetRotate(ctx, uri, CARotatePolicy); err != nil {
+		return err
+	}
+	if err := h.tools.RelationSet(ctx, relID, true, map[string]string{KeyCARotatePolicy: CARotatePolicy}); err != nil {
+		return err
+	}
+	h.log.Info("set the cluster CA secret's rotate policy", "uri", uri, "policy", CARotatePolicy)
+	return nil
+}
+
+// pruneCARevision answers secret-remove for the CA secret on the leader.
+// Juju runs it on the owner (the leader) for a revision that is not the
+// latest and that no unit tracks any more (every unit reads the CA secret
+// with --refresh, so every revision before the latest becomes obsolete
+// once each unit has run a hook after it): nothing can read it again, and
+// every revision written before step 2 of a rotation holds the old CA's
+// key. So the leader removes the revision; a revision already gone is
+// nothing to do.
+func (h *hook) pruneCARevision(ctx context.Context, uri string) error {
+	if h.env.Hook != hookSecretRemove || h.env.SecretID != uri || h.env.SecretRevision <= 0 {
+		return nil
+	}
+	leader, err := h.tools.IsLeader(ctx)
+	if err != nil {
+		return err
+	}
+	if !leader {
+		h.log.Info("not the leader: leaving the obsolete CA secret revision to the leader", "revision", h.env.SecretRevision)
+		return nil
+	}
+	err = h.tools.SecretRemoveRevision(ctx, uri, h.env.SecretRevision)
+	var exit *hooktools.ExitError
+	if errors.As(err, &exit) && strings.Contains(exit.Stderr, "not found") {
+		h.log.Info("the obsolete CA secret revision is already gone", "revision", h.env.SecretRevision)
+		return nil
+	}
+	if err != nil {
+		return rotationToolError(h, err)
+	}
+	h.log.Info("removed an obsolete revision of the cluster CA secret", "uri", uri, "revision", h.env.SecretRevision)
 	return nil
 }
 

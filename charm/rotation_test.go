@@ -153,3 +153,80 @@ func TestRenewal_UpdateStatusRenewsACertificateNearExpiry(t *testing.T) {
 		t.Error("the renewal replaced the node key")
 	}
 }
+
+// secretCalls counts the unit's calls of tool whose arguments contain arg.
+func secretCalls(u *unit, tool, arg string) int {
+	n := 0
+	for _, c := range u.calls {
+		if strings.HasPrefix(c, tool+" ") && strings.Contains(c, arg) {
+			n++
+		}
+	}
+	return n
+}
+
+// A CA secret created before the rotate policy existed has none (nor the
+// application data's ca-rotate-policy): the leader's next hook
+// (upgrade-charm here) sets it with secret-set --rotate, no new revision,
+// together with the data key, and never again; a non-leader never does.
+func TestRotatePolicy_SetOnceOnACASecretCreatedWithoutIt(t *testing.T) {
+	m := newModel(t)
+	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
+	m.leader = u0.name
+	m.settleScope(u0, u1)
+	m.seedCA()
+	uri := m.appData[charm.KeyCASecretID]
+	delete(m.secretRotate, uri)
+	delete(m.appData, charm.KeyCARotatePolicy)
+	content := m.secrets[uri]
+
+	m.mustRun(u1, "upgrade-charm")
+	if _, ok := m.secretRotate[uri]; ok || secretCalls(u1, "secret-set", "--rotate") != 0 {
+		t.Fatalf("a non-leader set the rotate policy: %q", u1.calls)
+	}
+	m.mustRun(u0, "upgrade-charm")
+	if m.secretRotate[uri] != charm.CARotatePolicy || m.appData[charm.KeyCARotatePolicy] != charm.CARotatePolicy {
+		t.Fatalf("after the leader's upgrade-charm: policy %q, application data %q", m.secretRotate[uri], m.appData[charm.KeyCARotatePolicy])
+	}
+	if m.secrets[uri]["ca-cert"] != content["ca-cert"] || m.secrets[uri]["ca-key"] != content["ca-key"] {
+		t.Fatal("setting the rotate policy changed the secret's content")
+	}
+	for _, hook := range []string{"upgrade-charm", "update-status", "config-changed"} {
+		m.mustRun(u0, hook)
+	}
+	if n := secretCalls(u0, "secret-set", "--rotate"); n != 1 {
+		t.Errorf("the leader ran secret-set --rotate %d times, want once", n)
+	}
+}
+
+// secret-remove for the CA secret: the leader removes the revision Juju
+// names (JUJU_SECRET_REVISION), a non-leader and a secret-remove for
+// another secret remove nothing, and a new CA secret carries the policy
+// from its secret-add.
+func TestPrune_LeaderRemovesTheObsoleteCASecretRevision(t *testing.T) {
+	m := newModel(t)
+	u0, u1 := m.addUnit(0, "10.0.0.1"), m.addUnit(1, "10.0.0.2")
+	m.leader = u0.name
+	m.settleScope(u0, u1)
+	m.mustRun(u0, "install")
+	uri := m.appData[charm.KeyCASecretID]
+	if uri == "" || m.secretRotate[uri] != charm.CARotatePolicy || m.appData[charm.KeyCARotatePolicy] != charm.CARotatePolicy {
+		t.Fatalf("new CA secret %q: policy %q, application data %q", uri, m.secretRotate[uri], m.appData[charm.KeyCARotatePolicy])
+	}
+	if n := secretCalls(u0, "secret-set", "--rotate"); n != 0 {
+		t.Errorf("a CA secret created with its policy got secret-set --rotate %d times", n)
+	}
+
+	m.mustRunEnv(u1, hookEnv{hook: "secret-remove", secretID: uri, secretRevision: 2})
+	m.mustRunEnv(u0, hookEnv{hook: "secret-remove", secretID: "secret:d4k3s5pkf9d0d6q09999", secretRevision: 2})
+	if len(m.removedRevisions) != 0 {
+		t.Fatalf("removed %v from a non-leader's or another secret's secret-remove", m.removedRevisions)
+	}
+	m.mustRunEnv(u0, hookEnv{hook: "secret-remove", secretID: uri, secretRevision: 2})
+	if got := m.removedRevisions[uri]; !slices.Equal(got, []int{2}) {
+		t.Fatalf("after the leader's secret-remove for revision 2: removed %v", got)
+	}
+	if !u0.logged("removed an obsolete revision of the cluster CA secret") {
+		t.Errorf("no log of the removal: %q", u0.logs)
+	}
+}

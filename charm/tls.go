@@ -105,6 +105,9 @@ func (h *hook) reconcileTLS(ctx context.Context, relID, uri string) error {
 		}
 		return err
 	}
+	if err := h.pruneCARevision(ctx, uri); err != nil { // rotation.go
+		return err
+	}
 	ca, err := clustertls.ParseCA([]byte(content[secretCACert]), []byte(content[secretCAKey]))
 	if err != nil {
 		h.status.add(hooktools.StatusBlocked, fmt.Sprintf("the cluster CA secret %s is unusable (%v); fix or recreate it", uri, err))
@@ -168,5 +171,5 @@ func (h *hook) createCA(ctx context.Context, relID string) (string, error) {
 		return "", err
 	}
 	h.log.Info("created the cluster CA", "uri", uri, "subject", ca.Cert.Subject.CommonName)
-	return uri, h.tools.RelationSet(ctx, relID, true, map[string]string{KeyCASecretID: uri})
+	return uri, h.tools.RelationSet(ctx, relID, true, map[string]string{KeyCASecretID: uri, KeyCARotatePolicy: CARotatePolicy})
 }

@@ -44,6 +44,9 @@ type Material struct {
 	// CAs are the trusted CAs, Pool the same as a pool.
 	CAs  []*x509.Certificate
 	Pool *x509.CertPool
+	// CAPEM is the CA bundle as read (PEM), as the HTTP API publishes it
+	// to agents.
+	CAPEM []byte
 	// Stamp identifies the files' content (reloaded when it changes).
 	Stamp string
 }
@@ -181,7 +184,7 @@ func Parse(certPEM, keyPEM, caPEM []byte, now time.Time, stamp string) (*Materia
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, fmt.Errorf("node certificate does not verify against the CA bundle: %w", err)
 	}
-	return &Material{Cert: cert, ControllerID: id, CAs: cas, Pool: pool, Stamp: stamp}, nil
+	return &Material{Cert: cert, ControllerID: id, CAs: cas, Pool: pool, CAPEM: bytes.Clone(caPEM), Stamp: stamp}, nil
 }
 
 // Provision makes dir hold a node key and a current certificate for

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	yamlv2 "gopkg.in/yaml.v2"
 )
@@ -27,7 +28,8 @@ import (
 //   - the unit agent runs a queued action as soon as it is between
 //     operations: the uniter's resolver asks the actions resolver before
 //     any queued or failed hook (internal/worker/uniter/resolver.go), so an
-//     action runs ahead of queued hooks and while a hook is in error; one
+//     action runs ahead of queued hooks and while a hook is in error, but
+//     after a due secret hook (the secrets resolver comes first); one
 //     operation at a time per unit, as for hooks;
 //   - the handler is <charm>/dispatch with JUJU_DISPATCH_PATH=actions/<name>
 //     (else <charm>/actions/<name>), JUJU_ACTION_NAME, JUJU_ACTION_UUID and
@@ -66,6 +68,8 @@ type ActionResult struct {
 	Stdout     string
 	Stderr     string
 	ReturnCode int
+	// Started is when the unit agent started the handler.
+	Started time.Time
 }
 
 // String renders the task like `juju show-task` (YAML).
@@ -262,16 +266,24 @@ func hasJSONType(v any, t string) bool {
 }
 
 // runQueuedActionLocked runs the unit's next queued action, if any, the way
-// the uniter's resolver does: after install and a pending leader-elected,
-// before any other hook, also while a hook is in error. It is called with
-// m.mu held and returns with it held; it reports whether it ran one.
+// the uniter's resolver does: after install, a pending leader-elected and
+// a due secret hook (the "secrets" badge comes before "actions" in
+// juju/juju internal/worker/uniter/resolver.go NextOp; the secrets
+// resolver acts only with no failed hook and an alive unit, see
+// secrethooks.go), before any other hook, also while a hook is in error.
+// It is called with m.mu held and returns with it held; it reports
+// whether it ran one.
 func (m *Model) runQueuedActionLocked(u *unit) bool {
 	q := m.acts.queued[u.name]
 	if len(q) == 0 || !u.installed || u.leaderElectedPending && m.leader == u.name {
 		return false
 	}
+	if u.failed == nil && u.interrupted == nil && u.life == lifeAlive && m.nextSecretHookLocked(u) != nil {
+		return false // the hook path runs the secret hook first
+	}
 	run := q[0]
 	m.acts.queued[u.name] = q[1:]
+	run.res.Started = time.Now()
 	h := &hookInfo{name: run.res.Action}
 	hc := m.newContextLocked(u, h)
 	m.acts.running[hc.id] = run

@@ -3,15 +3,16 @@ package sim
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 )
 
 // The secret hooks and rotate policies, as Juju's uniter and controller run
 // them:
 //
-//   - The secrets resolver comes after leader-elected and before the
-//     charm's other hooks, and only when the unit is installed, alive and
-//     has no failed hook (juju/juju: internal/worker/uniter/resolver.go
+//   - The secrets resolver comes after leader-elected and before queued
+//     actions and the charm's other hooks, and only when the unit is
+//     installed, alive and has no failed hook (juju/juju: internal/worker/uniter/resolver.go
 //     nextOp, badge "secrets"; internal/worker/uniter/secrets/resolver.go
 //     NextOp: localState.Installed, not Dying, Kind == Continue). Within it
 //     expiry comes first, then rotation, then secret-changed.
@@ -42,8 +43,8 @@ import (
 //     start the schedule from now; an unknown policy is a usage error
 //     ("rotate policy %q not valid", jujuc/secret-add.go Init).
 //
-// Not modelled: expiry (--expire, secret-expired), obsolete revisions
-// (secret-remove), and the timer: a rotation that becomes due is noticed
+// Obsolete revisions and secret-remove: secretremove.go. Not modelled:
+// expiry (--expire, secret-expired), and the timer: a rotation that becomes due is noticed
 // at the agent's next wake-up (a model change, RotateSecretNow, or the
 // update-status timer), never earlier than Juju would.
 
@@ -113,7 +114,7 @@ func (m *Model) nextSecretHookLocked(u *unit) *hookInfo {
 		}
 		return &hookInfo{name: "secret-changed", secret: &secretHook{id: s.id, label: s.label, revision: len(s.revisions)}}
 	}
-	return nil
+	return m.nextSecretRemoveLocked(u) // secretremove.go
 }
 
 // ownerUnitLocked: the unit that manages s now (the leader for an
@@ -139,6 +140,8 @@ func (m *Model) secretHookDoneLocked(hc *hookContext) {
 	switch h.name {
 	case "secret-changed":
 		s.notified[hc.unit.name] = h.secret.revision
+	case "secret-remove":
+		s.secretRemoveDoneLocked(hc.unit.name, h.secret.revision)
 	case "secret-rotate":
 		if !m.ownerUnitLocked(hc.unit, s) || !s.nextRotate.Equal(h.secret.due) {
 			// Not the owner any more (SecretRotated needs leadership), or
@@ -158,13 +161,18 @@ func (m *Model) secretHookDoneLocked(hc *hookContext) {
 }
 
 // secretHookEnv is what Juju adds to a secret hook's environment
-// (JUJU_SECRET_ID, JUJU_SECRET_LABEL: internal/worker/uniter/runner/
+// (JUJU_SECRET_ID, JUJU_SECRET_LABEL, and JUJU_SECRET_REVISION for a hook
+// about a revision, secret-remove here: internal/worker/uniter/runner/
 // context/context.go HookVars).
 func secretHookEnv(h *hookInfo) []string {
 	if h.secret == nil {
 		return nil
 	}
-	return []string{"JUJU_SECRET_ID=secret:" + h.secret.id, "JUJU_SECRET_LABEL=" + h.secret.label}
+	env := []string{"JUJU_SECRET_ID=secret:" + h.secret.id, "JUJU_SECRET_LABEL=" + h.secret.label}
+	if h.name == "secret-remove" {
+		env = append(env, "JUJU_SECRET_REVISION="+strconv.Itoa(h.secret.revision))
+	}
+	return env
 }
 
 // RotateSecretNow makes the rotation of the committed secrets labelled

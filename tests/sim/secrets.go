@@ -36,12 +36,12 @@ import (
 //     none (checksum).
 //
 // The secret hooks (secret-changed, secret-rotate) and rotate policies
-// are in secrethooks.go.
+// are in secrethooks.go; obsolete revisions, secret-remove (hook and tool)
+// in secretremove.go.
 //
 // Not modelled: grants to other applications (one application per model),
-// secret-expired/-remove hooks (expiry policies, obsolete revisions),
-// secret-info-get, secret-remove, --expire, --file, #base64 and #file
-// keys, backends.
+// the secret-expired hook (expiry policies), secret-info-get, --expire,
+// --file, #base64 and #file keys, backends.
 
 var secretKeyRE = regexp.MustCompile(`^([a-z](?:-?[a-z0-9]){2,})$`)
 
@@ -69,6 +69,12 @@ type secret struct {
 	// notified is, per consumer unit, the revision its uniter last ran
 	// secret-changed for (or saw when it first read the secret).
 	notified map[string]int
+	// obsolete are the revisions Juju has marked obsolete, removed those
+	// removed (their content is nil), removeDone per unit the revisions
+	// its uniter ran secret-remove for (secretremove.go).
+	obsolete   map[int]bool
+	removed    map[int]bool
+	removeDone map[string]map[int]bool
 }
 
 // secretChanges are one hook's uncommitted secret changes.
@@ -76,6 +82,7 @@ type secretChanges struct {
 	creates []*secret
 	updates map[string]secretUpdate
 	refresh map[string]bool // track the latest revision from now on
+	removes []secretRemoval // secretremove.go
 }
 
 type secretUpdate struct {
@@ -272,6 +279,10 @@ func (m *Model) toolSecretGet(hc *hookContext, args []string) (toolResponse, err
 		return toolResponse{}, err
 	}
 	content := m.contentLocked(hc, s, vals["refresh"] != "", vals["peek"] != "")
+	if content == nil {
+		// The revision the unit reads was removed (secret-remove).
+		return toolResponse{}, errorf("secret revision for %q not found", s.id)
+	}
 	format := vals["format"]
 	if format == "" || format == "smart" {
 		format = "yaml"
@@ -312,6 +323,7 @@ func (m *Model) contentLocked(hc *hookContext, s *secret, refresh, peek bool) ma
 		s.tracked[hc.unit.name] = latest
 		s.notified[hc.unit.name] = latest
 		rev = latest
+		m.markObsoleteLocked(s)
 	case refresh:
 		c.refresh[s.id] = true
 		rev = latest
@@ -428,6 +440,19 @@ func (m *Model) commitSecretsLocked(hc *hookContext) {
 			s.tracked[hc.unit.name] = len(s.revisions)
 		}
 	}
+	// A new revision or a saved consumer marks the obsolete revisions in
+	// the same transaction (secretremove.go).
+	for id := range c.updates {
+		if s := m.secrets.byID[id]; s != nil {
+			m.markObsoleteLocked(s)
+		}
+	}
+	for id := range c.refresh {
+		if s := m.secrets.byID[id]; s != nil {
+			m.markObsoleteLocked(s)
+		}
+	}
+	m.applyRemovalsLocked(c)
 }
 
 // discardSecretsLocked drops a failed hook's secret changes.

@@ -108,6 +108,9 @@ var hookTools = map[string]toolFunc{
 	"secret-ids": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
 		return m.toolSecretIDs(hc, req.Args)
 	},
+	"secret-remove": func(m *Model, hc *hookContext, req toolRequest) (toolResponse, error) {
+		return m.toolSecretRemove(hc, req.Args)
+	},
 }
 
 func (m *Model) runToolCommand(hc *hookContext, req toolRequest) toolResponse {

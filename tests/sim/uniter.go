@@ -439,6 +439,9 @@ func (m *Model) checkCommitLocked(u *unit, hc *hookContext) string {
 			return fmt.Sprintf("cannot apply changes: %q is not leader of %q", u.name, m.app)
 		}
 	}
+	if msg := m.checkSecretsCommitLocked(u, hc); msg != "" {
+		return msg
+	}
 	return m.checkPortsLocked(hc)
 }
 

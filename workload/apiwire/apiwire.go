@@ -13,6 +13,13 @@
 // Every response carries the current client list in header
 // Dqc-Api-Addresses (comma-separated), so each client connection refreshes
 // the client's store.
+//
+// The lists also carry the CA bundle the answering controller trusts
+// (CABundle: the cluster CA, the old and the new one during a CA
+// rotation), and their version moves when it changes, so that an agent
+// watching the lists learns a new CA while the controllers still present
+// certificates it can verify (step 1 of the charm's CA rotation) and keeps
+// its agent config's cacert: current.
 package apiwire
 
 import "time"
@@ -37,6 +44,9 @@ type Lists struct {
 	// AgentFallback lists controllers whose agent addresses are all of
 	// their addresses because none is in the management space.
 	AgentFallback []string `json:"agent-fallback"`
+	// CABundle is the PEM bundle of the CAs the answering controller
+	// trusts ("" from a controller without TLS).
+	CABundle string `json:"ca-bundle,omitempty"`
 	// Version changes whenever any of the above changes.
 	Version string `json:"version"`
 }

@@ -86,7 +86,10 @@ connects to a controller over HTTPS, verified against the file's cacert:
 (the file's addresses and --controllers, in random order, a new parallel
 attempt every 50 ms), long-polls the agent address
 list and rewrites the file atomically when the list changes. An empty list
-from the controllers keeps the file's list. Runs until SIGTERM.`,
+from the controllers keeps the file's list. It also keeps cacert: current
+with the CA bundle the controllers publish (so that it follows a CA
+rotation), taken only from a verified connection and only when it still
+holds the CA that verified it. Runs until SIGTERM.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			seeds, err := splitAddresses("--controllers", controllers)
@@ -100,13 +103,13 @@ from the controllers keeps the file's list. Runs until SIGTERM.`,
 			if len(known) == 0 && len(seeds) == 0 {
 				return fmt.Errorf("no controller address: give --controllers or an agent config %s with %s", path, apiagent.Key)
 			}
-			caPEM, err := apiagent.ReadCACert(path)
-			if err != nil {
+			// The client follows the file's cacert, which the updater
+			// keeps current from the controllers (a CA rotation).
+			clients := apihttp.AgentClients(path, func(caPEM []byte) (*http.Client, error) {
+				return httpClient(caPEM, 0, agentWatchTimeout+15*time.Second)
+			})
+			if _, err := clients(); err != nil {
 				return err
-			}
-			hc, err := httpClient(caPEM, 0, agentWatchTimeout+15*time.Second)
-			if err != nil {
-				return fmt.Errorf("cannot use the %s of %s: %w", apiagent.CACertKey, path, err)
 			}
 			level := slog.LevelInfo
 			if verbose {
@@ -129,9 +132,9 @@ from the controllers keeps the file's list. Runs until SIGTERM.`,
 					}
 					return addrs, nil
 				},
-				Client:       hc,
-				Scheme:       "https",
-				WatchTimeout: agentWatchTimeout,
+				CurrentClient: clients,
+				Scheme:        "https",
+				WatchTimeout:  agentWatchTimeout,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()

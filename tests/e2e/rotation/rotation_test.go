@@ -19,6 +19,7 @@ import (
 	"github.com/juju/dqlite-controller/tests/probe"
 	"github.com/juju/dqlite-controller/tests/sim"
 	"github.com/juju/dqlite-controller/tests/simtest"
+	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
 )
 
 const caLabel = "dqlite-controller-cluster-ca"
@@ -112,13 +113,57 @@ func handshake(ctx context.Context, m *sim.Model, unit, addr, dir string) error 
 	return nil
 }
 
-// 3 units, a writer writing through all of them, then rotate-ca: refused
-// on a non-leader (naming the leader), started on the leader; it ends by
-// itself with every node certificate issued by the new CA and the old CA
-// gone from every bundle, one cluster, no write failed or lost, the
-// longest time without an acknowledged write below one election (the
-// issue's bound: 5 s), and a client certificate of the old CA refused at
-// the Dqlite port while a current one is accepted.
+// agentCACerts are the certificates of agent machine id's agent.conf
+// cacert:.
+func agentCACerts(m *sim.Model, id int) ([]*x509.Certificate, error) {
+	pemData, err := apiagent.ReadCACert(m.AgentConfigPath(id))
+	if err != nil {
+		return nil, err
+	}
+	return clustertls.ParseCerts(pemData)
+}
+
+// agentReachesAPI fetches the address lists from machine id, as its agent
+// would: over HTTPS to each controller, verified against the agent.conf's
+// cacert (copied to a file on the machine) with the pinned server name.
+func agentReachesAPI(ctx context.Context, m *sim.Model, id int) error {
+	pemData, err := apiagent.ReadCACert(m.AgentConfigPath(id))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(m.MachineDirOf(id), "var-lib-juju", "agent-cacert.pem"), pemData, 0o644); err != nil {
+		return err
+	}
+	addrs, err := m.AgentAPIAddresses(id)
+	if err != nil || len(addrs) == 0 {
+		return fmt.Errorf("no API address in agent.conf (%v)", err)
+	}
+	for _, a := range addrs {
+		host, port, _ := strings.Cut(a, ":")
+		out, errOut, err := m.ExecMachine(ctx, id, "curl", "-sS", "--fail", "--max-time", "10", "--cacert", "/var/lib/juju/agent-cacert.pem",
+			"--connect-to", clustertls.ServerName+":"+port+":"+host+":"+port, "https://"+clustertls.ServerName+":"+port+"/v1/api-addresses")
+		if err != nil {
+			return fmt.Errorf("%s: %v: %s", a, err, simtest.Tail(string(errOut), 3))
+		}
+		if !strings.Contains(string(out), `"agents"`) {
+			return fmt.Errorf("%s answered %q", a, out)
+		}
+	}
+	return nil
+}
+
+// 3 units, a writer writing through all of them, and an agent machine
+// running controllerd agent (agent.conf's cacert the CA as the provisioner
+// wrote it), then rotate-ca: refused on a non-leader (naming the leader),
+// started on the leader; it ends by itself with every node certificate
+// issued by the new CA and the old CA gone from every bundle, one cluster,
+// no write failed or lost, the longest time without an acknowledged write
+// below one election (the issue's bound: 5 s), a client certificate of
+// the old CA refused at the Dqlite port while a current one is accepted,
+// the agent's cacert the new CA alone, with which it still reaches every
+// controller's API (it learnt old and new from its watch during step 1,
+// or it could not have verified anyone after step 2), and the CA secret
+// pruned to its latest revision (no revision with the old CA's key left).
 func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 	m := simtest.NewModel(t, sim.Options{FirstUnitLeads: true})
 	if _, err := m.Deploy(3); err != nil {
@@ -128,6 +173,15 @@ func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 	simtest.WaitCluster(t, m)
 	simtest.WaitActive(t, m)
 	units := simtest.Units(m)
+	agent, err := m.AddAgentMachine(sim.AgentMachineSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := probe.Eventually(simtest.CtxFor(t, time.Minute), 200*time.Millisecond, func() error {
+		return agentReachesAPI(simtest.CtxFor(t, 30*time.Second), m, agent)
+	}); err != nil {
+		t.Fatalf("the agent machine cannot reach the API before the rotation: %v", err)
+	}
 	leader := m.Status().Leader
 	oldCA := parseOne(t, m.ControllerCACert())
 
@@ -217,6 +271,50 @@ func TestRotation_RotateCAWithAWriterRunning(t *testing.T) {
 	if bytes.Contains(bundle, oldCA.Raw) || !newCA.Equal(parseOne(t, string(bundle))) {
 		t.Error("the leader's bundle is not the new CA alone")
 	}
+
+	// The agent followed: its cacert is the new CA alone, and with it the
+	// agent reaches every controller.
+	err = probe.Eventually(simtest.CtxFor(t, time.Minute), 200*time.Millisecond, func() error {
+		cas, err := agentCACerts(m, agent)
+		if err != nil {
+			return err
+		}
+		if len(cas) != 1 || !cas[0].Equal(newCA) {
+			return fmt.Errorf("the agent's cacert holds %d CAs, not the new CA alone", len(cas))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the agent's cacert did not follow the rotation: %v\nagent log:\n%s", err, simtest.Tail(m.MachineServiceLog(agent), 20))
+	}
+	if err := agentReachesAPI(ctx, m, agent); err != nil {
+		t.Errorf("the agent machine cannot reach the API with its cacert after the rotation: %v", err)
+	}
+
+	// The old CA's key is pruned from the secret's history: Juju runs
+	// secret-remove on the leader for every revision no unit tracks, and
+	// the leader removes it, until the latest revision (the new CA's)
+	// alone is left.
+	err = probe.Eventually(simtest.CtxFor(t, time.Minute), 200*time.Millisecond, func() error {
+		existing, obsolete, ok := m.ObsoleteSecretRevisions(caLabel)
+		if !ok || len(existing) != 1 {
+			return fmt.Errorf("the CA secret's revisions are %v (obsolete %v), want the latest alone", existing, obsolete)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("old CA secret revisions were not pruned: %v", err)
+	}
+	removes := 0
+	for _, u := range units {
+		for _, h := range m.History(u) {
+			if h.Hook == "secret-remove" && h.ExitCode == 0 {
+				removes++
+			}
+		}
+	}
+	t.Logf("secret-remove hooks run: %d", removes)
+	t.Logf("agent log:\n%s", simtest.Tail(m.MachineServiceLog(agent), 8))
 }
 
 // The CA secret carries the yearly rotate policy; when Juju says the

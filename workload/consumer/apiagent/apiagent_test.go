@@ -2,7 +2,9 @@ package apiagent_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/juju/dqlite-controller/clustertls"
 	"github.com/juju/dqlite-controller/workload/consumer/apiagent"
 )
 
@@ -114,6 +117,9 @@ type step struct {
 	addrs   []string
 	version string
 	err     error
+	// ca and verifiedBy are the update's CA bundle and verifying CA.
+	ca         []byte
+	verifiedBy *x509.Certificate
 }
 
 // scriptedSource hands out steps one Watch call at a time; the test's send
@@ -125,15 +131,15 @@ type scriptedSource struct {
 	asked []string
 }
 
-func (s *scriptedSource) Watch(ctx context.Context, last string) ([]string, string, error) {
+func (s *scriptedSource) Watch(ctx context.Context, last string) (apiagent.Update, error) {
 	s.mu.Lock()
 	s.asked = append(s.asked, last)
 	s.mu.Unlock()
 	select {
 	case st := <-s.steps:
-		return st.addrs, st.version, st.err
+		return apiagent.Update{Addresses: st.addrs, Version: st.version, CACert: st.ca, VerifiedBy: st.verifiedBy}, st.err
 	case <-ctx.Done():
-		return nil, "", ctx.Err()
+		return apiagent.Update{}, ctx.Err()
 	}
 }
 
@@ -258,5 +264,152 @@ func TestReadCACert(t *testing.T) {
 	}
 	if _, err := apiagent.ReadCACert(path); err == nil || !strings.Contains(err.Error(), "has no cacert") {
 		t.Fatalf("no cacert: %v", err)
+	}
+}
+
+func makeCA(t *testing.T) *clustertls.CA {
+	t.Helper()
+	ca, err := clustertls.NewCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// A CA rotation as an agent sees it: the controllers' bundle goes from
+// the old CA to old and new, then to the new one alone, each learnt over a
+// connection the old (then the new) CA verified: cacert: follows, written
+// atomically and only on change, every other key kept. A bundle from an
+// unverified connection, one without the CA that verified the sender, one
+// holding a non-CA certificate and garbage are all refused, and the file
+// keeps its cacert.
+func TestUpdater_FollowsTheControllersCABundle(t *testing.T) {
+	oldCA, nextCA := makeCA(t), makeCA(t)
+	other := makeCA(t)
+	path := filepath.Join(t.TempDir(), "agent.conf")
+	conf := "# agent.conf\ntag: machine-4\ncacert: |\n  " + strings.ReplaceAll(strings.TrimSpace(string(oldCA.CertPEM)), "\n", "\n  ") +
+		"\napiaddresses:\n- 10.0.0.1:17070\nnonce: machine-4:sim\n"
+	if err := os.WriteFile(path, []byte(conf), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	src := &scriptedSource{steps: make(chan step)}
+	u := apiagent.NewUpdater(path, src, nil)
+	u.SetRetryDelay(time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- u.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	send := func(s step) { src.steps <- s }
+	handled := func() { send(step{err: errors.New("long poll timed out")}) }
+	addrs := []string{"10.0.0.1:17070"}
+	cacertIs := func(when string, want ...*clustertls.CA) {
+		t.Helper()
+		got, err := apiagent.ReadCACert(path)
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		certs, err := clustertls.ParseCerts(got)
+		if err != nil || len(certs) != len(want) {
+			t.Fatalf("%s: cacert holds %d certificates (%v), want %d", when, len(certs), err, len(want))
+		}
+		for i, c := range certs {
+			if !c.Equal(want[i].Cert) {
+				t.Fatalf("%s: cacert's certificate %d is not the expected CA", when, i)
+			}
+		}
+		data, _ := os.ReadFile(path)
+		for _, keep := range []string{"# agent.conf", "tag: machine-4", "nonce: machine-4:sim", "- 10.0.0.1:17070"} {
+			if !strings.Contains(string(data), keep) {
+				t.Fatalf("%s: %q lost from the agent config:\n%s", when, keep, data)
+			}
+		}
+		if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+			t.Fatalf("%s: mode %04o, want the file's 0640 kept", when, fi.Mode().Perm())
+		}
+	}
+	both := clustertls.Bundle(oldCA.CertPEM, nextCA.CertPEM)
+
+	// Step 1: the controllers trust both; the old CA verified them.
+	send(step{addrs: addrs, version: "v1", ca: both, verifiedBy: oldCA.Cert})
+	handled()
+	cacertIs("step 1", oldCA, nextCA)
+	ino := inode(t, path)
+	send(step{addrs: addrs, version: "v2", ca: both, verifiedBy: oldCA.Cert}) // the same bundle
+	handled()
+	send(step{addrs: addrs, version: "v2b", ca: clustertls.Bundle(nextCA.CertPEM, oldCA.CertPEM), verifiedBy: oldCA.Cert}) // the same CAs, reordered
+	handled()
+	if inode(t, path) != ino {
+		t.Fatal("agent config rewritten though neither the list nor the bundle changed")
+	}
+	// Refused: each leaves cacert as it is.
+	for _, bad := range []step{
+		{addrs: addrs, version: "v3", ca: nextCA.CertPEM},                                         // unverified connection
+		{addrs: addrs, version: "v4", ca: other.CertPEM, verifiedBy: oldCA.Cert},                  // drops the CA that verified the sender
+		{addrs: addrs, version: "v5", ca: []byte("not PEM"), verifiedBy: oldCA.Cert},              // garbage
+		{addrs: addrs, version: "v6", ca: leafOf(t, oldCA), verifiedBy: oldCA.Cert},               // not a CA certificate
+		{addrs: nil, version: "v7", ca: clustertls.Bundle(other.CertPEM), verifiedBy: oldCA.Cert}, // with an empty list
+	} {
+		send(bad)
+		handled()
+		cacertIs("after a refused bundle "+bad.version, oldCA, nextCA)
+	}
+	if inode(t, path) != ino {
+		t.Fatal("agent config rewritten by a refused bundle")
+	}
+	// Step 2: the controllers present new-CA certificates (verified by
+	// the new CA now in cacert), still trusting both; step 3: new alone.
+	send(step{addrs: addrs, version: "v8", ca: both, verifiedBy: nextCA.Cert})
+	handled()
+	cacertIs("step 2", oldCA, nextCA) // the same CAs: not rewritten
+	if inode(t, path) != ino {
+		t.Fatal("agent config rewritten at step 2, whose bundle holds the same CAs")
+	}
+	send(step{addrs: addrs, version: "v9", ca: nextCA.CertPEM, verifiedBy: nextCA.Cert})
+	handled()
+	cacertIs("step 3", nextCA)
+	if got, _ := apiagent.ReadAddresses(path); !slices.Equal(got, addrs) {
+		t.Fatalf("addresses changed: %v", got)
+	}
+}
+
+// leafOf is a node certificate issued by ca (not a CA certificate).
+func leafOf(t *testing.T, ca *clustertls.CA) []byte {
+	t.Helper()
+	key, err := clustertls.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := ca.Issue(clustertls.NodeRequest{ControllerID: "0", IPs: []net.IP{net.ParseIP("10.0.0.1")}, PublicKey: &key.PublicKey, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem
+}
+
+// WriteCACert writes a literal block Juju's way, which ReadCACert reads
+// back; it refuses an empty bundle.
+func TestWriteCACert_RoundTripsAndRefusesEmpty(t *testing.T) {
+	ca := makeCA(t)
+	path := filepath.Join(t.TempDir(), "agent.conf")
+	if err := os.WriteFile(path, []byte("tag: machine-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := apiagent.WriteCACert(path, ca.CertPEM)
+	if err != nil || !changed {
+		t.Fatalf("WriteCACert = %v, %v", changed, err)
+	}
+	data, _ := os.ReadFile(path)
+	if !strings.Contains(string(data), "cacert: |") {
+		t.Errorf("cacert not a literal block:\n%s", data)
+	}
+	got, err := apiagent.ReadCACert(path)
+	if err != nil || strings.TrimSpace(string(got)) != strings.TrimSpace(string(ca.CertPEM)) {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+	if changed, err := apiagent.WriteCACert(path, ca.CertPEM); err != nil || changed {
+		t.Fatalf("the same bundle again: changed %v, %v", changed, err)
+	}
+	if _, err := apiagent.WriteCACert(path, []byte(" \n")); err == nil {
+		t.Fatal("an empty bundle accepted")
 	}
 }

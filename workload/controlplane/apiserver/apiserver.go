@@ -3,7 +3,8 @@
 //
 //	GET /v1/health                                 node state, member, role (200 while a
 //	                                               running member, 503 otherwise)
-//	GET /v1/api-addresses                          the address lists (package apiwire)
+//	GET /v1/api-addresses                          the address lists and the CA bundle the
+//	                                               node trusts (package apiwire)
 //	GET /v1/api-addresses/watch?version=&timeout=  long poll of the lists
 //	GET /v1/lease                                  the singular-controller lease as this
 //	                                               node's singular worker last saw it
@@ -99,6 +100,11 @@ type Backend interface {
 	// Member reports whether the node is a member of the cluster now and
 	// returns a channel closed at the next change.
 	Member() (member bool, changed <-chan struct{})
+	// CABundle is the PEM bundle of the CAs the node trusts now (its
+	// loaded TLS material; nil without TLS), published with the address
+	// lists so that agents keep their cacert: current through a CA
+	// rotation.
+	CABundle() []byte
 }
 
 // ErrNotMember is returned by the gated lister while the node is not a
@@ -114,7 +120,7 @@ func NewHandler(b Backend, l Lister, lim Limits) http.Handler {
 	lim = lim.withDefaults()
 	mux := http.NewServeMux()
 	addrs := http.NewServeMux()
-	registerAddresses(addrs, gated{b: b, l: l}, newLongPolls(lim))
+	registerAddresses(addrs, gated{b: b, l: withCABundle{l: l, bundle: b.CABundle}}, newLongPolls(lim))
 	memberOnly := func(w http.ResponseWriter, r *http.Request) {
 		if m, _ := b.Member(); !m {
 			writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: ErrNotMember.Error() + "; ask another controller"})

@@ -3,6 +3,7 @@ package apiserver_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,7 @@ type fakeBackend struct {
 	changed chan struct{}
 	health  apiserver.Health
 	lease   apiserver.Lease
+	bundle  []byte
 }
 
 func newBackend(member bool) *fakeBackend {
@@ -45,6 +47,18 @@ func (b *fakeBackend) Member() (bool, <-chan struct{}) {
 func (b *fakeBackend) Health(context.Context) apiserver.Health { return b.health }
 
 func (b *fakeBackend) Lease() (apiserver.Lease, error) { return b.lease, nil }
+
+func (b *fakeBackend) CABundle() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bundle
+}
+
+func (b *fakeBackend) setBundle(pem []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.bundle = pem
+}
 
 type fixedSource struct{ l apiwire.Lists }
 
@@ -158,5 +172,82 @@ func TestHandler_LongPollEndsWhenTheNodeStopsBeingAMember(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the long poll did not end when the node stopped being a member")
+	}
+}
+
+// watchLists long-polls the lists from version and returns them.
+func watchLists(srv *httptest.Server, version string) (apiwire.Lists, error) {
+	resp, err := http.Get(srv.URL + apiwire.PathWatch + "?timeout=1m&version=" + version)
+	if err != nil {
+		return apiwire.Lists{}, err
+	}
+	defer resp.Body.Close()
+	var l apiwire.Lists
+	if resp.StatusCode != http.StatusOK {
+		return l, fmt.Errorf("watch: %s", resp.Status)
+	}
+	return l, json.NewDecoder(resp.Body).Decode(&l)
+}
+
+// A CA rotation as the API shows it: the lists carry the CA bundle the
+// node trusts, and a long poll returns as soon as the bundle changes
+// (old CA → old and new → new alone), with a version that moved, though
+// the address lists did not.
+func TestHandler_ListsCarryTheCABundleAndTheWatchFollowsIt(t *testing.T) {
+	b := newBackend(true)
+	b.setBundle([]byte("OLD CA\n"))
+	w := watcher(t, "10.0.0.1:17070")
+	srv := httptest.NewServer(apiserver.Handler(b, w))
+	defer srv.Close()
+
+	_, body := get(t, srv, apiwire.PathAddresses)
+	var first apiwire.Lists
+	if err := json.Unmarshal([]byte(body), &first); err != nil || first.CABundle != "OLD CA\n" {
+		t.Fatalf("lists = %s (%v), want the CA bundle OLD CA", body, err)
+	}
+	version := first.Version
+	for _, bundle := range []string{"OLD CA\nNEW CA\n", "NEW CA\n"} {
+		type result struct {
+			l   apiwire.Lists
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			l, err := watchLists(srv, version)
+			done <- result{l, err}
+		}()
+		select {
+		case r := <-done:
+			t.Fatalf("the long poll returned before the bundle changed: %+v", r)
+		case <-time.After(3 * apiserver.CABundlePoll):
+		}
+		b.setBundle([]byte(bundle))
+		select {
+		case r := <-done:
+			if r.err != nil || r.l.CABundle != bundle || r.l.Version == version || len(r.l.Agents) != 1 {
+				t.Fatalf("long poll after the bundle became %q = %+v (%v), want that bundle, the same agents and a new version", bundle, r.l, r.err)
+			}
+			version = r.l.Version
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the long poll did not end when the bundle became %q", bundle)
+		}
+	}
+	if l, _ := w.Current(); !strings.HasPrefix(version, l.Version) || version == l.Version {
+		t.Errorf("combined version %q does not extend the address lists' version %q", version, l.Version)
+	}
+}
+
+// A node without TLS (a test's plaintext node) serves no bundle and the
+// address lists' own version.
+func TestHandler_NoBundleWithoutTLS(t *testing.T) {
+	b := newBackend(true)
+	w := watcher(t, "10.0.0.1:17070")
+	srv := httptest.NewServer(apiserver.Handler(b, w))
+	defer srv.Close()
+	_, body := get(t, srv, apiwire.PathAddresses)
+	var l apiwire.Lists
+	cur, _ := w.Current()
+	if err := json.Unmarshal([]byte(body), &l); err != nil || l.CABundle != "" || l.Version != cur.Version || strings.Contains(body, "ca-bundle") {
+		t.Fatalf("lists without TLS = %s (%v), want no bundle and version %s", body, err, cur.Version)
 	}
 }

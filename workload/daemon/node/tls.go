@@ -265,3 +265,13 @@ func (d *Daemon) APITLSConfig() *tls.Config {
 		},
 	}
 }
+
+// CABundle implements apiserver.Backend: the CA bundle of the loaded TLS
+// material (nil before it loads, and without TLS), which the HTTP API
+// publishes so that agents follow a CA rotation.
+func (d *Daemon) CABundle() []byte {
+	if g := d.tls.guard.Load(); g != nil {
+		return g.Material().CAPEM
+	}
+	return nil
+}
