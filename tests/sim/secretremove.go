@@ -69,15 +69,9 @@ func (m *Model) toolSecretRemove(hc *hookContext, args []string) (toolResponse, 
 			return toolResponse{}, usagef("invalid value %q for flag -revision: parse error", v)
 		}
 	}
-	s, err := m.resolveLocked(hc, pos[0], "")
+	s, err := m.changeableLocked(hc, pos[0])
 	if err != nil {
 		return toolResponse{}, err
-	}
-	if s.kind == ownerApplication && m.leader != hc.unit.name {
-		return toolResponse{}, errorf("this unit is not the leader")
-	}
-	if !m.ownsLocked(hc, s) {
-		return toolResponse{}, errorf("permission denied")
 	}
 	if rev > 0 && (rev > len(s.revisions) || s.removed[rev]) {
 		return toolResponse{}, errorf("secret revision %d for %q not found", rev, s.id)

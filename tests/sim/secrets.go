@@ -226,6 +226,24 @@ func (m *Model) toolSecretAdd(hc *hookContext, args []string) (toolResponse, err
 }
 
 // resolveLocked finds the secret a tool names by URI or owner label.
+// changeableLocked resolves uri to a secret this hook's unit may change
+// (secret-set) or remove (secret-remove): its owner, and for an
+// application-owned secret only while it leads (the rules in the comment
+// at the top of this file and of secretremove.go).
+func (m *Model) changeableLocked(hc *hookContext, uri string) (*secret, error) {
+	s, err := m.resolveLocked(hc, uri, "")
+	if err != nil {
+		return nil, err
+	}
+	if s.kind == ownerApplication && m.leader != hc.unit.name {
+		return nil, errorf("this unit is not the leader")
+	}
+	if !m.ownsLocked(hc, s) {
+		return nil, errorf("permission denied")
+	}
+	return s, nil
+}
+
 func (m *Model) resolveLocked(hc *hookContext, uri, label string) (*secret, error) {
 	if uri != "" {
 		id, ok := parseSecretURI(uri)
@@ -344,15 +362,9 @@ func (m *Model) toolSecretSet(hc *hookContext, args []string) (toolResponse, err
 	if r, ok := vals["rotate"]; ok && !validRotatePolicy(r) {
 		return toolResponse{}, usagef("rotate policy %q not valid", r)
 	}
-	s, err := m.resolveLocked(hc, pos[0], "")
+	s, err := m.changeableLocked(hc, pos[0])
 	if err != nil {
 		return toolResponse{}, err
-	}
-	if s.kind == ownerApplication && m.leader != hc.unit.name {
-		return toolResponse{}, errorf("this unit is not the leader")
-	}
-	if !m.ownsLocked(hc, s) {
-		return toolResponse{}, errorf("permission denied")
 	}
 	data, err := secretData(pos[1:])
 	if err != nil {
