@@ -148,6 +148,17 @@ func systemctl(t *testing.T, m *sim.Model, unit, verb string) {
 // daemonPID finds the pid of `controllerd run` in unit's machine.
 func daemonPID(t *testing.T, m *sim.Model, unit string) int {
 	t.Helper()
+	pid := runningPID(t, m, unit)
+	if pid == 0 {
+		t.Fatalf("controllerd does not run on %s", unit)
+	}
+	return pid
+}
+
+// runningPID is the pid of controllerd run on unit's machine, 0 while it
+// does not run (between a stop and a start).
+func runningPID(t *testing.T, m *sim.Model, unit string) int {
+	t.Helper()
 	st := m.Status()
 	us, _ := st.Unit(unit)
 	for _, mc := range st.Machines {
@@ -167,7 +178,6 @@ func daemonPID(t *testing.T, m *sim.Model, unit string) int {
 			}
 		}
 	}
-	t.Fatalf("controllerd does not run on %s", unit)
 	return 0
 }
 
@@ -275,7 +285,7 @@ func TestRestore_ThreeUnitsReturnToTheBackupsRows(t *testing.T) {
 		}
 		err = probe.Eventually(simtest.CtxFor(t, 4*time.Minute), time.Second, func() error {
 			for _, u := range us {
-				if daemonPID(t, m, u) == pids[u] {
+				if pid := runningPID(t, m, u); pid == 0 || pid == pids[u] {
 					return fmt.Errorf("%s's controllerd has not restarted for the upgrade-charm yet", u)
 				}
 			}
