@@ -428,6 +428,7 @@ func BenchmarkLeaseHolderFailover(b *testing.B) {
 				// Measured from the signal, not from the exit: the
 				// holder revokes before it hands over and closes.
 				d := c.node(holder)
+				d.expectExit()
 				d.cmd.Process.Signal(syscall.SIGTERM)
 				terms = append(terms, ms(waitNewHolder(b, c, holder).Sub(at)))
 				<-d.exited

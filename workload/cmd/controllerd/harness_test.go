@@ -83,6 +83,83 @@ type daemon struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	err    error
+	// asked is set when the test stopped or killed the process itself,
+	// so that any other exit is reported as the daemon's own.
+	asked bool
+	// launched is the index in lines of the current process's first line.
+	launched int
+}
+
+// crash is what a daemon that exited by itself printed about it.
+type crash struct {
+	controller string
+	exit       string
+	// inC is set when the Go runtime reported a signal that arrived in C
+	// code (libdqlite, libraft: a segfault or a failed assertion).
+	inC bool
+	// first is the first line that tells the cause (a fatal error, a
+	// panic, a signal or a failed assertion).
+	first string
+}
+
+func (c crash) String() string {
+	where := "in Go code"
+	if c.inC {
+		where = "in C code (libdqlite or libraft)"
+	}
+	return fmt.Sprintf("controller %s exited by itself (%s) %s: %s", c.controller, c.exit, where, c.first)
+}
+
+// crashOf reads the current process's log for the cause of its exit.
+func (d *daemon) crashOf() crash {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cr := crash{controller: d.id, exit: fmt.Sprint(d.err)}
+	for _, l := range d.lines[d.launched:] {
+		switch {
+		case strings.Contains(l.text, "signal arrived during cgo execution"):
+			cr.inC = true
+		case cr.first == "" && (strings.HasPrefix(l.text, "panic:") || strings.HasPrefix(l.text, "fatal error:") ||
+			strings.HasPrefix(l.text, "SIG") || strings.Contains(l.text, "Assertion")):
+			cr.first = l.text
+		}
+	}
+	return cr
+}
+
+func (d *daemon) started() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cmd != nil
+}
+
+// expectExit records that the test is about to stop the process.
+func (d *daemon) expectExit() {
+	d.mu.Lock()
+	d.asked = true
+	d.mu.Unlock()
+}
+
+// exitReport says how the process ended when it ended without the test
+// asking (a crash), with its last log lines, or "" when it runs or was
+// stopped by the test.
+func (d *daemon) exitReport() string {
+	if !d.started() || d.running() {
+		return ""
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.asked {
+		return ""
+	}
+	from := max(0, len(d.lines)-15)
+	var b strings.Builder
+	fmt.Fprintf(&b, "controller %s exited by itself (%v); its last lines:", d.id, d.err)
+	for _, l := range d.lines[from:] {
+		b.WriteString("\n    ")
+		b.WriteString(l.text)
+	}
+	return b.String()
 }
 
 func (d *daemon) logs() string {
@@ -109,11 +186,14 @@ func (d *daemon) lineAfter(t time.Time, s string) (time.Time, bool) {
 }
 
 func (d *daemon) running() bool {
-	if d.cmd == nil {
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.mu.Unlock()
+	if cmd == nil {
 		return false
 	}
 	select {
-	case <-d.exited:
+	case <-exited:
 		return false
 	default:
 		return true
@@ -133,6 +213,14 @@ type cluster struct {
 	// ca is the cluster's test CA: every daemon gets a node certificate
 	// of it in tls/ next to its config file, as the charm provisions it.
 	ca *clustertls.CA
+	// superviseCrashes makes the harness restart a daemon that exits by
+	// itself, as systemd does in production (superviseExit). Off, a
+	// crash stays down and fails the test that needs the daemon.
+	superviseCrashes bool
+
+	mu      sync.Mutex
+	crashes []crash
+	closed  bool // the test ended: no more restarts
 }
 
 func newCluster(t testing.TB) *cluster {
@@ -148,13 +236,22 @@ func newCluster(t testing.TB) *cluster {
 		ca:     ca,
 	}
 	t.Cleanup(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
 		for _, d := range c.nodes {
 			if d.running() {
+				d.expectExit()
 				d.cmd.Process.Kill()
 				<-d.exited
 			}
 		}
 		if t.Failed() || os.Getenv("DQC_TEST_LOGS") != "" {
+			for _, d := range c.nodes {
+				if r := d.exitReport(); r != "" {
+					t.Log(r)
+				}
+			}
 			for id, d := range c.nodes {
 				t.Logf("=== log of controller %s ===\n%s", id, d.logs())
 			}
@@ -239,9 +336,18 @@ func (c *cluster) start(id string) *daemon {
 	if d.running() {
 		c.t.Fatalf("controller %s is already running", id)
 	}
+	if err := c.launch(d); err != nil {
+		c.t.Fatal(err)
+	}
+	return d
+}
+
+// launch starts d's process and the goroutines that read its log and wait
+// for its exit (and, with superviseCrashes, restart it).
+func (c *cluster) launch(d *daemon) error {
 	// Each daemon listens for its HTTP API on 0.0.0.0 with a port of its
 	// own (the default 17070 would be shared by all of them).
-	args := append([]string{"run", "--controller-id", id, "--config", d.conf,
+	args := append([]string{"run", "--controller-id", d.id, "--config", d.conf,
 		"--data-dir", d.data, "--port", strconv.Itoa(dqlitePort),
 		"--api-port", strconv.Itoa(d.apiPort), "--backup-dir", d.backups}, c.args...)
 	cmd := exec.Command(binary, args...)
@@ -250,12 +356,15 @@ func (c *cluster) start(id string) *daemon {
 	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		c.t.Fatal(err)
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		c.t.Fatalf("cannot start controller %s: %v", id, err)
+		return fmt.Errorf("cannot start controller %s: %v", d.id, err)
 	}
-	d.cmd, d.exited = cmd, make(chan struct{})
+	exited := make(chan struct{})
+	d.mu.Lock()
+	d.cmd, d.exited, d.asked, d.launched = cmd, exited, false, len(d.lines)
+	d.mu.Unlock()
 	scanned := make(chan struct{})
 	go func() {
 		defer close(scanned)
@@ -274,15 +383,45 @@ func (c *cluster) start(id string) *daemon {
 		d.mu.Lock()
 		d.err = err
 		d.mu.Unlock()
-		close(d.exited)
+		close(exited)
+		c.superviseExit(d)
 	}()
-	return d
+	return nil
+}
+
+// superviseExit restarts a daemon that exited by itself one second later,
+// as the charm's systemd unit does (Restart=always, RestartSec=1), when
+// the cluster supervises crashes; the crash is recorded for the test.
+func (c *cluster) superviseExit(d *daemon) {
+	if !c.superviseCrashes || d.exitReport() == "" {
+		return
+	}
+	c.mu.Lock()
+	c.crashes = append(c.crashes, d.crashOf())
+	c.mu.Unlock()
+	time.Sleep(time.Second)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if err := c.launch(d); err != nil {
+		c.crashes = append(c.crashes, crash{controller: d.id, first: err.Error()})
+	}
+}
+
+// crashReports returns what superviseExit recorded.
+func (c *cluster) crashReports() []crash {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]crash(nil), c.crashes...)
 }
 
 // stop sends SIGTERM and returns the exit error (nil for exit 0).
 func (c *cluster) stop(id string) error {
 	c.t.Helper()
 	d := c.node(id)
+	d.expectExit()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.exited:
@@ -297,6 +436,7 @@ func (c *cluster) stop(id string) error {
 func (c *cluster) kill(id string) {
 	c.t.Helper()
 	d := c.node(id)
+	d.expectExit()
 	d.cmd.Process.Kill()
 	<-d.exited
 }
@@ -304,7 +444,12 @@ func (c *cluster) kill(id string) {
 func (c *cluster) status(id string) (control.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return control.NewClient(c.node(id).data).Status(ctx)
+	d := c.node(id)
+	st, err := control.NewClient(d.data).Status(ctx)
+	if r := d.exitReport(); err != nil && r != "" {
+		err = fmt.Errorf("%w; %s", err, r)
+	}
+	return st, err
 }
 
 func (c *cluster) mustStatus(id string) control.Status {
