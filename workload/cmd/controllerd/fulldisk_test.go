@@ -250,9 +250,17 @@ func leaderDiskFillsAndEmpties(t *testing.T, killed bool) {
 	}
 	t.Logf("%d writes through controller %s, the leader when its disk filled, until %s (last %s)", id+1, victim,
 		map[bool]string{true: "the leadership left it", false: "one was not acknowledged at once"}[outcome[id] == "acked"], outcome[id])
+	var restarted time.Time
+	marked := false
 	if killed {
 		c.kill(victim)
+		// The marker (raft-log-suspect) is there when the daemon saw its
+		// disk short before the kill; then it must not start its node
+		// on that log again.
+		_, err := os.Stat(filepath.Join(c.node(victim).data, "raft-log-suspect"))
+		marked = err == nil
 		time.Sleep(time.Second) // systemd's RestartSec
+		restarted = time.Now()
 		c.start(victim)
 		c.waitFor("controller "+victim+" answering on the full disk", func() (bool, string) {
 			st, err := c.status(victim)
@@ -280,6 +288,11 @@ func leaderDiskFillsAndEmpties(t *testing.T, killed bool) {
 	t.Logf("controller %s replaced node %d by %s, %s after its disk was emptied", victim, oldID, c.mustStatus(victim).NodeID, time.Since(emptied).Round(time.Millisecond))
 	if _, ok := c.node(victim).lineAfter(filled, "action=replace"); !ok {
 		t.Errorf("controller %s's log does not record the replace decision", victim)
+	}
+	if marked {
+		if _, ok := c.node(victim).lineAfter(restarted, "action=start-existing"); ok {
+			t.Errorf("controller %s restarted its node on the log marked suspect", victim)
+		}
 	}
 	c.waitRoles(c.other(victim), 3, 3, 0)
 

@@ -432,10 +432,18 @@ func (d *Daemon) becomeJoining(ctx context.Context, address string, peers []stri
 }
 
 // startExisting starts the node on its data dir, unless a leader says it
-// was removed while it was down (then it wipes), or nobody could say yet.
+// was removed while it was down (then it wipes), or nobody could say yet,
+// or its log is suspect (replace.go: it waits for room, then is replaced).
 func (d *Daemon) startExisting(ctx context.Context, info client.NodeInfo, store []client.NodeInfo, dec decide.StartDecision) {
-	verdict, reason := d.stillMember(ctx, info, store)
+	if d.waitForRoom(info) {
+		return
+	}
+	verdict, reason, leader := d.stillMember(ctx, info, store)
 	switch verdict {
+	case memberVerdict:
+		if leader != nil && d.replaceStopped(ctx, info, *leader) {
+			return
+		}
 	case removedVerdict:
 		d.awaySince = time.Time{}
 		d.becomeRemoved(info.Address, reason)
@@ -816,7 +824,7 @@ func (d *Daemon) noLeaderReachable(ctx context.Context, err error) {
 		known, _ = readStore(d.nodeDir)
 	}
 	if !r.fresh && d.peersMovedAway(known) {
-		if v, reason := d.stillMember(ctx, client.NodeInfo{ID: r.node.ID(), Address: r.node.Address()}, known); v == removedVerdict {
+		if v, reason, _ := d.stillMember(ctx, client.NodeInfo{ID: r.node.ID(), Address: r.node.Address()}, known); v == removedVerdict {
 			d.becomeRemoved(r.node.Address(), "no leader answers at the addresses of the Raft configuration this node knows, but the config lists peers elsewhere (juju bind): "+reason)
 			return
 		}

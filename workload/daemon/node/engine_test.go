@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -32,6 +33,7 @@ type fakeEngine struct {
 	failStarts   int                     // so many Starts fail first, leaving no node
 	openDB       func() (*sql.DB, error) // nil: no database
 	handovers    int                     // Node.Handover calls
+	removes      []string                // Engine.Remove calls, "id via leader"
 }
 
 type startCall struct {
@@ -74,7 +76,12 @@ func (e *fakeEngine) Ask(_ context.Context, address string) Answer {
 	return Answer{Address: address}
 }
 
-func (e *fakeEngine) Remove(context.Context, string, uint64) error { return nil }
+func (e *fakeEngine) Remove(_ context.Context, leader string, id uint64) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.removes = append(e.removes, fmt.Sprintf("%d via %s", id, leader))
+	return nil
+}
 
 func (e *fakeEngine) Listed(context.Context, []string) ([]string, error) {
 	e.mu.Lock()

@@ -39,8 +39,9 @@ const (
 // leader's configuration that lacks this node's id, or a known peer
 // refusing this node's certificate (refusedBy, tls.go), says "removed"; a
 // leader or any other node that lists it says "member"; no answer at all
-// is unknown, and the caller asks again.
-func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []client.NodeInfo) (verdict, string) {
+// is unknown, and the caller asks again. The leader's answer, when one
+// answered, comes back too.
+func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []client.NodeInfo) (verdict, string, *Answer) {
 	seen := map[string]bool{info.Address: true}
 	if own, ok := d.ownAddress(); ok {
 		seen[own] = true
@@ -59,20 +60,20 @@ func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []
 		add(decide.JoinHostPort(host, d.o.Port))
 	}
 	if len(addrs) == 0 {
-		return memberVerdict, "no other node known"
+		return memberVerdict, "no other node known", nil
 	}
 	slices.Sort(addrs)
 	asked := time.Now()
 	answers := d.askAll(ctx, addrs)
 	if la, ok := d.leaderView(ctx, answers); ok {
 		if !la.Knows(info.ID) {
-			return removedVerdict, fmt.Sprintf("node %d is not a member of the cluster led by %s (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, la.Address)
+			return removedVerdict, fmt.Sprintf("node %d is not a member of the cluster led by %s (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, la.Address), &la
 		}
-		return memberVerdict, "the leader " + la.Address + " lists this node"
+		return memberVerdict, "the leader " + la.Address + " lists this node", &la
 	}
 	for _, a := range answers {
 		if a.Knows(info.ID) {
-			return memberVerdict, "member " + a.Address + " lists this node"
+			return memberVerdict, "member " + a.Address + " lists this node", nil
 		}
 	}
 	// A peer this node knows of (its cluster.yaml or its config) that
@@ -84,9 +85,9 @@ func (d *Daemon) stillMember(ctx context.Context, info client.NodeInfo, store []
 	// hides. Without this, two removed voters returning on their old
 	// config outvote the survivor that refuses them.
 	if by, out := d.refusedBy(asked, addrs); out {
-		return removedVerdict, fmt.Sprintf("node %d is locked out: its peers (%s) refuse its certificate, so neither their config nor their Raft configuration holds it (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, by)
+		return removedVerdict, fmt.Sprintf("node %d is locked out: its peers (%s) refuse its certificate, so neither their config nor their Raft configuration holds it (removed while it was down); wiping its data dir instead of starting it on stale state", info.ID, by), nil
 	}
-	return unknownVerdict, fmt.Sprintf("no node answered whether node %d is still a member (asked %v)", info.ID, addrs)
+	return unknownVerdict, fmt.Sprintf("no node answered whether node %d is still a member (asked %v)", info.ID, addrs), nil
 }
 
 // removeFormerNode runs before a brand new node joins at address: a member

@@ -134,6 +134,78 @@ func (d *Daemon) replaceSuspectLog(ctx context.Context, obs *Observation) bool {
 	return true
 }
 
+// waitForRoom runs before a stopped node starts on its data dir and
+// reports whether the node must stay stopped: a node whose marker says
+// its log may lack entries does not start while its filesystem is still
+// short of space. It could store nothing there, and libraft 0.15 crashed
+// with a segmentation fault each time such a node started on a full disk
+// (TestFullDisk_LeaderDiskFillsAndEmpties).
+func (d *Daemon) waitForRoom(info client.NodeInfo) bool {
+	if d.commitNote.diskLowAt.IsZero() {
+		return false
+	}
+	free, err := d.freeSpace(d.o.DataDir)
+	if err != nil || free >= replaceMinFree {
+		return false
+	}
+	why := fmt.Sprintf("not starting node %d: its data dir ran short of space at %s, so its Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk), and its filesystem has %d KiB free; free at least %d MiB there, then the node is replaced by a new one",
+		info.ID, d.commitNote.diskLowAt.UTC().Format(time.RFC3339), free>>10, replaceMinFree>>20)
+	d.decision("wait", why)
+	d.setState(StateWaiting, why)
+	d.retryAt = time.Now().Add(time.Second)
+	return true
+}
+
+// replaceStopped runs before a stopped node starts on its data dir and
+// reports whether it acted. A node whose marker says its log may lack
+// entries (controllerd restarted after a crash or kill on the full disk)
+// is not started on that log when it can be replaced at once: restarted,
+// it could win an election before its first pass and lead on the shifted
+// log (the crash and the lost writes of docs/dqlite-behaviour.md#a-full-disk).
+// It is removed through the leader that answered and wiped, on the same
+// condition as becomeReplacing: the leader is another node and keeps at
+// least two voters without this one. Otherwise (one other voter) it
+// starts as before, and the running node's pass decides.
+func (d *Daemon) replaceStopped(ctx context.Context, info client.NodeInfo, leader Answer) bool {
+	if d.commitNote.diskLowAt.IsZero() || leader.Leader.ID == info.ID {
+		return false
+	}
+	others := 0
+	for _, m := range leader.Members {
+		if m.ID != info.ID && m.Role == client.Voter {
+			others++
+		}
+	}
+	if others < 2 {
+		return false
+	}
+	reason := fmt.Sprintf("this node's data dir ran short of space at %s, so its Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): not starting it on that log; removing node %d through the leader %s, wiping it and joining again as a new node",
+		d.commitNote.diskLowAt.UTC().Format(time.RFC3339), info.ID, leader.Address)
+	d.decision("replace", reason, "node-id", strconv.FormatUint(info.ID, 10))
+	d.setState(StateLeaving, reason)
+	rctx, cancel := context.WithTimeout(ctx, d.o.HandoverTimeout)
+	err := d.engine.Remove(rctx, leader.Address, info.ID)
+	cancel()
+	if err != nil {
+		why := fmt.Sprintf("cannot have node %d removed through the leader %s for its replacement, and not starting it on its suspect log: %v; will retry", info.ID, leader.Address, err)
+		d.log.Warn(why)
+		d.setState(StateWaiting, why)
+		d.retryAt = time.Now().Add(time.Second)
+		return true
+	}
+	d.forgetSuspectLog()
+	d.becomeRemoved(info.Address, reason)
+	return true
+}
+
+// forgetSuspectLog drops the marker with the data it described.
+func (d *Daemon) forgetSuspectLog() {
+	if err := os.Remove(filepath.Join(d.o.DataDir, suspectLogName)); err != nil && !os.IsNotExist(err) {
+		d.log.Warn("cannot remove the suspect-log marker", "err", err)
+	}
+	d.commitNote.diskLowAt = time.Time{}
+}
+
 // becomeReplacing removes this node through the leader, wipes its data
 // dir and lets it join again as a new node (new id). Safe because the
 // leader is another node and keeps at least two voters without this one,
@@ -156,9 +228,6 @@ func (d *Daemon) becomeReplacing(ctx context.Context, obs *Observation, selfID u
 		d.log.Warn("cannot have this node removed for its replacement; will retry", "err", err)
 		return
 	}
-	if err := os.Remove(filepath.Join(d.o.DataDir, suspectLogName)); err != nil && !os.IsNotExist(err) {
-		d.log.Warn("cannot remove the suspect-log marker", "err", err)
-	}
-	d.commitNote.diskLowAt = time.Time{}
+	d.forgetSuspectLog()
 	d.becomeRemoved(r.node.Address(), reason)
 }

@@ -133,3 +133,41 @@ func TestTransition_SuspectMarkerRecordedWhileTheDiskIsFull(t *testing.T) {
 		t.Errorf("a restarted controllerd does not know its log is suspect")
 	}
 }
+
+// controllerd restarted (after a crash or kill -9 on the full disk) with
+// the marker in its data dir does not start the node on that log when a
+// leader with two other voters answers and there is room: it has the node
+// removed through that leader and wipes it, so that the node cannot lead
+// on the shifted log before its first pass. Without room it does not start
+// at all (libraft crashed each time it did) and the status says to free
+// space.
+func TestTransition_SuspectNodeRestartedIsReplacedWithoutStarting(t *testing.T) {
+	for _, room := range []bool{true, false} {
+		d, e := newFakeDaemon(t, conf("0", "10.9.0.1", "1", "10.9.0.2", "2", "10.9.0.3"), true)
+		free := uint64(1 << 20)
+		if room {
+			free = 1 << 30
+		}
+		d.freeSpace = func(string) (uint64, error) { return free, nil }
+		os.WriteFile(filepath.Join(d.o.DataDir, suspectLogName), nil, 0o600)
+		d.loadSuspectLog()
+		e.set(addr1, Answer{Accepted: true, Answered: true, Leader: client.NodeInfo{ID: 2, Address: addr1}, Members: threeVoters()})
+		d.passes(1)
+		if !room {
+			if len(e.removes) != 0 || len(e.started) != 0 || d.state != StateWaiting || !strings.Contains(d.message, "free at least 32 MiB there") {
+				t.Fatalf("without room: removes %v, starts %v, state %s (%s); want it waiting, saying to free space", e.removes, e.started, d.state, d.message)
+			}
+			continue
+		}
+		if len(e.started) != 0 {
+			t.Fatalf("the node was started on its suspect log: %v (%s: %s)", e.started, d.state, d.message)
+		}
+		if len(e.removes) != 1 || e.removes[0] != "1 via "+addr1 {
+			t.Fatalf("removes = %v, want node 1 removed through the leader %s", e.removes, addr1)
+		}
+		if d.state != StateRemoved || fileExists(filepath.Join(d.nodeDir, "info.yaml")) || fileExists(filepath.Join(d.o.DataDir, suspectLogName)) {
+			t.Fatalf("after the removal: state %s (%s), node dir kept %v, marker kept %v", d.state, d.message,
+				fileExists(filepath.Join(d.nodeDir, "info.yaml")), fileExists(filepath.Join(d.o.DataDir, suspectLogName)))
+		}
+	}
+}
