@@ -44,8 +44,15 @@ vet: setup
 LONG_TEST_PKGS := ./tests/e2e ./workload/cmd/controllerd ./tests/e2e/bind \
 	./tests/e2e/controlplane ./tests/e2e/restore ./tests/e2e/recovery ./tests/sim \
 	./tests/e2e/rotation ./tests/jepsen ./tests/e2e/rolling
+# The whole output also goes to build/test.log; when a test fails, its
+# failure lines (the test's own messages, not the daemons' logs) are
+# repeated at the end, where a truncated CI log still shows them.
 test: charm vet
-	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 6 $(LONG_TEST_PKGS) ./...
+	DQC_CHARM_DIR=$(abspath $(CHARM_DIR)) $(GO) test -tags $(TAGS) -timeout $(TEST_TIMEOUT) -p 6 $(LONG_TEST_PKGS) ./... 2>&1 | tee $(BUILD)/test.log; \
+		rc=$${PIPESTATUS[0]}; \
+		if [ $$rc -ne 0 ]; then echo "== failures (whole output in $(BUILD)/test.log)"; \
+			grep -E -- '^\s*--- FAIL|^\s+[a-z_]+_test\.go:[0-9]+: |^(panic|FAIL)' $(BUILD)/test.log | cut -c1-400 | head -80; fi; \
+		exit $$rc
 
 # Every benchmark (each repeats its measurement and reports the median and
 # the spread with b.ReportMetric), then one table of them all
