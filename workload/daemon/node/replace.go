@@ -148,10 +148,12 @@ func (d *Daemon) waitForRoom(info client.NodeInfo) bool {
 	if err != nil || free >= replaceMinFree {
 		return false
 	}
-	why := fmt.Sprintf("not starting node %d: its data dir ran short of space at %s, so its Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk), and its filesystem has %d KiB free; free at least %d MiB there, then the node is replaced by a new one",
-		info.ID, d.commitNote.diskLowAt.UTC().Format(time.RFC3339), free>>10, replaceMinFree>>20)
-	d.decision("wait", why)
-	d.setState(StateWaiting, why)
+	why := fmt.Sprintf("not starting node %d: its data dir ran short of space at %s, so its Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk), and its filesystem is still short of space; free at least %d MiB there, then the node is replaced by a new one",
+		info.ID, d.commitNote.diskLowAt.UTC().Format(time.RFC3339), replaceMinFree>>20)
+	// The figure changes from pass to pass: in the status, not in the
+	// decision, which is logged once.
+	d.decision("wait", why, "free-bytes", free)
+	d.setState(StateWaiting, fmt.Sprintf("%s (%d KiB free now)", why, free>>10))
 	d.retryAt = time.Now().Add(time.Second)
 	return true
 }
