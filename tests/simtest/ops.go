@@ -89,6 +89,30 @@ func WaitPublishedPositions(t *testing.T, m *sim.Model, units []string) map[stri
 	return out
 }
 
+// RunRecovery runs recover-from-quorum-loss confirm=true on unit and
+// returns its result, running it again while it refuses because a
+// survivor "has not published its Raft position": the action reads the
+// positions from its unit's view of the relation, which Juju's uniter
+// refreshes for a remote unit only at that unit's relation-changed hook
+// (worker/uniter/runner/context/cache.go), so the refusal is right and
+// says to retry, and WaitPublishedPositions (the model's view) can be
+// ahead of it.
+func RunRecovery(t *testing.T, m *sim.Model, unit string) *sim.ActionResult {
+	t.Helper()
+	var res *sim.ActionResult
+	err := probe.Eventually(CtxFor(t, 2*time.Minute), time.Second, func() error {
+		res = RunAction(t, m, unit, "recover-from-quorum-loss", "confirm=true")
+		if res.Status == sim.ActionFailed && strings.Contains(res.Message, "has not published its Raft position") {
+			return fmt.Errorf("%s: %s", unit, res.Message)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // Split cuts the network between unit's machine and the machines of peers
 // both ways (blackhole routes in each namespace, to the other side's
 // addresses) while every unit agent still reaches the controller: a split

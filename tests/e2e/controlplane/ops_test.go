@@ -211,23 +211,11 @@ func TestOps_RecoverFromQuorumLossFiveToTwo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("published positions: %v", positions)
-	// The action reads the positions from its unit's view of the relation,
-	// which learns best's at its next relation-changed hook (Juju's uniter
-	// caches relation data per hook, as the simulator does): until then it
-	// refuses, rightly, because best has not published.
-	err = probe.Eventually(simtest.CtxFor(t, 2*time.Minute), time.Second, func() error {
-		res := simtest.RunAction(t, m, behind, "recover-from-quorum-loss", "confirm=true")
-		if res.Status == sim.ActionFailed && strings.Contains(res.Message, "has not published its Raft position") {
-			return fmt.Errorf("%s: %s", behind, res.Message)
-		}
-		simtest.WantFailed(t, res, "run recover-from-quorum-loss on its unit ("+best+") instead")
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// RunRecovery retries while the unit's view of the relation lacks the
+	// other survivor's position.
+	simtest.WantFailed(t, simtest.RunRecovery(t, m, behind), "run recover-from-quorum-loss on its unit ("+best+") instead")
 
-	res := simtest.RunAction(t, m, best, "recover-from-quorum-loss", "confirm=true")
+	res := simtest.RunRecovery(t, m, best)
 	simtest.WantCompleted(t, res)
 	if res.Results["survivors"] != strings.TrimPrefix(behind, app+"/") {
 		t.Fatalf("survivors %v, want %s", res.Results["survivors"], behind)

@@ -116,9 +116,9 @@ func TestRecovery_TwoVotersOfThreeSplitApart(t *testing.T) {
 	if pos[a].Index <= pos[b].Index {
 		t.Fatalf("A (%s) at %+v is not ahead of the cut-off B (%s) at %+v", a, pos[a], b, pos[b])
 	}
-	simtest.WantFailed(t, simtest.RunAction(t, m, b, "recover-from-quorum-loss", "confirm=true"),
+	simtest.WantFailed(t, simtest.RunRecovery(t, m, b),
 		"run recover-from-quorum-loss on its unit ("+a+") instead")
-	res := simtest.RunAction(t, m, a, "recover-from-quorum-loss", "confirm=true")
+	res := simtest.RunRecovery(t, m, a)
 	simtest.WantCompleted(t, res)
 	if res.Results["survivors"] != id(b) || res.Results["unreachable"] != id(c) {
 		t.Fatalf("survivors %q, unreachable %q; want %s and %s", res.Results["survivors"], res.Results["unreachable"], id(b), id(c))
@@ -200,9 +200,9 @@ func TestRecovery_SpareSurvivorBehindIsNeverChosen(t *testing.T) {
 	if pos[standby].Index <= pos[x].Index {
 		t.Fatalf("stand-by %s at %+v is not ahead of the spare %s at %+v", standby, pos[standby], x, pos[x])
 	}
-	simtest.WantFailed(t, simtest.RunAction(t, m, x, "recover-from-quorum-loss", "confirm=true"),
+	simtest.WantFailed(t, simtest.RunRecovery(t, m, x),
 		"run recover-from-quorum-loss on its unit ("+standby+") instead")
-	res := simtest.RunAction(t, m, standby, "recover-from-quorum-loss", "confirm=true")
+	res := simtest.RunRecovery(t, m, standby)
 	simtest.WantCompleted(t, res)
 	if res.Results["survivors"] != id(x) {
 		t.Fatalf("survivors %q, want %s", res.Results["survivors"], id(x))
@@ -279,7 +279,7 @@ func TestRecovery_SurvivorsAtChangedAddresses(t *testing.T) {
 	if pos[other].Index > pos[chosen].Index {
 		chosen, other = other, chosen
 	}
-	res := simtest.RunAction(t, m, chosen, "recover-from-quorum-loss", "confirm=true")
+	res := simtest.RunRecovery(t, m, chosen)
 	simtest.WantCompleted(t, res)
 	if res.Results["survivors"] != id(other) {
 		t.Fatalf("survivors %q, unreachable %q: %s, alive at its old address, is not counted as a survivor", res.Results["survivors"], res.Results["unreachable"], other)
