@@ -14,7 +14,8 @@ import (
 )
 
 // restore-backup on 3 real processes, with a member's controllerd killed
-// (kill -9) while the restore stops the cluster and the source's process
+// (kill -9) while the restore stops the cluster (the member leads then,
+// so the other two elect a new leader in step 1) and the source's process
 // frozen (SIGSTOP, its machine looks paused) while the others wait for it.
 // The killed member comes back on its old data, reads its restore record
 // and never starts that data again; the frozen source's peers serve
@@ -80,6 +81,21 @@ func TestRestoreBackup_KilledMemberAndFrozenSourceEndInOneClusterWithTheBackupsR
 		stdout, stderr string
 		err            error
 	}
+	// The member to be killed leads: its death leaves the source and the
+	// watched member to elect a new leader during step 1, which the
+	// source needs to read the acknowledgements (the watched member once
+	// closed its node at once on "no leader" and the restore stalled at
+	// step 1/4 until it was cancelled).
+	c.waitFor("controller "+killed+" leading", func() (bool, string) {
+		leader := c.leaderID(killed)
+		if leader == killed {
+			return true, ""
+		}
+		if err := c.transfer(killed, leader, killed); err != nil {
+			return false, err.Error()
+		}
+		return c.leaderID(killed) == killed, "leader " + leader
+	})
 	done := make(chan answer, 1)
 	go func() {
 		o, e, err := runCLI(t, "restore-backup", "--data-dir", c.node(source).data, "--backup-id", b.ID, "--confirm", "--format=json")

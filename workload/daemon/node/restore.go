@@ -75,6 +75,10 @@ const (
 	restorePoll        = 300 * time.Millisecond
 	restoreCheckPeriod = time.Second
 	restoreStartWait   = 90 * time.Second
+	// restoreNoLeaderGrace is how long a marked member goes without a
+	// leader before it closes its node (restoreNoLeader): longer than an
+	// election on a loaded machine.
+	restoreNoLeaderGrace = 10 * time.Second
 )
 
 // Restore states in controller_restore and steps of a record.
@@ -334,6 +338,17 @@ func (d *Daemon) becomeRestoreStopped(rec *restoreRecord, why string) {
 // restoreNoLeader is called when a running node finds no leader; it
 // reports whether the restore decides instead of the quorum-loss logic
 // (which must never force a configuration during a restore).
+//
+// A marked member closes its node once no leader has answered for
+// restoreNoLeaderGrace: in step 2 the last members may no longer form a
+// quorum to read "stopping" from, and the source waits for them to close.
+// Not at once: when the leader was another member that died, the source
+// and this node elect a new one within seconds, and the source needs that
+// quorum to read the acknowledgements and move to step 2 (closing at once
+// stalled a restore at step 1 with "no Dqlite leader reachable" until it
+// was cancelled). Staying open a little longer changes nothing: the node
+// serves nothing, and only the source forces a configuration, once every
+// other node is closed.
 func (d *Daemon) restoreNoLeader() bool {
 	rec := d.record()
 	if rec == nil {
@@ -344,7 +359,12 @@ func (d *Daemon) restoreNoLeader() bool {
 		d.setState(StateRestoring, d.sourceProgress(rec)+" (no Dqlite leader reachable)")
 		return true
 	}
-	d.becomeRestoreStopped(rec, "no leader while marked for a restore")
+	if without := time.Since(d.run.leaderSeen); without < restoreNoLeaderGrace {
+		d.setState(StateRestoring, d.restoreMessage(rec, 1, fmt.Sprintf("stopped serving; no Dqlite leader reachable for %s: closing this node after %s without one (the cluster may be electing a new leader)",
+			without.Round(100*time.Millisecond), restoreNoLeaderGrace)))
+		return true
+	}
+	d.becomeRestoreStopped(rec, fmt.Sprintf("no leader for %s while marked for a restore", restoreNoLeaderGrace))
 	return true
 }
 
