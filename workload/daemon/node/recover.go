@@ -113,12 +113,23 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 		published[p.ControllerID] = p
 	}
 	answering := map[string]bool{}
+	asked := map[string]bool{} // the addresses a unit accounts for
 	for _, id := range cfg.AgentIDs() {
 		if id != d.o.ControllerID {
-			answering[id] = d.answersAt(ctx, d.peerAddresses(cfg, id, published[id]))
+			addrs := d.peerAddresses(cfg, id, published[id])
+			answering[id] = d.answersAt(ctx, addrs)
+			for _, a := range addrs {
+				asked[a] = true
+			}
 		}
 	}
-	res.Survivors, res.Unreachable, err = chooseRecovery(mine, answering, published)
+	var strays []string
+	for _, a := range d.configurationAddresses(self.NodeID) {
+		if !asked[a] && d.answers(ctx, a) {
+			strays = append(strays, a)
+		}
+	}
+	res.Survivors, res.Unreachable, err = chooseRecovery(mine, answering, published, strays)
 	if err != nil {
 		return res, err
 	}
@@ -187,8 +198,15 @@ func (d *Daemon) Recover(ctx context.Context, req control.RecoverRequest) (contr
 // node that was away without it knowing, so a role says nothing about a
 // log; a spare may be chosen exactly when its log is the newest. A unit
 // that answers but published nothing (or not in state no-quorum) may hold
-// a newer log nobody has seen: refused until its next hook.
-func chooseRecovery(mine RaftPosition, answering map[string]bool, published map[string]control.RaftInfo) (survivors, unreachable []string, err error) {
+// a newer log nobody has seen: refused until its next hook. So is a node
+// of this node's Raft configuration that answers at an address no
+// answering unit accounts for (strays): its unit's position may be one
+// this unit's view of the relation has not seen yet, and counting it as
+// gone would drop its log.
+func chooseRecovery(mine RaftPosition, answering map[string]bool, published map[string]control.RaftInfo, strays []string) (survivors, unreachable []string, err error) {
+	if len(strays) > 0 {
+		return nil, nil, fmt.Errorf("cannot recover: the node at %s, a member of this node's Raft configuration, answers, but its unit has not published its Raft position since quorum was lost (or this unit has not seen it yet); wait for its next hook (update-status) and retry", strings.Join(strays, ", "))
+	}
 	ids := make([]string, 0, len(answering))
 	for id := range answering {
 		ids = append(ids, id)
@@ -245,6 +263,28 @@ func (d *Daemon) peerAddresses(cfg *controllerconf.Config, id string, p control.
 		}
 	}
 	return addrs
+}
+
+// configurationAddresses returns the addresses of the other members of
+// this node's Raft configuration as it last knew them: its last
+// observation and cluster.yaml.
+func (d *Daemon) configurationAddresses(selfNodeID string) []string {
+	var out []string
+	seen := map[string]bool{}
+	add := func(id, address string) {
+		if id != selfNodeID && address != "" && !seen[address] {
+			seen[address] = true
+			out = append(out, address)
+		}
+	}
+	for _, m := range d.Status(context.Background()).Members {
+		add(m.NodeID, m.Address)
+	}
+	store, _ := readStore(d.nodeDir)
+	for _, n := range store {
+		add(strconv.FormatUint(n.ID, 10), n.Address)
+	}
+	return out
 }
 
 // answersAt reports whether a Dqlite node answers at any of addrs.

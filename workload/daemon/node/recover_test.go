@@ -16,6 +16,7 @@ func TestChooseRecovery(t *testing.T) {
 		name        string
 		answering   map[string]bool
 		published   map[string]control.RaftInfo
+		strays      []string
 		survivors   string
 		unreachable string
 		refusal     string
@@ -77,6 +78,16 @@ func TestChooseRecovery(t *testing.T) {
 		published: map[string]control.RaftInfo{"1": pos("running", "voter", 1, 1)},
 		refusal:   `controller 1 published state "running", not "no-quorum": its position may be stale`,
 	}, {
+		// A unit whose position this unit's view of the relation has not
+		// seen yet (Juju refreshes a remote unit's data at its
+		// relation-changed hook), answering at an address of this node's
+		// Raft configuration that the config no longer gives it (juju
+		// bind): it looks gone, but its log may be newer.
+		name:      "a member of the Raft configuration answers for no unit",
+		answering: map[string]bool{"0": false, "4": false},
+		strays:    []string{"10.0.0.5:17666"},
+		refusal:   "the node at 10.0.0.5:17666, a member of this node's Raft configuration, answers, but its unit has not published its Raft position since quorum was lost (or this unit has not seen it yet); wait for its next hook (update-status) and retry",
+	}, {
 		name:        "ids in numeric order",
 		answering:   map[string]bool{"10": false, "9": false, "2": true},
 		published:   map[string]control.RaftInfo{"2": pos("reconfiguring", "voter", 1, 1)},
@@ -85,7 +96,7 @@ func TestChooseRecovery(t *testing.T) {
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			survivors, unreachable, err := chooseRecovery(mine, tt.answering, tt.published)
+			survivors, unreachable, err := chooseRecovery(mine, tt.answering, tt.published, tt.strays)
 			if tt.refusal != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.refusal) {
 					t.Fatalf("err = %v, want a refusal containing %q", err, tt.refusal)
