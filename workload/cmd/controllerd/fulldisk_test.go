@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/canonical/go-dqlite/app"
-	"github.com/canonical/go-dqlite/client"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
 	"golang.org/x/sys/unix"
 )
@@ -89,21 +86,6 @@ func (c *cluster) nodeID(id string) uint64 {
 		c.t.Fatal(err)
 	}
 	return n
-}
-
-// transfer asks the Dqlite leader (as a client with controller from's
-// certificate) to hand leadership to controller to's node.
-func (c *cluster) transfer(from, leader, to string) error {
-	m := c.material(from)
-	dial := client.DialFuncWithTLS(client.DefaultDialFunc, app.SimpleDialTLSConfig(m.Cert, m.Pool))
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	cli, err := client.New(ctx, c.mustStatus(leader).Address, client.WithDialFunc(dial))
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	return cli.Transfer(ctx, c.nodeID(to))
 }
 
 // A follower whose disk filled up while the leader wrote: libraft 0.15
@@ -302,16 +284,7 @@ func leaderDiskFillsAndEmpties(t *testing.T, killed bool) {
 	}
 	t.Logf("writes: %v", counts)
 	for _, want := range ids {
-		c.waitFor("controller "+want+" leading", func() (bool, string) {
-			leader := c.leaderID(want)
-			if leader == want {
-				return true, ""
-			}
-			if err := c.transfer(want, leader, want); err != nil {
-				return false, err.Error()
-			}
-			return c.leaderID(want) == want, "leader " + leader
-		})
+		c.makeLeader(want)
 		res := c.mustSQL(want, "SELECT id FROM fill ORDER BY id")
 		have := map[int]bool{}
 		for _, r := range res.Rows {

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/canonical/go-dqlite/app"
+	"github.com/canonical/go-dqlite/client"
 	"github.com/juju/dqlite-controller/clustertls"
 	"github.com/juju/dqlite-controller/controllerconf"
 	"github.com/juju/dqlite-controller/workload/daemon/control"
@@ -587,6 +589,37 @@ func (c *cluster) leaderID(from string) string {
 		return false, "leader " + st.Leader.Address + " is not a known controller"
 	})
 	return leader
+}
+
+// transfer asks the Dqlite leader (as a client with controller from's
+// certificate) to hand leadership to controller to's node.
+func (c *cluster) transfer(from, leader, to string) error {
+	m := c.material(from)
+	dial := client.DialFuncWithTLS(client.DefaultDialFunc, app.SimpleDialTLSConfig(m.Cert, m.Pool))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cli, err := client.New(ctx, c.mustStatus(leader).Address, client.WithDialFunc(dial))
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	return cli.Transfer(ctx, c.nodeID(to))
+}
+
+// makeLeader transfers the Dqlite leadership to controller id's node and
+// waits until it leads.
+func (c *cluster) makeLeader(id string) {
+	c.t.Helper()
+	c.waitFor("controller "+id+" leading", func() (bool, string) {
+		leader := c.leaderID(id)
+		if leader == id {
+			return true, ""
+		}
+		if err := c.transfer(id, leader, id); err != nil {
+			return false, err.Error()
+		}
+		return c.leaderID(id) == id, "leader " + leader
+	})
 }
 
 // writeUntilOK retries an idempotent insert through controller id until it

@@ -86,16 +86,7 @@ func TestRestoreBackup_KilledMemberAndFrozenSourceEndInOneClusterWithTheBackupsR
 	// source needs to read the acknowledgements (the watched member once
 	// closed its node at once on "no leader" and the restore stalled at
 	// step 1/4 until it was cancelled).
-	c.waitFor("controller "+killed+" leading", func() (bool, string) {
-		leader := c.leaderID(killed)
-		if leader == killed {
-			return true, ""
-		}
-		if err := c.transfer(killed, leader, killed); err != nil {
-			return false, err.Error()
-		}
-		return c.leaderID(killed) == killed, "leader " + leader
-	})
+	c.makeLeader(killed)
 	done := make(chan answer, 1)
 	go func() {
 		o, e, err := runCLI(t, "restore-backup", "--data-dir", c.node(source).data, "--backup-id", b.ID, "--confirm", "--format=json")

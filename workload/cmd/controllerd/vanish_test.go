@@ -191,26 +191,6 @@ func TestShrink_VanishedLeaderMachineIsRemovedBySurvivors(t *testing.T) {
 	}
 }
 
-// makeLeader restarts the leader until controller id leads (controller 0
-// bootstrapped and normally leads already).
-func (c *cluster) makeLeader(id string) {
-	c.t.Helper()
-	for i := 0; ; i++ {
-		leader := c.leaderID(c.other(id))
-		if leader == id {
-			return
-		}
-		if i == 5 {
-			c.t.Fatalf("controller %s does not lead after %d restarts of the leader", id, i)
-		}
-		if err := c.stop(leader); err != nil {
-			c.t.Fatalf("controller %s: %v", leader, err)
-		}
-		c.start(leader)
-		c.waitState(leader, "running")
-	}
-}
-
 // other returns a controller id other than id.
 func (c *cluster) other(id string) string {
 	for _, o := range sortedIDs(c.nodes) {
