@@ -137,19 +137,28 @@ func Recover(in RecoverInput) RecoverDecision {
 		}
 		return RecoverDecision{Reason: fmt.Sprintf("quorum lost; waiting for controller %s (%s member at %s) to reconfigure the cluster", first.ControllerID, first.Role, first.Address)}
 	}
-	if in.Failures < in.MinFailures || in.FailingFor < in.Confirm {
-		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable; confirming for %s and %d failed observations (%s, %d so far) before reconfiguring",
-			in.Confirm, in.MinFailures, in.FailingFor.Round(100*time.Millisecond), in.Failures)}
-	}
 	isListed := map[uint64]bool{}
 	for _, m := range listed {
 		isListed[m.ID] = true
 	}
 	var oldVoters []Member
+	unlisted := 0
 	for _, m := range in.Members {
 		if m.Role == Voter && m.ID != in.SelfID {
 			oldVoters = append(oldVoters, m)
+			if !isListed[m.ID] {
+				unlisted++
+			}
 		}
+	}
+	if len(oldVoters) > 0 && unlisted == 0 {
+		// Only a voter the config dropped is ever replaced: no wait
+		// makes this node reconfigure, so the status says what would.
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable; waiting for quorum: the config still lists every other voter (%s), so this node replaces none of them; bring them back (their controllerd or machines), or if they are gone for good remove their units (juju remove-unit --force) or run recover-from-quorum-loss", labels(oldVoters))}
+	}
+	if in.Failures < in.MinFailures || in.FailingFor < in.Confirm {
+		return RecoverDecision{Reason: fmt.Sprintf("no leader reachable; confirming for %s and %d failed observations (%s, %d so far) before reconfiguring",
+			in.Confirm, in.MinFailures, in.FailingFor.Round(100*time.Millisecond), in.Failures)}
 	}
 	if !in.Probed && len(oldVoters) > 0 {
 		return RecoverDecision{Probe: true, Reason: "probing the old voters before reconfiguring"}
@@ -184,6 +193,8 @@ func Recover(in RecoverInput) RecoverDecision {
 		}
 	}
 	if len(gone) == 0 {
+		// Unreachable (a dropped voter is either gone, alive and waited
+		// for above, or silent and listed); kept as the last guard.
 		return RecoverDecision{Reason: "no leader reachable; waiting for quorum (the config dropped none of the old voters: there is nobody to replace)"}
 	}
 	nodes := []Member{{ID: self.ID, Address: self.Address, Role: Voter, ControllerID: in.ControllerID}}

@@ -86,7 +86,14 @@ func TestRecover(t *testing.T) {
 	}, {
 		summary: "every old voter listed and answering, nobody dropped: wait for quorum",
 		in:      ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), Members: three(false), Probed: true, Probes: answering(2, 3)}),
-		reason:  "dropped none of the old voters",
+		reason:  "the config still lists every other voter (2 at 10.0.0.2:17666, 3 at 10.0.0.3:17666), so this node replaces none of them",
+	}, {
+		// Two of three controllerds stopped: the survivor never
+		// reconfigures on its own, so its status must not say it will.
+		summary: "every old voter listed, silent, not confirmed yet: says what would make it reconfigure, not that it is confirming",
+		in: ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2", "2", "10.0.0.3"), Members: three(false),
+			FailingFor: time.Second, Failures: 1}),
+		reason: "remove their units (juju remove-unit --force) or run recover-from-quorum-loss",
 	}, {
 		summary: "long enough but too few failures in a row: confirming",
 		in:      ok(decide.RecoverInput{Config: only0, Members: three(false), Probed: true, FailingFor: time.Minute, Failures: 2}),
