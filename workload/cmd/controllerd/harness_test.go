@@ -404,7 +404,10 @@ func (c *cluster) superviseExit(d *daemon) {
 	time.Sleep(time.Second)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	d.mu.Lock()
+	asked := d.asked // the test stopped or killed it meanwhile: its call
+	d.mu.Unlock()
+	if c.closed || asked {
 		return
 	}
 	if err := c.launch(d); err != nil {
