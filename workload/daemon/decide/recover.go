@@ -193,9 +193,12 @@ func Recover(in RecoverInput) RecoverDecision {
 		}
 	}
 	if len(gone) == 0 {
-		// Unreachable (a dropped voter is either gone, alive and waited
-		// for above, or silent and listed); kept as the last guard.
-		return RecoverDecision{Reason: "no leader reachable; waiting for quorum (the config dropped none of the old voters: there is nobody to replace)"}
+		// No other voter in the membership this node knows (with other
+		// voters, every path above returned): yet it elects no leader,
+		// so the Raft configuration in its log differs from that
+		// membership (seen after repeated full disks, whose removals a
+		// suspect leader "committed", docs/dqlite-behaviour.md#a-full-disk).
+		return RecoverDecision{Reason: "no leader reachable although this node is the only voter of the membership it last saw: its Raft configuration still counts other voters; waiting for quorum; if they are gone for good, run recover-from-quorum-loss"}
 	}
 	nodes := []Member{{ID: self.ID, Address: self.Address, Role: Voter, ControllerID: in.ControllerID}}
 	var others []string

@@ -103,6 +103,13 @@ func TestRecover(t *testing.T) {
 		in:      ok(decide.RecoverInput{Config: only0, Members: three(false), Probed: true, FailingFor: 2 * time.Second, Failures: 20}),
 		reason:  "confirming",
 	}, {
+		// Seen in a disk-only Jepsen campaign: the last observation
+		// listed this node as the only voter, yet no leader came.
+		summary: "the only voter of the membership it saw, without a leader: says its configuration differs",
+		in: ok(decide.RecoverInput{Config: conf("0", "0", "10.0.0.1", "1", "10.0.0.2"), Probed: true,
+			Members: []decide.Member{member(1, "10.0.0.1:17666", decide.Voter, "", false), member(2, "10.0.0.2:17666", decide.Spare, "", false)}}),
+		reason: "its Raft configuration still counts other voters",
+	}, {
 		summary: "config does not list this controller: wait",
 		in:      ok(decide.RecoverInput{Config: conf("1", "1", "10.0.0.2"), Members: three(false), Probed: true}),
 		reason:  "does not list this controller",
