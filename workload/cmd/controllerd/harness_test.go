@@ -96,8 +96,11 @@ type daemon struct {
 type crash struct {
 	controller string
 	exit       string
-	// inC is set when the Go runtime reported a signal that arrived in C
-	// code (libdqlite, libraft: a segfault or a failed assertion).
+	// inC is set when the fault was in C code (libdqlite, libraft: a
+	// segfault or a failed assertion): the Go runtime reported a signal
+	// that arrived during cgo execution, or the process died of the
+	// signal itself, which happens when it arrives on a thread C created
+	// (a fault in Go code is a panic and exit status 2).
 	inC bool
 	// first is the first line that tells the cause (a fatal error, a
 	// panic, a signal or a failed assertion).
@@ -109,7 +112,11 @@ func (c crash) String() string {
 	if c.inC {
 		where = "in C code (libdqlite or libraft)"
 	}
-	return fmt.Sprintf("controller %s exited by itself (%s) %s: %s", c.controller, c.exit, where, c.first)
+	first := c.first
+	if first == "" {
+		first = "no fault message (the signal killed the process)"
+	}
+	return fmt.Sprintf("controller %s exited by itself (%s) %s: %s", c.controller, c.exit, where, first)
 }
 
 // crashOf reads the current process's log for the cause of its exit.
@@ -117,6 +124,15 @@ func (d *daemon) crashOf() crash {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cr := crash{controller: d.id, exit: fmt.Sprint(d.err)}
+	var ee *exec.ExitError
+	if errors.As(d.err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			switch ws.Signal() {
+			case syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGABRT:
+				cr.inC = true
+			}
+		}
+	}
 	for _, l := range d.lines[d.launched:] {
 		switch {
 		case strings.Contains(l.text, "signal arrived during cgo execution"):
@@ -762,4 +778,23 @@ func (m *monitor) finish() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.seen
+}
+
+// The harness tells a fault in C code (it restarts the daemon as systemd
+// would) from a panic of ours (it fails the test): CI saw libraft's
+// segfault kill controllerd outright, with no Go trace.
+func TestHarness_CrashInCIsToldFromAPanicInGo(t *testing.T) {
+	segv := exec.Command("sh", "-c", "kill -SEGV $$").Run()
+	if cr := (&daemon{id: "9", err: segv}).crashOf(); !cr.inC {
+		t.Errorf("killed by SIGSEGV: %s, want in C code", cr)
+	}
+	panicked := exec.Command("sh", "-c", "exit 2").Run()
+	d := &daemon{id: "9", err: panicked, lines: []line{{text: "panic: runtime error: invalid memory address or nil pointer dereference"}}}
+	if cr := d.crashOf(); cr.inC || !strings.HasPrefix(cr.first, "panic:") {
+		t.Errorf("a Go panic: %s, want in Go code with the panic line", cr)
+	}
+	d.lines = append(d.lines, line{text: "signal arrived during cgo execution"})
+	if cr := d.crashOf(); !cr.inC {
+		t.Errorf("a signal during cgo execution: %s, want in C code", cr)
+	}
 }
