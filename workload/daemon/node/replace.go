@@ -117,12 +117,7 @@ func (d *Daemon) replaceSuspectLog(ctx context.Context, obs *Observation) bool {
 	if !room {
 		return false // no room yet (the status says so)
 	}
-	others := 0
-	for _, m := range obs.Members {
-		if m.ID != selfID && m.Role == client.Voter {
-			others++
-		}
-	}
+	others := otherVoters(obs.Members, selfID)
 	if others < 2 {
 		// With one other voter left, that voter alone would hold the
 		// cluster until the new node is promoted: keep this one.
@@ -172,13 +167,7 @@ func (d *Daemon) replaceStopped(ctx context.Context, info client.NodeInfo, leade
 	if d.commitNote.diskLowAt.IsZero() || leader.Leader.ID == info.ID {
 		return false
 	}
-	others := 0
-	for _, m := range leader.Members {
-		if m.ID != info.ID && m.Role == client.Voter {
-			others++
-		}
-	}
-	if others < 2 {
+	if otherVoters(leader.Members, info.ID) < 2 {
 		return false
 	}
 	reason := fmt.Sprintf("this node's data dir ran short of space at %s, so its Raft log may lack entries (docs/dqlite-behaviour.md#a-full-disk): not starting it on that log; removing node %d through the leader %s, wiping it and joining again as a new node",
@@ -198,6 +187,18 @@ func (d *Daemon) replaceStopped(ctx context.Context, info client.NodeInfo, leade
 	d.forgetSuspectLog()
 	d.becomeRemoved(info.Address, reason)
 	return true
+}
+
+// otherVoters counts the voters among members other than node self: a
+// replacement needs two, so that the cluster keeps a majority without it.
+func otherVoters(members []client.NodeInfo, self uint64) int {
+	n := 0
+	for _, m := range members {
+		if m.ID != self && m.Role == client.Voter {
+			n++
+		}
+	}
+	return n
 }
 
 // forgetSuspectLog drops the marker with the data it described.
